@@ -1,0 +1,145 @@
+"""Working memory FIFO, episodic replacement, and the gated dual-memory read."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vlm2_ros.model.dual_memory import DualMemory, DualMemoryConfig, MemoryState
+from vlm2_ros.model.episodic_memory import EpisodicMemory
+from vlm2_ros.model.provenance import Provenance
+from vlm2_ros.model.working_memory import WorkingMemory
+
+torch.manual_seed(0)
+
+
+def prov(i: int, b: int = 1) -> Provenance:
+    return Provenance.single(torch.full((b,), 1000 * i), torch.full((b,), i))
+
+
+def test_working_memory_holds_exactly_the_last_entries():
+    wm = WorkingMemory.empty(capacity=3, batch_size=1, num_tokens=2, dim=4)
+    frames = [torch.full((1, 2, 4), float(i)) for i in range(7)]
+    for i, f in enumerate(frames):
+        wm = wm.push(f, prov(i))
+        assert len(wm) == min(i + 1, 3)
+    assert torch.equal(wm.tokens[0], torch.stack([frames[4][0], frames[5][0], frames[6][0]]))
+    assert wm.provenance.frame_index.tolist() == [[4, 5, 6]]
+    assert wm.provenance.stamp_ns.tolist() == [[4000, 5000, 6000]]
+
+
+def test_working_memory_push_does_not_mutate_previous_state():
+    wm = WorkingMemory.empty(2, 1, 1, 2).push(torch.ones(1, 1, 2), prov(0))
+    before = wm.tokens.clone()
+    wm.push(torch.zeros(1, 1, 2), prov(1)).push(torch.zeros(1, 1, 2), prov(2))
+    assert torch.equal(wm.tokens, before)
+
+
+def distinct_views(n: int, tokens: int = 3, dim: int = 16) -> list[torch.Tensor]:
+    """Views whose token means are orthogonal, so their cosine similarity is ~0."""
+    basis = torch.eye(dim)
+    return [(basis[i].expand(tokens, dim) + 0.01 * torch.randn(tokens, dim)).unsqueeze(0) for i in range(n)]
+
+
+def test_episodic_memory_appends_until_full_then_never_exceeds_capacity():
+    em = EpisodicMemory.empty(capacity=4, batch_size=1, num_tokens=3, dim=16)
+    views = distinct_views(10)
+    for i, v in enumerate(views):
+        em, slot = em.insert(v, prov(i))
+        assert len(em) == min(i + 1, 4)
+        assert int(slot) == (i if i < 4 else int(slot))
+    assert len(em) == 4 and em.replacements == 6
+
+
+def test_repeated_view_replaces_its_twin_and_new_view_survives():
+    em = EpisodicMemory.empty(capacity=4, batch_size=1, num_tokens=3, dim=16)
+    views = distinct_views(6)
+    for i in range(4):
+        em, _ = em.insert(views[i], prov(i))
+    twin_of_2 = views[2] + 0.01 * torch.randn_like(views[2])
+    em, slot = em.insert(twin_of_2, prov(10))
+    assert int(slot) == 2                                   # the twin replaced entry 2 ...
+    assert torch.equal(em.tokens[0, 2], twin_of_2[0])
+    assert em.provenance.frame_index.tolist() == [[0, 1, 10, 3]]
+    for i in (0, 1, 3):                                     # ... and nothing else changed
+        assert torch.equal(em.tokens[0, i], views[i][0])
+    # A new view takes some slot; afterwards, repeated views of the other places keep
+    # replacing their own twins and never the new view.
+    em, new_slot = em.insert(views[4], prov(11))
+    others = [i for i in range(4) if i != int(new_slot)]
+    for step in range(3):
+        for slot in others:
+            twin = em.tokens[:, slot] + 0.01 * torch.randn_like(em.tokens[:, slot])
+            em, twin_slot = em.insert(twin, prov(20 + step))
+            assert int(twin_slot) == slot
+    assert torch.equal(em.tokens[0, int(new_slot)], views[4][0])
+    assert em.provenance.frame_index[0, int(new_slot)] == 11
+
+
+def test_episodic_replacement_picks_highest_cosine_per_batch_element():
+    em = EpisodicMemory.empty(capacity=3, batch_size=2, num_tokens=2, dim=8)
+    for i in range(3):
+        em, _ = em.insert(torch.randn(2, 2, 8), prov(i, b=2))
+    query = torch.randn(2, 2, 8)
+    keys = F.normalize(em.tokens.mean(2), dim=-1)
+    expected = (keys @ F.normalize(query.mean(1), dim=-1).unsqueeze(-1)).squeeze(-1).argmax(1)
+    em2, slots = em.insert(query, prov(5, b=2))
+    assert slots.tolist() == expected.tolist()
+    for b in range(2):
+        assert torch.equal(em2.tokens[b, slots[b]], query[b])
+
+
+def test_dual_memory_gate_matches_equation():
+    dm = DualMemory(DualMemoryConfig(dim=8, num_heads=2)).eval()
+    m_w, m_e = torch.randn(1, 3, 8), torch.randn(1, 3, 8)
+    memory, g = dm.combine(m_w, m_e)
+    g_ref = torch.sigmoid(dm.gate.fc2(F.gelu(dm.gate.fc1(torch.cat([m_w, m_e], -1)))))
+    assert torch.allclose(g, g_ref) and ((g > 0) & (g < 1)).all()
+    assert torch.allclose(memory, g_ref * m_w + (1 - g_ref) * m_e, atol=1e-6)
+
+
+def test_dual_memory_step_reads_window_including_current_frame_and_episodic_before_insert():
+    dm = DualMemory(DualMemoryConfig(dim=8, num_heads=2, working={"capacity": 2},
+                                     episodic={"capacity": 3})).eval()
+    state = dm.empty_state(batch_size=1, num_tokens=3)
+    frames = [torch.randn(1, 3, 8) for _ in range(5)]
+    with torch.no_grad():
+        for i, h in enumerate(frames):
+            prev: MemoryState = state
+            memory, state, slot = dm(h, state, prov(i))
+            working = prev.working.push(h, prov(i))
+            m_w = dm.working_read(h, working.tokens)
+            if i == 0:
+                expected = m_w
+            else:
+                expected, _ = dm.combine(m_w, dm.episodic_read(h, prev.episodic.tokens))
+            assert torch.allclose(memory, expected, atol=1e-6)
+            assert torch.equal(state.episodic.tokens[0, int(slot)], memory[0])
+    assert len(state.working) == 2 and len(state.episodic) == 3
+
+
+@pytest.mark.parametrize("mode,working_len,episodic_len", [
+    ("dual", 4, 5), ("working", 4, 0), ("episodic", 1, 5), ("none", 1, 0)])
+def test_memory_modes(mode, working_len, episodic_len):
+    dm = DualMemory(DualMemoryConfig(dim=8, num_heads=2, mode=mode, working={"capacity": 4},
+                                     episodic={"capacity": 5})).eval()
+    state = dm.empty_state(1, 3)
+    with torch.no_grad():
+        for i in range(9):
+            _, state, _ = dm(torch.randn(1, 3, 8), state, prov(i))
+    assert (len(state.working), len(state.episodic)) == (working_len, episodic_len)
+
+
+def test_bad_memory_config_is_rejected_with_clear_message():
+    with pytest.raises(ValueError, match="memory mode"):
+        DualMemoryConfig(mode="triple")
+    with pytest.raises(ValueError, match="capacity"):
+        DualMemoryConfig(working={"capacity": 0})
+
+
+def test_memory_step_is_differentiable_for_training():
+    dm = DualMemory(DualMemoryConfig(dim=8, num_heads=2, working={"capacity": 2},
+                                     episodic={"capacity": 2}))
+    state = dm.empty_state(2, 3)
+    for i in range(5):
+        memory, state, _ = dm(torch.randn(2, 3, 8, requires_grad=True), state, prov(i, b=2))
+    (state.episodic.tokens.sum() + memory.sum()).backward()
+    assert dm.gate.fc1.weight.grad is not None and torch.isfinite(dm.gate.fc1.weight.grad).all()

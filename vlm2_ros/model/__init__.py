@@ -1,0 +1,1 @@
+"""VLM² model components: one module per idea, no ROS."""

@@ -1,0 +1,58 @@
+"""Where a memory entry came from: frame stamp, frame index, camera pose when known.
+
+Kept as tensors aligned with the memory slots so it moves with them (FIFO shifts, episodic
+replacement) and snapshots as plain safetensors.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Provenance:
+    stamp_ns: torch.Tensor     # [B,n] int64
+    frame_index: torch.Tensor  # [B,n] int64
+    pose: torch.Tensor         # [B,n,4,4] float64 camera-to-world (identity when unknown)
+    has_pose: torch.Tensor     # [B,n] bool
+
+    @classmethod
+    def empty(cls, batch_size: int) -> "Provenance":
+        return cls(
+            stamp_ns=torch.zeros(batch_size, 0, dtype=torch.int64),
+            frame_index=torch.zeros(batch_size, 0, dtype=torch.int64),
+            pose=torch.zeros(batch_size, 0, 4, 4, dtype=torch.float64),
+            has_pose=torch.zeros(batch_size, 0, dtype=torch.bool),
+        )
+
+    @classmethod
+    def single(cls, stamp_ns: torch.Tensor, frame_index: torch.Tensor,
+               pose: torch.Tensor | None = None) -> "Provenance":
+        """One entry per batch element: stamp_ns, frame_index [B]; pose [B,4,4] or None."""
+        b = stamp_ns.shape[0]
+        has_pose = torch.full((b, 1), pose is not None)
+        pose = torch.eye(4, dtype=torch.float64).expand(b, 4, 4) if pose is None else pose
+        return cls(stamp_ns.view(b, 1).to(torch.int64), frame_index.view(b, 1).to(torch.int64),
+                   pose.view(b, 1, 4, 4).to(torch.float64), has_pose)
+
+    def __len__(self) -> int:
+        return self.stamp_ns.shape[1]
+
+    def fields(self) -> dict[str, torch.Tensor]:
+        return {"stamp_ns": self.stamp_ns, "frame_index": self.frame_index,
+                "pose": self.pose, "has_pose": self.has_pose}
+
+    def append(self, other: "Provenance", keep_last: int) -> "Provenance":
+        return Provenance(*(torch.cat([mine, theirs], dim=1)[:, -keep_last:]
+                            for mine, theirs in zip(self.fields().values(), other.fields().values())))
+
+    def replace(self, slots: torch.Tensor, other: "Provenance") -> "Provenance":
+        """Overwrite slot slots[b] of batch element b with other's single entry."""
+        rows = torch.arange(slots.shape[0])
+        out = []
+        for mine, theirs in zip(self.fields().values(), other.fields().values()):
+            updated = mine.clone()
+            updated[rows, slots] = theirs[:, 0]
+            out.append(updated)
+        return Provenance(*out)
