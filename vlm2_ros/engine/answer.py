@@ -1,0 +1,70 @@
+"""Answers: generated text parsed into a typed value, with evidence and timing."""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+ANSWER_KINDS = ("number", "choice", "text")
+
+# An option line or inline option: "A. chair", "(B) sofa", "C) lamp".
+_OPTION = re.compile(r"(?:^|[\s(])([A-H])(?:\.|\))\s+\S", re.MULTILINE)
+_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
+_NUMERIC_QUESTION = re.compile(
+    r"\b(how many|how far|how big|how long|how wide|how tall|how high|distance|"
+    r"size|length|width|height|area|square met(?:er|re)s?|in met(?:er|re)s|centimet(?:er|re)s)\b",
+    re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """A memory entry the answer drew on."""
+    stamp_ns: int
+    frame_index: int
+    memory: str                       # "working" or "episodic"
+    relevance: float                  # share of the answer's attention-like relevance, in [0, 1]
+    pose: list[list[float]] | None = None  # 4x4 camera-to-world when the frame had a pose
+
+
+@dataclass(frozen=True)
+class Answer:
+    question: str
+    text: str
+    kind: str                         # one of ANSWER_KINDS
+    value: float | None = None        # parsed number when kind == "number"
+    choice: str | None = None         # option letter when kind == "choice"
+    confidence: float = 0.0           # geometric mean of the generated tokens' probabilities
+    evidence: tuple[Evidence, ...] = field(default_factory=tuple)
+    latency_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def question_options(question: str) -> list[str]:
+    """Option letters offered in a multiple-choice question, in order ([] when none)."""
+    letters = []
+    for letter in _OPTION.findall(question):
+        if letter not in letters:
+            letters.append(letter)
+    return letters if len(letters) >= 2 else []
+
+
+def expected_answer_kind(question: str) -> str:
+    if question_options(question):
+        return "choice"
+    return "number" if _NUMERIC_QUESTION.search(question) else "text"
+
+
+def parse_number(text: str) -> float | None:
+    match = _NUMBER.search(text)
+    return float(match.group()) if match else None
+
+
+def parse_choice(text: str, options: list[str]) -> str | None:
+    """The option letter an answer picks: its first word, case-insensitive, '.'/')' stripped
+    (the VSI-Bench scoring rule), or None when that is not one of the options."""
+    words = text.strip().split()
+    if not words:
+        return None
+    first = words[0].strip("().:").upper()
+    return first if first in options else None

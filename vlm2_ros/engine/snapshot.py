@@ -1,0 +1,82 @@
+"""Memory snapshots: safetensors for tensors + JSON for metadata, written atomically.
+
+Layout of a snapshot directory:
+    snapshot.json               format, version, metadata, name and sha256 of the tensor file
+    memory-<id>.safetensors     the tensors
+The JSON is replaced atomically *after* its tensor file is complete, and old tensor files are
+removed only after that, so at every instant snapshot.json names a complete, checksummed file:
+a crash mid-write leaves the previous snapshot valid. Never pickle.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..atomic_io import atomic_file, write_json_atomic
+
+SNAPSHOT_FORMAT = "vlm2-memory-snapshot"
+SNAPSHOT_VERSION = 1
+INDEX_NAME = "snapshot.json"
+
+
+class SnapshotError(RuntimeError):
+    """A snapshot is missing, incomplete, tampered with, or from an incompatible version."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_snapshot(directory: str | Path, tensors: dict[str, torch.Tensor], metadata: dict) -> Path:
+    """Write tensors + metadata as the directory's current snapshot; returns the index path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensor_name = f"memory-{uuid.uuid4().hex[:12]}.safetensors"
+    with atomic_file(directory / tensor_name) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    index = {"format": SNAPSHOT_FORMAT, "version": SNAPSHOT_VERSION, "tensor_file": tensor_name,
+             "sha256": _sha256(directory / tensor_name), "metadata": metadata}
+    write_json_atomic(directory / INDEX_NAME, index)
+    for stale in directory.glob("memory-*.safetensors"):
+        if stale.name != tensor_name:
+            stale.unlink(missing_ok=True)
+    return directory / INDEX_NAME
+
+
+def read_snapshot(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Return (tensors, metadata) of a complete, untampered snapshot, or raise SnapshotError."""
+    index_path = Path(directory) / INDEX_NAME
+    if not index_path.is_file():
+        raise SnapshotError(f"no snapshot: {index_path} does not exist")
+    try:
+        index = json.loads(index_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SnapshotError(f"{index_path} is not valid JSON ({e})") from e
+    if not isinstance(index, dict) or index.get("format") != SNAPSHOT_FORMAT:
+        raise SnapshotError(f"{index_path} is not a {SNAPSHOT_FORMAT} index")
+    if index.get("version") != SNAPSHOT_VERSION:
+        raise SnapshotError(f"{index_path}: snapshot version {index.get('version')!r} is not "
+                            f"supported (this build reads version {SNAPSHOT_VERSION})")
+    name = index.get("tensor_file")
+    if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
+        raise SnapshotError(f"{index_path}: invalid tensor_file entry {name!r}")
+    tensor_path = index_path.parent / name
+    if not tensor_path.is_file():
+        raise SnapshotError(f"{index_path} names {tensor_path}, which does not exist")
+    if _sha256(tensor_path) != index.get("sha256"):
+        raise SnapshotError(f"{tensor_path}: checksum mismatch (truncated or modified)")
+    try:
+        tensors = load_file(str(tensor_path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise SnapshotError(f"{tensor_path}: unreadable safetensors file ({e})") from e
+    return tensors, dict(index.get("metadata") or {})
