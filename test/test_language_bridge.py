@@ -1,0 +1,266 @@
+"""Language bridge (tiny causal LM, tiny Qwen2.5-VL, LLaVA-Video's LM) and the word-level tokenizer."""
+import pytest
+import torch
+
+from vlm2_ros.model.hf_backbone import BackboneLoader
+from vlm2_ros.model.language_bridge import LanguageBridge, LanguageBridgeConfig, PromptBatch
+from vlm2_ros.model.semantic_encoder import SemanticEncoder, SemanticEncoderConfig
+from vlm2_ros.model.tiny_checkpoints import save_tiny_llava_onevision, save_tiny_qwen2_5_vl
+from vlm2_ros.model.tiny_language_model import (DEFAULT_WORDS, build_tiny_language_model, build_word_tokenizer,
+                                                build_word_vocabulary, create_tiny_language_model,
+                                                default_vocabulary)
+
+QUESTIONS = ["How many chair(s) are in this room?",
+             "What is the size of this room (in square meters)? Options: A. 12 B. 20 C. 35 D. 50"]
+ANSWERS = ["3", "B"]
+SMALL_LM = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                intermediate_size=128)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return create_tiny_language_model(tmp_path_factory.mktemp("tiny_lm"), seed=3, **SMALL_LM)
+
+
+@pytest.fixture(scope="module")
+def qwen_dir(tmp_path_factory):
+    return save_tiny_qwen2_5_vl(tmp_path_factory.mktemp("qwen2_5_vl"))
+
+
+@pytest.fixture(scope="module")
+def causal_bridge(tiny_dir):
+    torch.manual_seed(0)
+    return LanguageBridge(LanguageBridgeConfig(checkpoint_dir=str(tiny_dir), memory_dim=32))
+
+
+@pytest.fixture(scope="module")
+def qwen_bridge(qwen_dir):
+    torch.manual_seed(0)
+    return LanguageBridge(LanguageBridgeConfig(kind="qwen2_5_vl", checkpoint_dir=str(qwen_dir), memory_dim=64,
+                                               memory_entry_grid=(2, 2)))
+
+
+def memory(m, c, seed=0):
+    return torch.randn(len(QUESTIONS), m, c, generator=torch.Generator().manual_seed(seed))
+
+
+def teacher_forced_argmax(bridge, memory_tokens, question, token_ids):
+    """Greedy tokens re-predicted with the whole answer in one forward pass (the loss's positions)."""
+    prompt = bridge.encode_prompts(memory_tokens.shape[1], [question])
+    length = prompt.input_ids.shape[1]
+    ids = torch.cat([prompt.input_ids, torch.tensor([token_ids])], dim=1)
+    batch = PromptBatch(ids, torch.ones_like(ids), torch.full_like(ids, -100), prompt.memory_start, prompt.num_memory)
+    with torch.no_grad():
+        hidden = bridge._hidden(memory_tokens, batch).last_hidden_state
+    return bridge.lm_head(hidden[0, length - 1:length - 1 + len(token_ids)]).argmax(-1).tolist()
+
+
+# ----------------------------------------------------------------------------- tokenizer
+def test_word_tokenizer_round_trips_numbers_letters_and_maps_unknowns():
+    tok = build_word_tokenizer(default_vocabulary())
+    for text in ["3.75", "12", "0.5 meters", "A", "B. 2.5", "How many chair(s) are in this room?",
+                 "front-left", "Answer: D"]:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert tok.unk_token_id not in ids, text
+        assert tok.decode(ids) == text
+    assert tok.convert_ids_to_tokens(tok("3.75", add_special_tokens=False)["input_ids"]) == ["▁", "3", ".", "7", "5"]
+    ids = tok("the zebra", add_special_tokens=False)["input_ids"]
+    assert ids[1] == tok.unk_token_id and ids[0] != tok.unk_token_id
+    assert tok.convert_ids_to_tokens([0, 1, 2, 3, 4]) == ["<pad>", "<unk>", "<bos>", "<eos>", "<memory>"]
+
+
+def test_build_word_vocabulary_is_general_and_deterministic():
+    texts = ["Where is the wombat?", "The wombat is 4.2 m away."]
+    vocabulary = build_word_vocabulary(texts, extra_words=["kettle"])
+    assert vocabulary == sorted(set(vocabulary)) == build_word_vocabulary(reversed(texts), ["kettle"])
+    for piece in ["▁wombat", "▁Where", "▁The", "?", ".", "▁", "0", "9", "▁kettle", "▁Kettle", "kettle"]:
+        assert piece in vocabulary
+    assert "<unk>" not in vocabulary and "▁chair" not in vocabulary
+    tok = build_word_tokenizer(vocabulary)
+    assert tok.decode(tok("The wombat is 4.2 m away.", add_special_tokens=False)["input_ids"]) == \
+        "The wombat is 4.2 m away."
+    assert len(default_vocabulary()) > 3 * len(DEFAULT_WORDS) // 2
+
+
+def test_tiny_lm_directory_loads_through_the_auto_classes(tiny_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model, tok = build_tiny_language_model(seed=3, **SMALL_LM)
+    loaded = AutoModelForCausalLM.from_pretrained(tiny_dir, local_files_only=True).eval()
+    loaded_tok = AutoTokenizer.from_pretrained(tiny_dir, local_files_only=True)
+    assert loaded_tok.get_vocab() == tok.get_vocab()
+    assert loaded_tok.special_tokens_map == tok.special_tokens_map
+    text = "If I am standing by the door and facing the window, is the lamp to my left? 3.75"
+    ids = loaded_tok(text, add_special_tokens=False)["input_ids"]
+    assert ids == tok(text, add_special_tokens=False)["input_ids"] and loaded_tok.decode(ids) == text
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        assert torch.equal(loaded(x).logits, model(x).logits)
+    # the default tiny LM: ~3.4 M parameters, same weights for the same seed, global RNG untouched
+    state = torch.random.get_rng_state()
+    a, _ = build_tiny_language_model(seed=1)
+    b, _ = build_tiny_language_model(seed=1)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert 3e6 < sum(p.numel() for p in a.parameters()) < 4e6
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+# ----------------------------------------------------------------------------- causal LM bridge
+def test_prompt_layout_and_labels(causal_bridge):
+    batch = causal_bridge.encode_prompts(8, QUESTIONS, ANSWERS)
+    s = batch.memory_start
+    assert (batch.input_ids[:, s:s + 8] == causal_bridge.placeholder_id).all()
+    assert causal_bridge.tokenizer.convert_ids_to_tokens(causal_bridge.placeholder_id) == "<memory>"
+    assert batch.input_ids[0, 0] == causal_bridge.tokenizer.bos_token_id
+    for i, answer in enumerate(ANSWERS):
+        labelled = batch.labels[i][batch.labels[i] != -100].tolist()
+        assert labelled == causal_bridge.answer_ids(answer) and labelled[-1] == causal_bridge.eos_token_ids[0]
+        assert batch.attention_mask[i].sum() == len(batch.input_ids[i]) - (batch.input_ids[i] == causal_bridge.pad_id).sum()
+
+
+def test_causal_loss_backprops_and_handles_padding(causal_bridge):
+    causal_bridge.zero_grad()
+    mem = memory(8, 32)
+    loss = causal_bridge.loss(mem, QUESTIONS, ANSWERS)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert causal_bridge.projector.fc1.weight.grad.abs().sum() > 0
+    assert causal_bridge.embed_tokens.weight.grad is not None
+    # padding does not change anything: the batch loss is the token-weighted mean of single losses
+    with torch.no_grad():
+        single = [causal_bridge.loss(mem[i:i + 1], QUESTIONS[i:i + 1], ANSWERS[i:i + 1]) for i in range(2)]
+        counts = [len(causal_bridge.answer_ids(a)) for a in ANSWERS]
+        expected = sum(l * n for l, n in zip(single, counts)) / sum(counts)
+        assert torch.allclose(causal_bridge.loss(mem, QUESTIONS, ANSWERS), expected, atol=1e-5)
+
+
+def test_causal_generate_relevance_and_memory_effect(causal_bridge):
+    mem = memory(8, 32)[:1]
+    out = causal_bridge.generate(mem, QUESTIONS[0], max_new_tokens=5)
+    assert isinstance(out.text, str) and len(out.token_ids) == 5      # random weights: no EOS in 5 steps
+    assert len(out.token_probs) == len(out.token_ids)
+    assert all(0.0 <= p <= 1.0 for p in out.token_probs)
+    assert out.memory_relevance.shape == (8,) and (out.memory_relevance >= 0).all()
+    assert torch.isclose(out.memory_relevance.sum(), torch.tensor(1.0))
+    assert teacher_forced_argmax(causal_bridge, mem, QUESTIONS[0], out.token_ids) == out.token_ids
+    with torch.no_grad():
+        a = causal_bridge.next_token_logits(mem, QUESTIONS[:1])
+        b = causal_bridge.next_token_logits(mem + 1.0, QUESTIONS[:1])
+    assert not torch.allclose(a, b)
+
+
+def test_frozen_language_model_still_trains_the_projector(tiny_dir):
+    bridge = LanguageBridge(LanguageBridgeConfig(checkpoint_dir=str(tiny_dir), memory_dim=48,
+                                                 freeze_language_model=True))
+    assert not bridge.projector.residual                     # 48 -> 64: plain MLP
+    bridge.loss(memory(4, 48), QUESTIONS, ANSWERS).backward()
+    assert bridge.projector.fc1.weight.grad.abs().sum() > 0 and bridge.projector.fc2.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in bridge.decoder.parameters())
+
+
+def test_default_bridge_is_the_embedded_tiny_lm():
+    bridge = LanguageBridge(LanguageBridgeConfig())
+    assert bridge.hidden_size == 256 and bridge.projector.residual
+    assert 3e6 < sum(p.numel() for p in bridge.parameters()) < 4e6
+    out = bridge.generate(torch.randn(1, 12, 256), "How many lamp(s) are in this room?", max_new_tokens=2)
+    assert out.memory_relevance.shape == (12,)
+    for bad in (dict(kind="llm"), dict(kind="qwen2_5_vl"), dict(memory_dim=0), dict(memory_entry_grid=(0, 2)),
+                dict(dtype="int8"), dict(system_prompt=" "), dict(checkpoint_dir="/x", tiny_lm={"seed": 1})):
+        with pytest.raises(ValueError):
+            LanguageBridgeConfig(**bad)
+
+
+def test_bfloat16_language_model_on_cpu(tiny_dir):
+    bridge = LanguageBridge(LanguageBridgeConfig(checkpoint_dir=str(tiny_dir), memory_dim=32, dtype="bfloat16"))
+    assert bridge.embed_tokens.weight.dtype == torch.bfloat16
+    assert bridge.projector.fc1.weight.dtype == torch.float32
+    loss = bridge.loss(memory(8, 32), QUESTIONS, ANSWERS)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert bridge.projector.fc1.weight.grad.abs().sum() > 0
+    out = bridge.generate(memory(8, 32)[:1], QUESTIONS[0], max_new_tokens=3)
+    assert all(0.0 <= p <= 1.0 for p in out.token_probs) and out.memory_relevance.dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------- Qwen2.5-VL bridge
+def test_qwen_positions_are_3d_mrope(qwen_bridge):
+    seen = []
+    hook = qwen_bridge.decoder.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["position_ids"]), with_kwargs=True)
+    try:
+        qwen_bridge.loss(memory(12, 64), QUESTIONS, ANSWERS)
+        qwen_bridge.generate(memory(12, 64)[:1], QUESTIONS[0], max_new_tokens=3)
+    finally:
+        hook.remove()
+    assert all(p.ndim == 3 and p.shape[0] == 3 for p in seen)
+    positions = seen[0][:, 0]                                    # [3, L] of the first row
+    s = qwen_bridge.encode_prompts(12, QUESTIONS).memory_start
+    block = positions[:, s:s + 12]                               # 3 entries of 2x2 tokens
+    assert block[0].tolist() == [s] * 4 + [s + 2] * 4 + [s + 4] * 4      # time: 1 s apart, 2 tokens/s
+    assert block[1].tolist() == [s, s, s + 1, s + 1] * 3 and block[2].tolist() == [s, s + 1] * 6
+    text = positions[:, s + 12:]
+    assert (text[0] == text[1]).all() and text[0, 0] == block.max() + 1    # text resumes after the memory
+    assert seen[1].shape[1] == 1 and all(p.shape[-1] == 1 for p in seen[2:])  # prompt, then one token per step
+
+
+def test_qwen_loss_generate_and_memory_effect(qwen_bridge):
+    qwen_bridge.zero_grad()
+    mem = memory(12, 64)
+    loss = qwen_bridge.loss(mem, QUESTIONS, ANSWERS)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert qwen_bridge.projector.fc2.weight.grad.abs().sum() > 0
+    out = qwen_bridge.generate(mem[:1], QUESTIONS[0], max_new_tokens=4)
+    assert out.memory_relevance.shape == (12,) and all(0.0 <= p <= 1.0 for p in out.token_probs)
+    assert len(out.token_ids) == 4 and out.text == qwen_bridge.tokenizer.decode(out.token_ids).strip()
+    assert teacher_forced_argmax(qwen_bridge, mem[:1], QUESTIONS[0], out.token_ids) == out.token_ids
+    with torch.no_grad():
+        a = qwen_bridge.next_token_logits(mem, QUESTIONS)
+        b = qwen_bridge.next_token_logits(torch.cat([mem[:, 4:], mem[:, :4]], dim=1), QUESTIONS)
+    assert not torch.allclose(a, b)                              # order of entries matters (positions)
+    with pytest.raises(ValueError, match="whole entries"):
+        qwen_bridge.loss(memory(10, 64), QUESTIONS, ANSWERS)
+
+
+def test_qwen_bridge_in_bfloat16(qwen_dir):
+    bridge = LanguageBridge(LanguageBridgeConfig(kind="qwen2_5_vl", checkpoint_dir=str(qwen_dir), memory_dim=64,
+                                                 dtype="bfloat16"))
+    assert torch.isfinite(bridge.loss(memory(8, 64), QUESTIONS, ANSWERS))
+    assert bridge.generate(memory(8, 64)[:1], QUESTIONS[0], max_new_tokens=2).memory_relevance.shape == (8,)
+
+
+# ----------------------------------------------------------------------------- LLaVA-Video
+def test_llava_checkpoint_shared_by_encoder_and_bridge(tmp_path):
+    directory = save_tiny_llava_onevision(tmp_path / "llava")
+    loader = BackboneLoader()
+    encoder = SemanticEncoder(SemanticEncoderConfig(kind="llava_video", checkpoint_dir=str(directory), out_dim=64),
+                              loader=loader)
+    bridge = LanguageBridge(LanguageBridgeConfig(checkpoint_dir=str(directory), memory_dim=64), loader=loader)
+    assert len(loader) == 1
+    whole = loader.get(directory).model
+    assert type(whole).__name__ == "LlavaOnevisionForConditionalGeneration"
+    assert encoder.backend.tower is whole.model.vision_tower and bridge.decoder is whole.model.language_model
+    tokens = encoder(torch.rand(1, 3, 84, 112)).flatten(1, 2)               # [1, 9, 64] in the LM's space
+    out = bridge.generate(tokens, QUESTIONS[0], max_new_tokens=3)
+    assert out.memory_relevance.shape == (9,)
+    assert torch.isfinite(bridge.loss(tokens.expand(2, -1, -1), QUESTIONS, ANSWERS))
+    with pytest.raises(ValueError, match="Qwen2.5-VL"):
+        LanguageBridge(LanguageBridgeConfig(kind="qwen2_5_vl", checkpoint_dir=str(directory), memory_dim=64),
+                       loader=loader)
+
+
+def test_generation_stops_at_eos_and_leaves_it_out(qwen_bridge):
+    mem = memory(12, 64)[:1]
+    full = qwen_bridge.generate(mem, QUESTIONS[0], max_new_tokens=4)
+    eos = qwen_bridge.eos_token_ids
+    try:
+        qwen_bridge.eos_token_ids = (full.token_ids[1],)
+        stopped = qwen_bridge.generate(mem, QUESTIONS[0], max_new_tokens=4)
+        qwen_bridge.eos_token_ids = (full.token_ids[0],)
+        empty = qwen_bridge.generate(mem, QUESTIONS[0], max_new_tokens=4)
+    finally:
+        qwen_bridge.eos_token_ids = eos
+    assert stopped.token_ids == full.token_ids[:1] and stopped.token_probs == full.token_probs[:1]
+    assert empty.text == "" and empty.token_ids == [] and empty.token_probs == []
+    assert empty.memory_relevance.shape == (12,) and torch.isclose(empty.memory_relevance.sum(), torch.tensor(1.0))
+    # one answer token: its relevance is the first step's, the same step an empty answer reports
+    assert torch.allclose(stopped.memory_relevance, empty.memory_relevance)

@@ -1,0 +1,312 @@
+"""Language bridge: memory tokens + a question -> the language model -> answer text.
+
+At question time the language model reads the whole memory at a fixed size: M = (L_w + L_e) * k
+memory tokens of size C_in (k = gh * gw pooled tokens per entry). A trained projector maps them
+into the LM's embedding space and they replace the embedding rows of M placeholder positions in
+one fixed prompt, so the cost of a question does not depend on the length of the stream.
+
+Prompt (one explicit template for every checkpoint; no chat template):
+
+    [bos]{system_prompt}\\nMemory:<m_1>...<m_M>\\nQuestion: {question}\\nAnswer: {answer}[eos]
+
+Each piece is tokenized on its own (no special tokens added), so the M placeholders are exactly M
+positions whatever the tokenizer. The placeholder id is only a stand-in (its embedding is
+replaced): the tokenizer's <memory> token when it has one, Qwen2.5-VL's <|video_pad|>, else pad.
+
+Positions:
+    causal_lm   plain 1D positions (any AutoModelForCausalLM directory, or the Qwen2 LM inside a
+                LLaVA-Video / LLaVA-OneVision checkpoint).
+    qwen2_5_vl  MRoPE: the memory is laid out as a video, T = entries, each entry an h x w frame
+                (memory_entry_grid), marked with mm_token_type_ids = 2 and positioned by the
+                checkpoint's own `model.model.get_rope_index` (entries memory_seconds_per_entry
+                apart). One adjustment: text after the memory starts at (max memory position + 1),
+                the rule of the original Qwen2.5-VL code the checkpoints were trained with;
+                transformers 5.23's get_rope_index restarts it at start + max(h, w), below later
+                entries' temporal positions. Training (`loss`) and `generate` use the same positions.
+
+Trained parts: the projector always; the language model unless freeze_language_model.
+Projector: Linear -> GELU -> Linear; when C_in equals the LM hidden size it is residual
+(x + MLP(x), last layer zero-initialised), so tokens that are already in the LM's embedding space
+(the HF semantic encoders' output) are read as they are from the first step.
+
+memory_relevance (for citing evidence): at every generated answer token, the final-layer (post
+final norm) hidden state h at the position that predicts it is compared with the final-layer
+hidden states k_m of the M memory positions: softmax_m(h . k_m / sqrt(d)); averaged over the
+generated answer tokens (the first step's when the answer is empty). A distribution over memory
+tokens that sums to 1: a representation-similarity signal, not an attention map or a causal
+attribution.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .hf_backbone import DTYPES, BackboneLoader, LanguageParts, language_parts_from_model, load_backbone
+from .tiny_language_model import MEMORY, build_tiny_language_model
+
+KINDS = ("causal_lm", "qwen2_5_vl")
+DEFAULT_SYSTEM_PROMPT = "Answer the question about the scene in memory."
+VIDEO_TOKEN_TYPE = 2          # mm_token_type_ids: text 0, image 1, video 2
+
+
+@dataclass
+class LanguageBridgeConfig:
+    kind: str = "causal_lm"
+    checkpoint_dir: str | None = None        # None: the embedded tiny LM, built in memory (causal_lm only)
+    memory_dim: int = 256                    # C_in of the memory tokens
+    projector_hidden_dim: int | None = None  # None: the LM hidden size
+    memory_entry_grid: tuple[int, int] = (2, 2)   # qwen2_5_vl: tokens per entry laid out as h x w
+    memory_seconds_per_entry: float = 1.0    # qwen2_5_vl: time between entries for MRoPE
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    dtype: str = "float32"                   # the LM's weights (projector stays float32)
+    freeze_language_model: bool = False
+    tiny_lm: dict = field(default_factory=dict)   # checkpoint_dir None: build_tiny_language_model kwargs
+
+    def __post_init__(self) -> None:
+        self.memory_entry_grid = tuple(int(g) for g in self.memory_entry_grid)
+        if self.kind not in KINDS:
+            raise ValueError(f"bridge kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind == "qwen2_5_vl" and not self.checkpoint_dir:
+            raise ValueError("bridge kind 'qwen2_5_vl' needs checkpoint_dir (a local Qwen2.5-VL directory)")
+        if self.memory_dim <= 0 or (self.projector_hidden_dim is not None and self.projector_hidden_dim <= 0):
+            raise ValueError("memory_dim and projector_hidden_dim must be positive")
+        if len(self.memory_entry_grid) != 2 or min(self.memory_entry_grid) <= 0:
+            raise ValueError(f"memory_entry_grid must be two positive ints, got {self.memory_entry_grid}")
+        if self.memory_seconds_per_entry <= 0:
+            raise ValueError("memory_seconds_per_entry must be positive")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if not self.system_prompt.strip():
+            raise ValueError("system_prompt is empty")
+        if self.checkpoint_dir is not None and self.tiny_lm:
+            raise ValueError("tiny_lm settings apply only without checkpoint_dir")
+
+
+@dataclass(frozen=True)
+class GeneratedText:
+    text: str
+    token_ids: list[int]
+    token_probs: list[float]          # probability of each generated answer token (EOS excluded)
+    memory_relevance: torch.Tensor    # [M] float32, sums to 1
+
+
+@dataclass(frozen=True)
+class PromptBatch:
+    input_ids: torch.Tensor           # [B,L]
+    attention_mask: torch.Tensor      # [B,L]
+    labels: torch.Tensor              # [B,L], -100 off the answer (+EOS)
+    memory_start: int                 # memory occupies [memory_start, memory_start + M) in every row
+    num_memory: int
+
+
+class MemoryProjector(nn.Module):
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int):
+        super().__init__()
+        self.residual = in_dim == out_dim
+        self.fc1 = nn.Linear(in_dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, out_dim)
+        if self.residual:
+            nn.init.zeros_(self.fc2.weight)
+            nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc2(F.gelu(self.fc1(x)))
+        return x + y if self.residual else y
+
+
+def _load_language(config: LanguageBridgeConfig, loader: BackboneLoader | None) -> LanguageParts:
+    if config.checkpoint_dir is None:
+        model, tokenizer = build_tiny_language_model(**config.tiny_lm)
+        return language_parts_from_model(model.to(DTYPES[config.dtype]), tokenizer, "causal_lm")
+    if loader is not None:
+        backbone = loader.get(config.checkpoint_dir, config.dtype)
+    else:
+        backbone = load_backbone(config.checkpoint_dir, ("language",), config.dtype)
+    return backbone.language
+
+
+class LanguageBridge(nn.Module):
+    def __init__(self, config: LanguageBridgeConfig, loader: BackboneLoader | None = None,
+                 language: LanguageParts | None = None):
+        super().__init__()
+        self.config = config
+        language = language if language is not None else _load_language(config, loader)
+        if config.kind == "qwen2_5_vl" and language.rope_index is None:
+            raise ValueError(f"bridge kind 'qwen2_5_vl' needs a Qwen2.5-VL checkpoint, got a {language.family} one")
+        self.decoder = language.decoder
+        self.lm_head = language.lm_head
+        self.tokenizer = language.tokenizer
+        self.eos_token_ids = tuple(language.eos_token_ids)
+        self._rope_index = language.rope_index if config.kind == "qwen2_5_vl" else None
+        self.hidden_size = language.hidden_size
+        self.projector = MemoryProjector(config.memory_dim, config.projector_hidden_dim or self.hidden_size,
+                                         self.hidden_size)
+        if config.freeze_language_model:
+            self.decoder.requires_grad_(False)
+            self.lm_head.requires_grad_(False)
+
+        tok = self.tokenizer
+        memory_id = tok.convert_tokens_to_ids(MEMORY) if MEMORY in tok.get_vocab() else None
+        if config.kind == "qwen2_5_vl":
+            memory_id = language.video_token_id
+        self.placeholder_id = int(memory_id if memory_id is not None else
+                                  (tok.pad_token_id if tok.pad_token_id is not None else self.eos_token_ids[0]))
+        self.pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else self.eos_token_ids[0])
+        self._bos = [int(tok.bos_token_id)] if tok.bos_token_id is not None else []
+        self._prefix = self._bos + self._encode(f"{config.system_prompt}\nMemory:")
+        template = self._prefix + self._encode("\nQuestion:") + self._encode("\nAnswer:")
+        if tok.unk_token_id is not None and tok.unk_token_id in template:
+            raise ValueError("the tokenizer cannot represent the prompt template (unknown words in "
+                             f"{config.system_prompt!r} / 'Memory: Question: Answer:'); add them to its vocabulary")
+
+    # ------------------------------------------------------------------ prompt
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _question_ids(self, question: str) -> list[int]:
+        return self._encode(f"\nQuestion: {question.strip()}\nAnswer:")
+
+    def answer_ids(self, answer: str) -> list[int]:
+        """The target tokens of an answer: its text after one space, then EOS."""
+        return self._encode(" " + answer.strip()) + [self.eos_token_ids[0]]
+
+    def encode_prompts(self, num_memory: int, questions: list[str], answers: list[str] | None = None,
+                       device: torch.device | str = "cpu") -> PromptBatch:
+        if answers is not None and len(answers) != len(questions):
+            raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
+        rows, label_rows = [], []
+        for i, question in enumerate(questions):
+            ids = self._prefix + [self.placeholder_id] * num_memory + self._question_ids(question)
+            labels = [-100] * len(ids)
+            if answers is not None:
+                target = self.answer_ids(answers[i])
+                ids, labels = ids + target, labels + target
+            rows.append(ids)
+            label_rows.append(labels)
+        length = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), length), -100, dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, (ids, lab) in enumerate(zip(rows, label_rows)):
+            input_ids[i, :len(ids)] = torch.tensor(ids)
+            labels[i, :len(lab)] = torch.tensor(lab)
+            mask[i, :len(ids)] = 1
+        return PromptBatch(input_ids.to(device), mask.to(device), labels.to(device), len(self._prefix), num_memory)
+
+    # ------------------------------------------------------------------ pieces
+    @property
+    def embed_tokens(self) -> nn.Module:
+        return self.decoder.get_input_embeddings()
+
+    def _lm_dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    def _inputs_embeds(self, memory_tokens: torch.Tensor, batch: PromptBatch) -> torch.Tensor:
+        embeds = self.embed_tokens(batch.input_ids)                              # [B,L,d]
+        memory = self.projector(memory_tokens.to(self.projector.fc1.weight.dtype)).to(embeds.dtype)
+        s, m = batch.memory_start, batch.num_memory
+        return torch.cat([embeds[:, :s], memory, embeds[:, s + m:]], dim=1)
+
+    def entry_layout(self, num_memory: int, entry_grid: tuple[int, int] | None = None) -> tuple[int, int, int]:
+        gh, gw = entry_grid or self.config.memory_entry_grid
+        if num_memory % (gh * gw):
+            raise ValueError(f"{num_memory} memory tokens are not whole entries of {gh}x{gw} tokens")
+        return num_memory // (gh * gw), gh, gw
+
+    def position_ids(self, batch: PromptBatch, entry_grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """[B,L] (causal_lm) or [3,B,L] MRoPE positions (qwen2_5_vl)."""
+        b, length = batch.input_ids.shape
+        if self._rope_index is None:
+            return torch.arange(length, device=batch.input_ids.device).expand(b, -1)
+        entries, gh, gw = self.entry_layout(batch.num_memory, entry_grid)
+        s, m = batch.memory_start, batch.num_memory
+        token_type = torch.zeros_like(batch.input_ids, dtype=torch.int)
+        token_type[:, s:s + m] = VIDEO_TOKEN_TYPE
+        merge = self._merge_size()
+        grid = torch.tensor([[entries, gh * merge, gw * merge]] * b, device=batch.input_ids.device)
+        seconds = torch.full((b,), float(self.config.memory_seconds_per_entry))
+        positions, _ = self._rope_index(batch.input_ids, token_type, video_grid_thw=grid,
+                                        second_per_grid_ts=seconds, attention_mask=batch.attention_mask)
+        # Text after the memory starts right after its largest position (original Qwen2.5-VL rule).
+        shift = positions[:, :, s:s + m].amax() + 1 - positions[:, :, s + m].amin()
+        if s + m < length and shift > 0:
+            positions[:, :, s + m:] += shift * batch.attention_mask[:, s + m:].to(positions.dtype)
+        return positions
+
+    def _merge_size(self) -> int:
+        return int(self._rope_index.__self__.config.vision_config.spatial_merge_size)
+
+    def _hidden(self, memory_tokens: torch.Tensor, batch: PromptBatch, entry_grid=None, use_cache=False):
+        if memory_tokens.ndim != 3 or memory_tokens.shape[-1] != self.config.memory_dim:
+            raise ValueError(f"memory_tokens must be [B,M,{self.config.memory_dim}], got {tuple(memory_tokens.shape)}")
+        return self.decoder(inputs_embeds=self._inputs_embeds(memory_tokens, batch),
+                            attention_mask=batch.attention_mask,
+                            position_ids=self.position_ids(batch, entry_grid), use_cache=use_cache)
+
+    # ------------------------------------------------------------------ training
+    def loss(self, memory_tokens: torch.Tensor, questions: list[str], answers: list[str],
+             entry_grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """Teacher-forced cross-entropy over the answer tokens and EOS (mean over those tokens)."""
+        if memory_tokens.shape[0] != len(questions):
+            raise ValueError(f"{memory_tokens.shape[0]} memory sets but {len(questions)} questions")
+        batch = self.encode_prompts(memory_tokens.shape[1], questions, answers, memory_tokens.device)
+        hidden = self._hidden(memory_tokens, batch, entry_grid).last_hidden_state   # [B,L,d]
+        targets = batch.labels[:, 1:]
+        keep = targets != -100
+        logits = self.lm_head(hidden[:, :-1][keep]).float()                         # [T,V]
+        return F.cross_entropy(logits, targets[keep])
+
+    def next_token_logits(self, memory_tokens: torch.Tensor, questions: list[str],
+                          entry_grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """[B,V] float32 logits of the first answer token."""
+        batch = self.encode_prompts(memory_tokens.shape[1], questions, None, memory_tokens.device)
+        hidden = self._hidden(memory_tokens, batch, entry_grid).last_hidden_state
+        last = batch.attention_mask.sum(dim=1) - 1
+        return self.lm_head(hidden[torch.arange(hidden.shape[0]), last]).float()
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def generate(self, memory_tokens: torch.Tensor, question: str, max_new_tokens: int = 16,
+                 entry_grid: tuple[int, int] | None = None) -> GeneratedText:
+        """Greedy answer for one memory set: memory_tokens [1,M,C_in]."""
+        if memory_tokens.ndim != 3 or memory_tokens.shape[0] != 1:
+            raise ValueError(f"generate takes one memory set [1,M,C], got {tuple(memory_tokens.shape)}")
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+        batch = self.encode_prompts(memory_tokens.shape[1], [question], None, memory_tokens.device)
+        positions = self.position_ids(batch, entry_grid)
+        out = self.decoder(inputs_embeds=self._inputs_embeds(memory_tokens, batch),
+                           attention_mask=batch.attention_mask, position_ids=positions, use_cache=True)
+        s, m = batch.memory_start, batch.num_memory
+        keys = out.last_hidden_state[0, s:s + m].float()                             # [M,d]
+        scale = 1.0 / math.sqrt(keys.shape[-1])
+        next_position = int(positions[..., -1].max()) + 1
+        hidden, past = out.last_hidden_state[0, -1], out.past_key_values
+        tokens: list[int] = []
+        probs: list[float] = []
+        relevance: list[torch.Tensor] = []
+        for step in range(max_new_tokens):
+            distribution = torch.softmax(self.lm_head(hidden).float(), dim=-1)
+            token = int(distribution.argmax())
+            step_relevance = torch.softmax(keys @ hidden.float() * scale, dim=0)
+            if token in self.eos_token_ids:
+                if not relevance:
+                    relevance.append(step_relevance)
+                break
+            tokens.append(token)
+            probs.append(float(distribution[token]))
+            relevance.append(step_relevance)
+            if step == max_new_tokens - 1:
+                break
+            embed = self.embed_tokens(torch.tensor([[token]], device=memory_tokens.device))
+            position = torch.full((1, 1), next_position + step, dtype=torch.long, device=memory_tokens.device)
+            if self._rope_index is not None:
+                position = position.expand(3, 1, 1)
+            out = self.decoder(inputs_embeds=embed, position_ids=position, past_key_values=past, use_cache=True)
+            hidden, past = out.last_hidden_state[0, -1], out.past_key_values
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        return GeneratedText(text, tokens, probs, torch.stack(relevance).mean(dim=0).cpu())
