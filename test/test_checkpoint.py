@@ -1,0 +1,147 @@
+"""VLM² checkpoint directories and presets over real-layout backbone checkpoints (tiny, random)."""
+import json
+
+import pytest
+import torch
+
+from vlm2_ros.engine.engine import SpatialMemoryEngine
+from vlm2_ros.model.checkpoint import (CONFIG_NAME, WEIGHTS_NAME, CheckpointError, build_model, load_checkpoint,
+                                       load_model, save_checkpoint)
+from vlm2_ros.model.geometry_encoder import GeometryEncoder, GeometryEncoderConfig
+from vlm2_ros.model.presets import PRESETS, preset_config
+from vlm2_ros.model.provenance import Provenance
+from vlm2_ros.model.tiny_checkpoints import save_tiny_llava_onevision, save_tiny_qwen2_5_vl
+
+QUESTION = "How many chairs are in this room?"
+SMALL_GEOMETRY = dict(encoder_dim=32, encoder_depth=1, encoder_heads=2, pos_grid=4, decoder_depth=2,
+                      decoder_heads=2, num_register_tokens=2, head_dim=32, head_heads=2, camera_dim=16)
+
+
+def run(model, frames=3, seed=0):
+    """Stream a few frames and answer: everything a checkpoint must reproduce."""
+    torch.manual_seed(seed)
+    model = model.eval()
+    h, w = model.config.image_size
+    images = torch.rand(frames, 1, 3, h, w)
+    stream = model.empty_stream(1)
+    with torch.no_grad():
+        for i in range(frames):
+            stream, _ = model.step(stream, images[i], Provenance.single(torch.tensor([i]), torch.tensor([i])))
+        readout = model.read_memory(stream)
+        generated = model.bridge.generate(readout.tokens, QUESTION, max_new_tokens=4)
+    return stream, readout.tokens, generated
+
+
+def assert_same(a, b):
+    assert torch.equal(a[0].memory.working.tokens, b[0].memory.working.tokens)
+    assert torch.equal(a[0].memory.episodic.tokens, b[0].memory.episodic.tokens)
+    assert torch.equal(a[1], b[1])
+    assert a[2].text == b[2].text and a[2].token_ids == b[2].token_ids
+
+
+def test_tiny_checkpoint_round_trip_is_exact(tiny_model_factory, tmp_path):
+    model = tiny_model_factory()
+    save_checkpoint(model, tmp_path / "ckpt", trained_with={"note": "test"})
+    loaded, weights = load_checkpoint(tmp_path / "ckpt")
+    assert weights.startswith("ckpt@sha256:")
+    assert_same(run(model), run(loaded))
+    meta = json.loads((tmp_path / "ckpt" / CONFIG_NAME).read_text())
+    assert meta["trained_with"] == {"note": "test"} and meta["config"]["preset"] == "tiny"
+
+
+def test_memory_mode_can_be_overridden_at_load(tiny_model_factory, tmp_path):
+    save_checkpoint(tiny_model_factory(), tmp_path / "ckpt")
+    model, _ = load_checkpoint(tmp_path / "ckpt", memory_mode="working")
+    assert model.config.memory.mode == "working"
+    with pytest.raises(ValueError, match="memory mode"):
+        load_checkpoint(tmp_path / "ckpt", memory_mode="bogus")
+
+
+@pytest.mark.parametrize("family,writer,preset,layout", [
+    ("qwen2_5_vl", save_tiny_qwen2_5_vl, "qwen2.5-vl-3b-pi3", "pi3"),
+    ("qwen2_5_vl", save_tiny_qwen2_5_vl, "qwen2.5-vl-7b-vggt", "vggt"),
+    ("llava_video", save_tiny_llava_onevision, "llava-video-7b-pi3", "pi3"),
+])
+def test_backbone_presets_load_real_layouts_and_round_trip(tmp_path, family, writer, preset, layout):
+    backbone = writer(tmp_path / "vlm")
+    GeometryEncoder(GeometryEncoderConfig(layout=layout, **SMALL_GEOMETRY)).save_pretrained(tmp_path / "geometry")
+    config = preset_config(preset, backbone_dir=str(backbone), geometry_dir=str(tmp_path / "geometry"),
+                           dtype="float32", image_size_override=(56, 84))
+    torch.manual_seed(0)
+    model = build_model(config)
+    assert model.config.fusion.dim == model.bridge.hidden_size == 64
+    save_checkpoint(model, tmp_path / "vlm2")
+    # The checkpoint stores only VLM²'s own weights; the backbones stay in their directories.
+    names = json.loads((tmp_path / "vlm2" / CONFIG_NAME).read_text())
+    assert names["config"]["geometry_checkpoint"] == str(tmp_path / "geometry")
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "vlm2" / WEIGHTS_NAME), "pt") as f:
+        keys = list(f.keys())
+    assert any(k.startswith("fusion.") for k in keys) and any(k.startswith("bridge.projector.") for k in keys)
+    assert not any(k.startswith(("geometry.", "semantic.", "bridge.decoder.")) for k in keys)
+    loaded, _ = load_checkpoint(tmp_path / "vlm2")
+    assert_same(run(model), run(loaded))
+
+
+def test_backbone_preset_needs_directories_and_the_right_family(tmp_path):
+    with pytest.raises(ValueError, match="--backbone-dir"):
+        preset_config("qwen2.5-vl-3b-pi3")
+    llava = save_tiny_llava_onevision(tmp_path / "llava")
+    with pytest.raises(ValueError, match="needs a qwen2_5_vl checkpoint"):
+        preset_config("qwen2.5-vl-3b-pi3", backbone_dir=str(llava), geometry_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset_config("gpt-5")
+    assert {"tiny", "llava-video-7b-pi3", "qwen2.5-vl-3b-pi3", "qwen2.5-vl-7b-vggt"} <= set(PRESETS)
+
+
+def _damaged(tmp_path, tiny_model_factory, damage):
+    save_checkpoint(tiny_model_factory(), tmp_path / "ckpt")
+    damage(tmp_path / "ckpt")
+    return tmp_path / "ckpt"
+
+
+def _edit_config(directory, edit):
+    meta = json.loads((directory / CONFIG_NAME).read_text())
+    edit(meta)
+    (directory / CONFIG_NAME).write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda d: (d / CONFIG_NAME).unlink(), r"vlm2_config.json does not exist"),
+    (lambda d: (d / WEIGHTS_NAME).unlink(), r"vlm2_weights.safetensors does not exist"),
+    (lambda d: (d / CONFIG_NAME).write_text("{"), "invalid JSON"),
+    (lambda d: _edit_config(d, lambda m: m.update(version=7)), "version 7 is not supported"),
+    (lambda d: (d / WEIGHTS_NAME).write_bytes((d / WEIGHTS_NAME).read_bytes()[:-100]), "checksum mismatch"),
+    (lambda d: _edit_config(d, lambda m: m["config"]["fusion"].update(position_hidden_dim=64)),
+     r"vlm2_weights.safetensors: key 'fusion.injection.phi.fc1.bias' has shape \(128,\), the model expects \(64,\)"),
+])
+def test_broken_checkpoints_are_refused_naming_file_and_key(tmp_path, tiny_model_factory, damage, message):
+    directory = _damaged(tmp_path, tiny_model_factory, damage)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(directory)
+
+
+def test_missing_key_is_named(tmp_path, tiny_model_factory):
+    from safetensors.torch import load_file, save_file
+    directory = _damaged(tmp_path, tiny_model_factory, lambda d: None)
+    state = load_file(str(directory / WEIGHTS_NAME))
+    del state["memory.gate.fc1.weight"]
+    save_file(state, str(directory / WEIGHTS_NAME))
+    _edit_config(directory, lambda m: m.pop("weights_sha256"))
+    with pytest.raises(CheckpointError, match=r"missing keys \['memory.gate.fc1.weight'\]"):
+        load_checkpoint(directory)
+
+
+def test_load_model_without_checkpoint_reports_untrained_weights():
+    model, weights = load_model("tiny", seed=3)
+    assert weights == "untrained(seed=3)" and model.config.preset == "tiny"
+    with pytest.raises(ValueError, match="unknown preset"):
+        load_model("huge")
+
+
+def test_engine_from_preset_with_checkpoint_dir(tmp_path, tiny_model_factory):
+    save_checkpoint(tiny_model_factory(), tmp_path / "ckpt")
+    engine = SpatialMemoryEngine.from_preset("tiny", checkpoint_dir=tmp_path / "ckpt")
+    assert engine.status().weights.startswith("ckpt@sha256:")
+    with pytest.raises(CheckpointError, match="holds preset 'tiny'"):
+        SpatialMemoryEngine.from_preset("qwen2.5-vl-3b-pi3", checkpoint_dir=tmp_path / "ckpt")
