@@ -1,0 +1,203 @@
+"""The engine API: ingest, query, status, reset, snapshots, thread safety, bad input."""
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_frames
+from vlm2_ros.camera import CameraIntrinsics
+from vlm2_ros.engine.engine import IngestError, NotReadyError, QueryError, SpatialMemoryEngine
+from vlm2_ros.engine.snapshot import SnapshotError
+from vlm2_ros.model.provenance import Provenance
+
+MC = "Which object is closest to the door?\nA. chair\nB. lamp\nC. sofa\nD. tv\nAnswer with the option's letter."
+STAMP0 = 1_700_000_000_000_000_000
+
+
+def feed(engine, n, start=0, with_pose=False):
+    frames = make_frames(n, seed=start)
+    for i, frame in enumerate(frames):
+        pose = None
+        if with_pose:
+            pose = np.eye(4)
+            pose[:3, 3] = [0.1 * (start + i), 0.0, 1.5]
+        engine.ingest(frame, STAMP0 + (start + i) * 100_000_000, pose=pose)
+
+
+def memory_stamps(engine):
+    memory = engine._stream.memory
+    return set(memory.working.provenance.stamp_ns.flatten().tolist()) | \
+        set(memory.episodic.provenance.stamp_ns.flatten().tolist())
+
+
+def test_model_step_shapes_and_dtypes(tiny_model_factory):
+    model = tiny_model_factory().eval()
+    h, w = model.config.image_size
+    stream = model.empty_stream(2)
+    with torch.no_grad():
+        for i in range(3):
+            stream, out = model.step(stream, torch.rand(2, 3, h, w),
+                                     Provenance.single(torch.tensor([i, i]), torch.tensor([i, i])))
+    n_tok, c = model.num_tokens_per_frame, model.config.fusion.dim
+    assert out.fused.shape == (2, n_tok, c) and out.fused.dtype == torch.float32
+    assert out.memory.shape == (2, n_tok, c)
+    assert out.depth.shape == (2, h, w) and out.camera_pose.shape == (2, 4, 4)
+    assert stream.memory.working.tokens.shape == (2, 3, n_tok, c)
+    readout = model.read_memory(stream)
+    k = model.config.readout_grid[0] * model.config.readout_grid[1]
+    assert readout.tokens.shape == (2, (3 + 3) * k, c)
+
+
+def test_ingest_fills_memories_up_to_capacity(tiny_engine):
+    feed(tiny_engine, 45)
+    s = tiny_engine.status()
+    assert s.frames_ingested == 45 and s.frames_rejected == 0
+    assert s.working_entries == s.working_capacity == 8
+    assert s.episodic_entries == s.episodic_capacity == 32
+    assert s.episodic_replacements == 45 - 32
+    assert s.last_stamp_ns == STAMP0 + 44 * 100_000_000
+    wm = tiny_engine._stream.memory.working.provenance.frame_index[0].tolist()
+    assert wm == list(range(37, 45))  # exactly the last L_w frames
+
+
+def test_query_answer_is_typed_and_cites_evidence_in_memory(tiny_engine):
+    feed(tiny_engine, 12, with_pose=True)
+    for question, kind in ((MC, "choice"), ("How many chairs are in this room?", "number")):
+        answer = tiny_engine.query(question)
+        assert answer.kind == kind
+        assert 0.0 <= answer.confidence <= 1.0 and answer.latency_s > 0
+        assert 1 <= len(answer.evidence) <= 3
+        assert {e.stamp_ns for e in answer.evidence} <= memory_stamps(tiny_engine)
+        assert all(e.memory in ("working", "episodic") and 0 <= e.relevance <= 1 for e in answer.evidence)
+        assert all(e.pose is not None and len(e.pose) == 4 for e in answer.evidence)
+
+
+def test_query_validation(tiny_engine):
+    with pytest.raises(NotReadyError):
+        tiny_engine.query("How many chairs?")
+    feed(tiny_engine, 2)
+    with pytest.raises(QueryError, match="empty"):
+        tiny_engine.query("   ")
+    with pytest.raises(QueryError, match="limit"):
+        tiny_engine.query("x" * 5000)
+    with pytest.raises(QueryError, match="text"):
+        tiny_engine.query(b"bytes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(image=np.zeros((96, 128, 3), np.float32)), "uint8"),
+    (dict(image=np.zeros((96, 128), np.uint8)), r"\[H,W,3\]"),
+    (dict(image=np.zeros((1, 1, 3), np.uint8)), "too small"),
+    (dict(stamp_ns=-5), "non-negative"),
+    (dict(stamp_ns=STAMP0), "older"),
+    (dict(camera_info=CameraIntrinsics(100, 100, 64, 48, 64, 48)), "camera info"),
+    (dict(pose=np.full((4, 4), np.nan)), "NaN"),
+    (dict(pose=np.ones((3, 3))), "4x4"),
+])
+def test_bad_frames_are_rejected_counted_and_leave_memory_unchanged(tiny_engine, bad, match):
+    feed(tiny_engine, 3, start=10)
+    before = tiny_engine._stream
+    args = dict(image=make_frames(1)[0], stamp_ns=STAMP0 + 10**12, camera_info=None, pose=None) | bad
+    with pytest.raises(IngestError, match=match):
+        tiny_engine.ingest(args["image"], args["stamp_ns"], args["camera_info"], args["pose"])
+    assert tiny_engine._stream is before
+    assert tiny_engine.status().frames_rejected == 1
+
+
+def test_batched_ingest_equals_sequential(tiny_model_factory):
+    frames = make_frames(5)
+    stamps = [STAMP0 + i for i in range(5)]
+    a = SpatialMemoryEngine(tiny_model_factory(), weights="w")
+    b = SpatialMemoryEngine(tiny_model_factory(), weights="w")
+    for f, s in zip(frames, stamps):
+        a.ingest(f, s)
+    assert b.ingest_batch(frames, stamps) == [0, 1, 2, 3, 4]
+    for x, y in ((a._stream.memory.working.tokens, b._stream.memory.working.tokens),
+                 (a._stream.memory.episodic.tokens, b._stream.memory.episodic.tokens)):
+        assert torch.allclose(x, y, atol=1e-5)
+
+
+def test_reset_clears_memory(tiny_engine):
+    feed(tiny_engine, 4)
+    tiny_engine.reset()
+    s = tiny_engine.status()
+    assert (s.frames_ingested, s.working_entries, s.episodic_entries, s.last_stamp_ns) == (0, 0, 0, None)
+
+
+def test_snapshot_round_trip_is_bit_exact(tiny_engine, tiny_model_factory, tmp_path):
+    feed(tiny_engine, 40, with_pose=True)
+    tiny_engine.save(tmp_path / "snap")
+    other = SpatialMemoryEngine(tiny_model_factory(), weights=tiny_engine.weights)
+    other.load(tmp_path / "snap")
+    for name in ("working", "episodic"):
+        mine, theirs = getattr(tiny_engine._stream.memory, name), getattr(other._stream.memory, name)
+        assert torch.equal(mine.tokens, theirs.tokens)
+        for k, v in mine.provenance.fields().items():
+            assert torch.equal(v, theirs.provenance.fields()[k])
+    assert torch.equal(tiny_engine._stream.geometry_window, other._stream.geometry_window)
+    assert other.status().to_dict() == tiny_engine.status().to_dict()
+    assert other.query(MC).text == tiny_engine.query(MC).text
+    # and the restored engine keeps streaming from where it left off
+    feed(other, 2, start=40)
+    assert other.status().frames_ingested == 42
+
+
+def test_tampered_or_foreign_snapshot_is_refused_and_state_untouched(tiny_engine, tiny_model_factory, tmp_path):
+    feed(tiny_engine, 5)
+    tiny_engine.save(tmp_path / "snap")
+    target = SpatialMemoryEngine(tiny_model_factory(), weights=tiny_engine.weights)
+    feed(target, 3, start=100)
+    before = target._stream
+    tensor_file = next((tmp_path / "snap").glob("memory-*.safetensors"))
+    data = tensor_file.read_bytes()
+    tensor_file.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SnapshotError, match="checksum"):
+        target.load(tmp_path / "snap")
+    assert target._stream is before
+    tiny_engine.save(tmp_path / "snap2")
+    foreign = SpatialMemoryEngine(tiny_model_factory(memory_mode="working"), weights=tiny_engine.weights)
+    with pytest.raises(SnapshotError, match="different model"):
+        foreign.load(tmp_path / "snap2")
+
+
+def test_concurrent_ingest_and_query_are_safe(tiny_engine):
+    feed(tiny_engine, 2)
+    errors, answers = [], []
+
+    def stream_worker():
+        try:
+            feed(tiny_engine, 20, start=2)
+        except Exception as e:  # pragma: no cover
+            errors.append(e)
+
+    def query_worker():
+        try:
+            for _ in range(4):
+                answer = tiny_engine.query(MC)
+                answers.append(answer)
+        except Exception as e:  # pragma: no cover
+            errors.append(e)
+
+    threads = [threading.Thread(target=stream_worker)] + [threading.Thread(target=query_worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert len(answers) == 8 and all(a.evidence for a in answers)
+    assert tiny_engine.status().frames_ingested == 22
+
+
+def test_bfloat16_engine_runs(tiny_model_factory):
+    engine = SpatialMemoryEngine(tiny_model_factory(), weights="w", dtype="bf16")
+    feed(engine, 3)
+    assert engine._stream.memory.working.tokens.dtype == torch.bfloat16
+    assert engine.query(MC).kind == "choice"
+
+
+def test_device_and_dtype_validation(tiny_model_factory):
+    with pytest.raises(ValueError, match="dtype"):
+        SpatialMemoryEngine(tiny_model_factory(), weights="w", dtype="int8")
+    with pytest.raises(ValueError, match="device"):
+        SpatialMemoryEngine(tiny_model_factory(), weights="w", device="tpu")

@@ -1,0 +1,323 @@
+"""SpatialMemoryEngine: streaming ingest, spatial queries, status, reset, snapshots.
+
+Thread safety: the stream state is immutable (each step builds a new one), so a query takes a
+reference to the current state under a short lock and then runs the language model without
+holding it; ingest calls are serialised among themselves by a second lock, because a stream
+is sequential. Ingest and query therefore run concurrently without blocking each other, and a
+query always sees a consistent memory.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from ..camera import CameraIntrinsics, validate_pose
+from ..model.dual_memory import MemoryState
+from ..model.episodic_memory import EpisodicMemory
+from ..model.memory_readout import SOURCE_NAMES
+from ..model.provenance import Provenance
+from ..model.vlm2 import StreamState, VLM2Model
+from ..model.working_memory import WorkingMemory
+from .answer import Answer, Evidence, expected_answer_kind, parse_choice, parse_number, question_options
+from .snapshot import SnapshotError, read_snapshot, write_snapshot
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+ENGINE_STATE_VERSION = 1
+
+
+class IngestError(ValueError):
+    """A frame was rejected (bad image, camera info, pose or stamp); memory is unchanged."""
+
+
+class QueryError(ValueError):
+    """A question was rejected (empty, too long, not text); memory is unchanged."""
+
+
+class NotReadyError(RuntimeError):
+    """The engine has no memory to answer from yet."""
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    preset: str
+    weights: str
+    device: str
+    dtype: str
+    memory_mode: str
+    frames_ingested: int
+    frames_rejected: int
+    working_entries: int
+    working_capacity: int
+    episodic_entries: int
+    episodic_capacity: int
+    episodic_replacements: int
+    last_stamp_ns: int | None
+    mean_ingest_ms: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+class SpatialMemoryEngine:
+    def __init__(self, model: VLM2Model, *, weights: str, device: str = "cpu", dtype: str = "fp32",
+                 max_new_tokens: int = 16, max_question_chars: int = 1000, evidence_top_k: int = 3):
+        self.device, self.dtype_name = resolve_device(device), dtype
+        self.dtype = resolve_dtype(dtype)
+        self.model = model.to(self.device, self.dtype).eval()
+        self.weights = weights
+        self.max_new_tokens = max_new_tokens
+        self.max_question_chars = max_question_chars
+        self.evidence_top_k = evidence_top_k
+        self._state_lock = threading.Lock()
+        self._ingest_lock = threading.Lock()
+        self._reset_locked()
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_preset(cls, preset: str = "tiny", *, checkpoint_dir: str | Path | None = None,
+                    memory_mode: str | None = None, **engine_kwargs) -> "SpatialMemoryEngine":
+        """Load a preset's model (its shipped or given checkpoint) and wrap it in an engine."""
+        from ..model.checkpoint import load_model  # local import: keeps engine import light
+        model, weights = load_model(preset, checkpoint_dir=checkpoint_dir, memory_mode=memory_mode)
+        return cls(model, weights=weights, **engine_kwargs)
+
+    # ----------------------------------------------------------------- ingest
+    def _preprocess(self, image: np.ndarray, camera_info: CameraIntrinsics | None) -> torch.Tensor:
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            got = f"{type(image).__name__} {getattr(image, 'dtype', '')} {getattr(image, 'shape', '')}"
+            raise IngestError(f"image must be a uint8 RGB array [H,W,3], got {got}")
+        h, w = image.shape[:2]
+        if h < 2 or w < 2:
+            raise IngestError(f"image is too small: {w}x{h}")
+        if camera_info is not None and (camera_info.width, camera_info.height) != (w, h):
+            raise IngestError(f"camera info is for {camera_info.width}x{camera_info.height} "
+                              f"but the image is {w}x{h}")
+        th, tw = self.model.config.image_size
+        resized = cv2.resize(image, (tw, th), interpolation=cv2.INTER_AREA) if (h, w) != (th, tw) else image
+        return torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).float().div_(255.0)
+
+    def _check_stamp(self, stamp_ns: int, last: int | None) -> int:
+        if isinstance(stamp_ns, bool) or not isinstance(stamp_ns, (int, np.integer)) or stamp_ns < 0:
+            raise IngestError(f"stamp must be a non-negative integer of nanoseconds, got {stamp_ns!r}")
+        if last is not None and stamp_ns < last:
+            raise IngestError(f"stamp {stamp_ns} ns is older than the last ingested frame "
+                              f"({last} ns); reset the engine after a time jump backwards")
+        return int(stamp_ns)
+
+    def ingest(self, image: np.ndarray, stamp_ns: int, camera_info: CameraIntrinsics | None = None,
+               pose: np.ndarray | None = None) -> int:
+        """Push one frame into memory; returns its frame index. Raises IngestError on bad input."""
+        return self.ingest_batch([image], [stamp_ns], [camera_info], [pose])[0]
+
+    def ingest_batch(self, images, stamps_ns, camera_infos=None, poses=None) -> list[int]:
+        """Push consecutive frames of one stream; the per-frame encoders run batched.
+        All frames are validated first: one bad frame rejects the batch and memory is unchanged."""
+        n = len(images)
+        camera_infos = camera_infos or [None] * n
+        poses = poses or [None] * n
+        if not (len(stamps_ns) == len(camera_infos) == len(poses) == n) or n == 0:
+            raise IngestError("images, stamps, camera infos and poses must be non-empty lists of one length")
+        with self._ingest_lock:
+            try:
+                last = self._last_stamp_ns
+                stamps = []
+                for s in stamps_ns:
+                    last = self._check_stamp(s, last)
+                    stamps.append(last)
+                pixels = torch.stack([self._preprocess(im, ci) for im, ci in zip(images, camera_infos)])
+                pose_arrays = [None if p is None else validate_pose(p) for p in poses]
+            except ValueError as e:
+                with self._state_lock:
+                    self._frames_rejected += n
+                raise e if isinstance(e, IngestError) else IngestError(str(e)) from e
+            started = time.perf_counter()
+            stream = self._stream
+            with torch.inference_mode():
+                frame_tokens, semantic = self.model.encode_frames(pixels.to(self.device, self.dtype))
+                indices = []
+                for i in range(n):
+                    index = stream.frames
+                    provenance = Provenance.single(torch.tensor([stamps[i]]), torch.tensor([index]),
+                                                   None if pose_arrays[i] is None
+                                                   else torch.from_numpy(pose_arrays[i])[None])
+                    pose = None if pose_arrays[i] is None else torch.from_numpy(pose_arrays[i])[None].to(self.device)
+                    stream, _ = self.model.advance(stream, frame_tokens[i:i + 1], semantic[i:i + 1],
+                                                   provenance, pose)
+                    indices.append(index)
+            elapsed = time.perf_counter() - started
+            with self._state_lock:
+                self._stream = stream
+                self._last_stamp_ns = stamps[-1]
+                self._ingest_seconds += elapsed
+            return indices
+
+    # ----------------------------------------------------------------- query
+    def query(self, question: str, max_new_tokens: int | None = None) -> Answer:
+        started = time.perf_counter()
+        if not isinstance(question, str):
+            raise QueryError(f"question must be text, got {type(question).__name__}")
+        question = question.strip()
+        if not question:
+            raise QueryError("question is empty")
+        if len(question) > self.max_question_chars:
+            raise QueryError(f"question has {len(question)} characters; the limit is {self.max_question_chars}")
+        with self._state_lock:
+            stream = self._stream
+        if stream.frames == 0:
+            raise NotReadyError("no frame has been ingested yet: memory is empty")
+        with torch.inference_mode():
+            readout = self.model.read_memory(stream)
+            generated = self.model.bridge.generate(readout.tokens, question,
+                                                   max_new_tokens=max_new_tokens or self.max_new_tokens)
+        kind = expected_answer_kind(question)
+        text = generated.text.strip()
+        probs = [min(max(float(p), 1e-12), 1.0) for p in generated.token_probs]
+        confidence = math.exp(sum(math.log(p) for p in probs) / len(probs)) if probs else 0.0
+        return Answer(
+            question=question, text=text, kind=kind,
+            value=parse_number(text) if kind == "number" else None,
+            choice=parse_choice(text, question_options(question)) if kind == "choice" else None,
+            confidence=confidence,
+            evidence=self._evidence(stream, readout, generated.memory_relevance),
+            latency_s=time.perf_counter() - started)
+
+    def _evidence(self, stream: StreamState, readout, relevance: torch.Tensor) -> tuple[Evidence, ...]:
+        """The memory entries with the largest share of the answer's relevance, with provenance."""
+        per_entry = relevance.float().cpu().view(-1, readout.tokens_per_entry).sum(dim=1)  # [E]
+        per_entry = per_entry.clamp_min(0)
+        total = float(per_entry.sum()) or 1.0
+        memories = {0: stream.memory.working, 1: stream.memory.episodic}
+        evidence = []
+        for e in per_entry.argsort(descending=True)[: self.evidence_top_k].tolist():
+            source = int(readout.entry_source[0, e])
+            slot = int(readout.entry_slot[0, e])
+            prov = memories[source].provenance
+            pose = prov.pose[0, slot].tolist() if bool(prov.has_pose[0, slot]) else None
+            evidence.append(Evidence(int(prov.stamp_ns[0, slot]), int(prov.frame_index[0, slot]),
+                                     SOURCE_NAMES[source], float(per_entry[e]) / total, pose))
+        return tuple(evidence)
+
+    # ----------------------------------------------------------------- status / reset
+    def status(self) -> EngineStatus:
+        with self._state_lock:
+            memory, frames = self._stream.memory, self._stream.frames
+            return EngineStatus(
+                preset=self.model.config.preset, weights=self.weights, device=str(self.device),
+                dtype=self.dtype_name, memory_mode=self.model.config.memory.mode,
+                frames_ingested=frames, frames_rejected=self._frames_rejected,
+                working_entries=len(memory.working), working_capacity=memory.working.capacity,
+                episodic_entries=len(memory.episodic) if self.model.memory.uses_episodic else 0,
+                episodic_capacity=memory.episodic.capacity if self.model.memory.uses_episodic else 0,
+                episodic_replacements=memory.episodic.replacements, last_stamp_ns=self._last_stamp_ns,
+                mean_ingest_ms=1000 * self._ingest_seconds / frames if frames else 0.0)
+
+    def _reset_locked(self) -> None:
+        self._stream = self.model.empty_stream(1)
+        self._last_stamp_ns: int | None = None
+        self._frames_rejected = 0
+        self._ingest_seconds = 0.0
+
+    def reset(self) -> None:
+        with self._ingest_lock, self._state_lock:
+            self._reset_locked()
+
+    # ----------------------------------------------------------------- snapshots
+    def fingerprint(self) -> dict:
+        """What a snapshot must match to be loaded into this engine."""
+        c = self.model.config
+        return {"preset": c.preset, "weights": self.weights, "memory_mode": c.memory.mode,
+                "tokens_per_frame": self.model.num_tokens_per_frame, "dim": c.fusion.dim,
+                "working_capacity": c.memory.working.capacity,
+                "episodic_capacity": c.memory.episodic.capacity,
+                "geometry_window": c.geometry_window}
+
+    def save(self, directory: str | Path) -> Path:
+        """Atomically write the memory (safetensors + JSON) into `directory`."""
+        with self._state_lock:
+            stream, last, rejected = self._stream, self._last_stamp_ns, self._frames_rejected
+            ingest_seconds = self._ingest_seconds
+        tensors = {"geometry_window": stream.geometry_window,
+                   "working.tokens": stream.memory.working.tokens,
+                   "episodic.tokens": stream.memory.episodic.tokens}
+        for name, mem in (("working", stream.memory.working), ("episodic", stream.memory.episodic)):
+            tensors.update({f"{name}.{k}": v for k, v in mem.provenance.fields().items()})
+        metadata = {"engine_state_version": ENGINE_STATE_VERSION, "fingerprint": self.fingerprint(),
+                    "frames": stream.frames, "last_stamp_ns": last, "frames_rejected": rejected,
+                    "ingest_seconds": ingest_seconds,
+                    "episodic_replacements": stream.memory.episodic.replacements,
+                    "saved_unix_time": time.time()}
+        return write_snapshot(directory, tensors, metadata)
+
+    def load(self, directory: str | Path) -> None:
+        """Replace the memory with a snapshot's. On any error the current memory is untouched."""
+        tensors, meta = read_snapshot(directory)
+        if meta.get("engine_state_version") != ENGINE_STATE_VERSION:
+            raise SnapshotError(f"{directory}: engine state version {meta.get('engine_state_version')!r} "
+                                f"is not {ENGINE_STATE_VERSION}")
+        if meta.get("fingerprint") != self.fingerprint():
+            raise SnapshotError(f"{directory}: snapshot was written by a different model or memory "
+                                f"configuration ({meta.get('fingerprint')} != {self.fingerprint()})")
+        stream = self._stream_from_tensors(tensors, meta, str(directory))
+        with self._ingest_lock, self._state_lock:
+            self._stream = stream
+            self._last_stamp_ns = meta["last_stamp_ns"]
+            self._frames_rejected = int(meta.get("frames_rejected", 0))
+            self._ingest_seconds = float(meta.get("ingest_seconds", 0.0))
+
+    def _stream_from_tensors(self, tensors: dict, meta: dict, source: str) -> StreamState:
+        expected = self.model.empty_stream(1)
+        n_tok, dim = self.model.num_tokens_per_frame, self.model.config.fusion.dim
+
+        def take(key: str) -> torch.Tensor:
+            if key not in tensors:
+                raise SnapshotError(f"{source}: tensor {key!r} is missing")
+            return tensors[key]
+
+        def memory_part(name: str, template) -> tuple[torch.Tensor, Provenance]:
+            tokens = take(f"{name}.tokens")
+            n = tokens.shape[1] if tokens.dim() == 4 else -1
+            if tokens.dim() != 4 or tokens.shape[0] != 1 or tokens.shape[2:] != (n_tok, dim) \
+                    or not 0 <= n <= template.capacity:
+                raise SnapshotError(f"{source}: tensor '{name}.tokens' has shape {tuple(tokens.shape)}, "
+                                    f"expected [1, <= {template.capacity}, {n_tok}, {dim}]")
+            prov = Provenance(*(take(f"{name}.{k}") for k in ("stamp_ns", "frame_index", "pose", "has_pose")))
+            for k, v in prov.fields().items():
+                if v.shape[:2] != (1, n):
+                    raise SnapshotError(f"{source}: tensor '{name}.{k}' has shape {tuple(v.shape)}, "
+                                        f"expected [1, {n}, ...]")
+            return tokens.to(self.device, self.dtype), prov
+
+        w_tokens, w_prov = memory_part("working", expected.memory.working)
+        e_tokens, e_prov = memory_part("episodic", expected.memory.episodic)
+        window = take("geometry_window").to(self.device, self.dtype)
+        if window.dim() != 4 or window.shape[0] != 1 or window.shape[1] > self.model.config.geometry_window:
+            raise SnapshotError(f"{source}: tensor 'geometry_window' has shape {tuple(window.shape)}")
+        frames = meta.get("frames")
+        if not isinstance(frames, int) or frames < max(w_tokens.shape[1], e_tokens.shape[1]):
+            raise SnapshotError(f"{source}: invalid frame count {frames!r}")
+        memory = MemoryState(
+            WorkingMemory(expected.memory.working.capacity, w_tokens, w_prov),
+            EpisodicMemory(expected.memory.episodic.capacity, e_tokens, e_prov,
+                           int(meta.get("episodic_replacements", 0))))
+        return StreamState(window, memory, frames)
