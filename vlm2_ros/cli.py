@@ -11,6 +11,7 @@ import sys
 
 COMMAND_MODULES = (
     "vlm2_ros.bench.cli",
+    "vlm2_ros.demo",
 )
 
 
