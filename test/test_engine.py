@@ -26,7 +26,7 @@ def feed(engine, n, start=0, with_pose=False):
 
 
 def memory_stamps(engine):
-    memory = engine._stream.memory
+    memory = engine.stream.memory
     return set(memory.working.provenance.stamp_ns.flatten().tolist()) | \
         set(memory.episodic.provenance.stamp_ns.flatten().tolist())
 
@@ -57,7 +57,7 @@ def test_ingest_fills_memories_up_to_capacity(tiny_engine):
     assert s.episodic_entries == s.episodic_capacity == 32
     assert s.episodic_replacements == 45 - 32
     assert s.last_stamp_ns == STAMP0 + 44 * 100_000_000
-    wm = tiny_engine._stream.memory.working.provenance.frame_index[0].tolist()
+    wm = tiny_engine.stream.memory.working.provenance.frame_index[0].tolist()
     assert wm == list(range(37, 45))  # exactly the last L_w frames
 
 
@@ -97,11 +97,11 @@ def test_query_validation(tiny_engine):
 ])
 def test_bad_frames_are_rejected_counted_and_leave_memory_unchanged(tiny_engine, bad, match):
     feed(tiny_engine, 3, start=10)
-    before = tiny_engine._stream
+    before = tiny_engine.stream
     args = dict(image=make_frames(1)[0], stamp_ns=STAMP0 + 10**12, camera_info=None, pose=None) | bad
     with pytest.raises(IngestError, match=match):
         tiny_engine.ingest(args["image"], args["stamp_ns"], args["camera_info"], args["pose"])
-    assert tiny_engine._stream is before
+    assert tiny_engine.stream is before
     assert tiny_engine.status().frames_rejected == 1
 
 
@@ -113,8 +113,8 @@ def test_batched_ingest_equals_sequential(tiny_model_factory):
     for f, s in zip(frames, stamps):
         a.ingest(f, s)
     assert b.ingest_batch(frames, stamps) == [0, 1, 2, 3, 4]
-    for x, y in ((a._stream.memory.working.tokens, b._stream.memory.working.tokens),
-                 (a._stream.memory.episodic.tokens, b._stream.memory.episodic.tokens)):
+    for x, y in ((a.stream.memory.working.tokens, b.stream.memory.working.tokens),
+                 (a.stream.memory.episodic.tokens, b.stream.memory.episodic.tokens)):
         assert torch.allclose(x, y, atol=1e-5)
 
 
@@ -131,11 +131,11 @@ def test_snapshot_round_trip_is_bit_exact(tiny_engine, tiny_model_factory, tmp_p
     other = SpatialMemoryEngine(tiny_model_factory(), weights=tiny_engine.weights)
     other.load(tmp_path / "snap")
     for name in ("working", "episodic"):
-        mine, theirs = getattr(tiny_engine._stream.memory, name), getattr(other._stream.memory, name)
+        mine, theirs = getattr(tiny_engine.stream.memory, name), getattr(other.stream.memory, name)
         assert torch.equal(mine.tokens, theirs.tokens)
         for k, v in mine.provenance.fields().items():
             assert torch.equal(v, theirs.provenance.fields()[k])
-    assert torch.equal(tiny_engine._stream.geometry_window, other._stream.geometry_window)
+    assert torch.equal(tiny_engine.stream.geometry_window, other.stream.geometry_window)
     assert other.status().to_dict() == tiny_engine.status().to_dict()
     assert other.query(MC).text == tiny_engine.query(MC).text
     # and the restored engine keeps streaming from where it left off
@@ -148,13 +148,13 @@ def test_tampered_or_foreign_snapshot_is_refused_and_state_untouched(tiny_engine
     tiny_engine.save(tmp_path / "snap")
     target = SpatialMemoryEngine(tiny_model_factory(), weights=tiny_engine.weights)
     feed(target, 3, start=100)
-    before = target._stream
+    before = target.stream
     tensor_file = next((tmp_path / "snap").glob("memory-*.safetensors"))
     data = tensor_file.read_bytes()
     tensor_file.write_bytes(data[: len(data) // 2])
     with pytest.raises(SnapshotError, match="checksum"):
         target.load(tmp_path / "snap")
-    assert target._stream is before
+    assert target.stream is before
     tiny_engine.save(tmp_path / "snap2")
     foreign = SpatialMemoryEngine(tiny_model_factory(memory_mode="working"), weights=tiny_engine.weights)
     with pytest.raises(SnapshotError, match="different model"):
@@ -192,7 +192,7 @@ def test_concurrent_ingest_and_query_are_safe(tiny_engine):
 def test_bfloat16_engine_runs(tiny_model_factory):
     engine = SpatialMemoryEngine(tiny_model_factory(), weights="w", dtype="bf16")
     feed(engine, 3)
-    assert engine._stream.memory.working.tokens.dtype == torch.bfloat16
+    assert engine.stream.memory.working.tokens.dtype == torch.bfloat16
     assert engine.query(MC).kind == "choice"
 
 

@@ -56,7 +56,7 @@ def baseline_costs_ms(engine: SpatialMemoryEngine, stream: StreamState, frame: n
     step as the engine, only the working memory is unbounded."""
     model = engine.model
     big = all_frames_stream(stream, n)
-    pixels = engine._preprocess(frame, None)[None].to(engine.device, engine.dtype)
+    pixels = engine.preprocess(frame, None)[None].to(engine.device, engine.dtype)
     provenance = Provenance.single(torch.tensor([0]), torch.tensor([stream.frames]))
     ingest = []
     for _ in range(repeats):
@@ -109,7 +109,7 @@ def run_fixed_cost(engine: SpatialMemoryEngine, frames: int, short_at: int = 100
         "torch_threads": torch.get_num_threads(),
     }
     lengths = sorted(set(baseline_lengths) | {short_at, frames})
-    end_stream = engine._stream
+    end_stream = engine.stream
     base_ingest, base_query = {}, {}
     for n in tqdm(lengths, desc="fixed-cost: baseline", disable=not progress):
         base_ingest[n], base_query[n] = baseline_costs_ms(engine, end_stream, clip[0], n,
@@ -130,22 +130,28 @@ def plot_fixed_cost(curves: dict, result: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     ingest = np.asarray(curves["ingest_ms"])
-    k = 50
+    k = min(50, len(ingest))
     smooth = np.convolve(ingest, np.ones(k) / k, mode="valid")
-    axes[0].plot(np.arange(len(smooth)) + k, smooth, label="VLM² dual memory (moving mean, 50 frames)")
+    axes[0].plot(np.arange(len(smooth)) + k, smooth, label=f"VLM² dual memory (moving mean, {k} frames)")
     base = curves["baseline_ingest_ms"]
-    axes[0].plot(list(base), list(base.values()), "o--", label="all frames in context (memory read)")
-    axes[0].set(xlabel="frames in stream", ylabel="ms per frame", title="Ingest cost per frame",
-                yscale="log")
+    axes[0].plot(list(base), list(base.values()), "o--", label="all frames in context (same step)")
+    axes[0].set(xlabel="frames in stream", ylabel="ms per frame", title="Ingest cost per frame", yscale="log")
     axes[0].legend(fontsize=8)
+    short, long = result["short_at_frame"], result["frames"]
+    axes[1].plot([short, long], [result["query_ms_short"], result["query_ms_long"]], "o-", label="VLM² (fixed-size memory)")
+    bq = {n: v for n, v in curves["baseline_query_ms"].items() if v == v}  # drop NaN (not measured)
+    axes[1].plot(list(bq), list(bq.values()), "o--", label="all frames in context")
+    axes[1].set(xlabel="frames in stream", ylabel="ms per question", title="Query latency", yscale="log")
+    axes[1].legend(fontsize=8)
     n, rss = zip(*curves["rss_mb"])
-    axes[1].plot(n, rss)
-    axes[1].set(xlabel="frames in stream", ylabel="RSS (MiB)", title="Process memory")
-    fig.suptitle(f"preset {result['preset']} on {result['device']} ({result['dtype']}): "
-                 f"ingest ratio {result['ingest_ratio_long_vs_short']:.2f}, baseline "
-                 f"{result['baseline_ingest_ratio_long_vs_short']:.1f}")
+    axes[2].plot(n, rss)
+    axes[2].set(xlabel="frames in stream", ylabel="RSS (MiB)", title="Process memory (VLM²)")
+    fig.suptitle(f"preset {result['preset']} on {result['device']} ({result['dtype']}): ingest ratio "
+                 f"{result['ingest_ratio_long_vs_short']:.2f} vs baseline {result['baseline_ingest_ratio_long_vs_short']:.1f}; "
+                 f"query ratio {result['query_ratio_long_vs_short']:.2f} vs baseline "
+                 f"{result['baseline_query_ratio_long_vs_short']:.1f}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

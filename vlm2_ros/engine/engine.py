@@ -102,8 +102,15 @@ class SpatialMemoryEngine:
         model, weights = load_model(preset, checkpoint_dir=checkpoint_dir, memory_mode=memory_mode)
         return cls(model, weights=weights, **engine_kwargs)
 
+    @property
+    def stream(self) -> StreamState:
+        """The current stream state (immutable: a consistent snapshot of the memory)."""
+        with self._state_lock:
+            return self._stream
+
     # ----------------------------------------------------------------- ingest
-    def _preprocess(self, image: np.ndarray, camera_info: CameraIntrinsics | None) -> torch.Tensor:
+    def preprocess(self, image: np.ndarray, camera_info: CameraIntrinsics | None = None) -> torch.Tensor:
+        """Validate an RGB frame and resize it to the model's input: [3,H,W] float in [0,1]."""
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             got = f"{type(image).__name__} {getattr(image, 'dtype', '')} {getattr(image, 'shape', '')}"
             raise IngestError(f"image must be a uint8 RGB array [H,W,3], got {got}")
@@ -145,7 +152,7 @@ class SpatialMemoryEngine:
                 for s in stamps_ns:
                     last = self._check_stamp(s, last)
                     stamps.append(last)
-                pixels = torch.stack([self._preprocess(im, ci) for im, ci in zip(images, camera_infos)])
+                pixels = torch.stack([self.preprocess(im, ci) for im, ci in zip(images, camera_infos)])
                 pose_arrays = [None if p is None else validate_pose(p) for p in poses]
             except ValueError as e:
                 with self._state_lock:
