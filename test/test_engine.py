@@ -189,10 +189,11 @@ def test_concurrent_ingest_and_query_are_safe(tiny_engine):
     assert tiny_engine.status().frames_ingested == 22
 
 
-def test_bfloat16_engine_runs(tiny_model_factory):
-    engine = SpatialMemoryEngine(tiny_model_factory(), weights="w", dtype="bf16")
+@pytest.mark.parametrize("dtype,torch_dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_half_precision_engine_runs(tiny_model_factory, dtype, torch_dtype):
+    engine = SpatialMemoryEngine(tiny_model_factory(), weights="w", dtype=dtype)
     feed(engine, 3)
-    assert engine.stream.memory.working.tokens.dtype == torch.bfloat16
+    assert engine.stream.memory.working.tokens.dtype == torch_dtype
     assert engine.query(MC).kind == "choice"
 
 
