@@ -110,7 +110,7 @@ def _edit_config(directory, edit):
     (lambda d: (d / CONFIG_NAME).unlink(), r"vlm2_config.json does not exist"),
     (lambda d: (d / WEIGHTS_NAME).unlink(), r"vlm2_weights.safetensors does not exist"),
     (lambda d: (d / CONFIG_NAME).write_text("{"), "invalid JSON"),
-    (lambda d: _edit_config(d, lambda m: m.update(version=7)), "version 7 is not supported"),
+    (lambda d: _edit_config(d, lambda m: m.update(version=7)), "vlm2-checkpoint version 7 is not supported"),
     (lambda d: (d / WEIGHTS_NAME).write_bytes((d / WEIGHTS_NAME).read_bytes()[:-100]), "checksum mismatch"),
     (lambda d: _edit_config(d, lambda m: m["config"]["fusion"].update(position_hidden_dim=64)),
      r"vlm2_weights.safetensors: key 'fusion.injection.phi.fc1.bias' has shape \(128,\), the model expects \(64,\)"),

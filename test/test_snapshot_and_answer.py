@@ -34,8 +34,8 @@ def _tensor_file(directory):
     (lambda d: _tensor_file(d).write_bytes(_tensor_file(d).read_bytes()[:-7]), "checksum"),
     (lambda d: _tensor_file(d).write_bytes(b"X" + _tensor_file(d).read_bytes()[1:]), "checksum"),
     (lambda d: _tensor_file(d).unlink(), "does not exist"),
-    (lambda d: (d / INDEX_NAME).write_text("{not json"), "not valid JSON"),
-    (lambda d: (d / INDEX_NAME).unlink(), "no snapshot"),
+    (lambda d: (d / INDEX_NAME).write_text("{not json"), "invalid JSON"),
+    (lambda d: (d / INDEX_NAME).unlink(), "does not exist: no snapshot there"),
     (lambda d: (d / INDEX_NAME).write_text(json.dumps(
         {**json.loads((d / INDEX_NAME).read_text()), "version": 99})), "version 99"),
     (lambda d: (d / INDEX_NAME).write_text(json.dumps(

@@ -1,11 +1,12 @@
-"""Crash-safe file writes: data lands under its final name complete or not at all.
+"""Crash-safe file writes and integrity checks of the files we read back.
 
-Write to a temporary sibling, fsync, then rename (atomic on POSIX within one file system), then
-fsync the parent directory so the rename itself survives a power cut.
+Writes go to a temporary sibling, are fsynced, then renamed (atomic on POSIX within one file
+system), then the parent directory is fsynced so the rename itself survives a power cut.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -75,3 +76,29 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_versioned_json(path: Path, file_format: str, version: int, error: type[Exception],
+                        missing_hint: str = "") -> dict:
+    """Read a JSON document written by us, checking its "format" and "version" fields; any
+    problem raises `error` with a message naming the file."""
+    if not path.is_file():
+        raise error(f"{path} does not exist{missing_hint}")
+    try:
+        document = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path}: invalid JSON ({e})") from e
+    if not isinstance(document, dict) or document.get("format") != file_format:
+        raise error(f"{path}: not a {file_format} file")
+    if document.get("version") != version:
+        raise error(f"{path}: {file_format} version {document.get('version')!r} is not supported "
+                    f"(this build reads version {version})")
+    return document

@@ -9,8 +9,6 @@ a crash mid-write leaves the previous snapshot valid. Never pickle.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import uuid
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..atomic_io import atomic_file, write_json_atomic
+from ..atomic_io import atomic_file, read_versioned_json, sha256_file, write_json_atomic
 
 SNAPSHOT_FORMAT = "vlm2-memory-snapshot"
 SNAPSHOT_VERSION = 1
@@ -29,14 +27,6 @@ class SnapshotError(RuntimeError):
     """A snapshot is missing, incomplete, tampered with, or from an incompatible version."""
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def write_snapshot(directory: str | Path, tensors: dict[str, torch.Tensor], metadata: dict) -> Path:
     """Write tensors + metadata as the directory's current snapshot; returns the index path."""
     directory = Path(directory)
@@ -45,7 +35,7 @@ def write_snapshot(directory: str | Path, tensors: dict[str, torch.Tensor], meta
     with atomic_file(directory / tensor_name) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
     index = {"format": SNAPSHOT_FORMAT, "version": SNAPSHOT_VERSION, "tensor_file": tensor_name,
-             "sha256": _sha256(directory / tensor_name), "metadata": metadata}
+             "sha256": sha256_file(directory / tensor_name), "metadata": metadata}
     write_json_atomic(directory / INDEX_NAME, index)
     for stale in directory.glob("memory-*.safetensors"):
         if stale.name != tensor_name:
@@ -56,24 +46,15 @@ def write_snapshot(directory: str | Path, tensors: dict[str, torch.Tensor], meta
 def read_snapshot(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Return (tensors, metadata) of a complete, untampered snapshot, or raise SnapshotError."""
     index_path = Path(directory) / INDEX_NAME
-    if not index_path.is_file():
-        raise SnapshotError(f"no snapshot: {index_path} does not exist")
-    try:
-        index = json.loads(index_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SnapshotError(f"{index_path} is not valid JSON ({e})") from e
-    if not isinstance(index, dict) or index.get("format") != SNAPSHOT_FORMAT:
-        raise SnapshotError(f"{index_path} is not a {SNAPSHOT_FORMAT} index")
-    if index.get("version") != SNAPSHOT_VERSION:
-        raise SnapshotError(f"{index_path}: snapshot version {index.get('version')!r} is not "
-                            f"supported (this build reads version {SNAPSHOT_VERSION})")
+    index = read_versioned_json(index_path, SNAPSHOT_FORMAT, SNAPSHOT_VERSION, SnapshotError,
+                                missing_hint=": no snapshot there")
     name = index.get("tensor_file")
     if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
         raise SnapshotError(f"{index_path}: invalid tensor_file entry {name!r}")
     tensor_path = index_path.parent / name
     if not tensor_path.is_file():
         raise SnapshotError(f"{index_path} names {tensor_path}, which does not exist")
-    if _sha256(tensor_path) != index.get("sha256"):
+    if sha256_file(tensor_path) != index.get("sha256"):
         raise SnapshotError(f"{tensor_path}: checksum mismatch (truncated or modified)")
     try:
         tensors = load_file(str(tensor_path))

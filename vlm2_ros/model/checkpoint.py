@@ -11,7 +11,6 @@ weights file. Errors name the file and the key. No pickle, no remote code.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..atomic_io import atomic_directory
+from ..atomic_io import atomic_directory, read_versioned_json, sha256_file
 from .geometry_encoder import GeometryEncoder
 from .hf_backbone import BackboneLoader
 from .language_bridge import LanguageBridge
@@ -90,14 +89,6 @@ def build_model(config: VLM2Config, base_dir: Path | None = None) -> VLM2Model:
     return VLM2Model(config, geometry, semantic, bridge)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def save_checkpoint(model: VLM2Model, directory: str | Path, trained_with: dict | None = None) -> Path:
     """Write `model` as a checkpoint directory, atomically (a crash leaves the old one intact)."""
     directory = Path(directory)
@@ -105,24 +96,15 @@ def save_checkpoint(model: VLM2Model, directory: str | Path, trained_with: dict 
         save_file(own_state(model), str(tmp / WEIGHTS_NAME))
         (tmp / CONFIG_NAME).write_text(json.dumps({
             "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-            "config": model.config.to_dict(), "weights_sha256": _sha256(tmp / WEIGHTS_NAME),
+            "config": model.config.to_dict(), "weights_sha256": sha256_file(tmp / WEIGHTS_NAME),
             "trained_with": trained_with or {}}, indent=2, sort_keys=True) + "\n")
     return directory
 
 
 def read_checkpoint_config(directory: str | Path) -> tuple[VLM2Config, dict]:
     config_path = Path(directory) / CONFIG_NAME
-    if not config_path.is_file():
-        raise CheckpointError(f"{config_path} does not exist (not a VLM2 checkpoint directory)")
-    try:
-        meta = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{config_path}: invalid JSON ({e})") from e
-    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{config_path}: not a {CHECKPOINT_FORMAT} file")
-    if meta.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{config_path}: checkpoint version {meta.get('version')!r} is not "
-                              f"supported (this build reads version {CHECKPOINT_VERSION})")
+    meta = read_versioned_json(config_path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointError,
+                               missing_hint=" (not a VLM2 checkpoint directory)")
     try:
         config = VLM2Config(**meta["config"])
     except (KeyError, TypeError, ValueError) as e:
@@ -139,7 +121,7 @@ def load_checkpoint(directory: str | Path, memory_mode: str | None = None) -> tu
     weights_path = directory / WEIGHTS_NAME
     if not weights_path.is_file():
         raise CheckpointError(f"{weights_path} does not exist")
-    digest = _sha256(weights_path)
+    digest = sha256_file(weights_path)
     if meta.get("weights_sha256") not in (None, digest):
         raise CheckpointError(f"{weights_path}: checksum mismatch (truncated or modified)")
     model = build_model(config, base_dir=directory)
