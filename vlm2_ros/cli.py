@@ -12,6 +12,7 @@ import sys
 COMMAND_MODULES = (
     "vlm2_ros.bench.cli",
     "vlm2_ros.demo",
+    "vlm2_ros.replay",
 )
 
 
