@@ -55,6 +55,8 @@ def register(subparsers) -> None:
     p.add_argument("--publish", action="store_true", help="play onto ROS topics with /clock instead")
     p.add_argument("--rate", type=float, default=1.0, help="publish mode: playback speed (0 = as fast as possible)")
     p.add_argument("--remap", action="append", default=[], metavar="FROM:=TO", help="publish mode: topic remap")
+    p.add_argument("--wait-for-subscribers", type=float, default=5.0, metavar="SECONDS",
+                   help="publish mode: wait this long at most for a subscriber before playing")
     p.add_argument("--image-topic", help="image topic (default: the bag's first Image, else CompressedImage)")
     p.add_argument("--camera-info-topic", help="camera info topic (default: by type)")
     p.add_argument("--pose-topic", help="PoseStamped / Odometry topic (default: by type)")
@@ -70,7 +72,7 @@ def register(subparsers) -> None:
 def replay_command(args: argparse.Namespace) -> int:
     if args.publish:
         from .ros.bag_player import play_bag  # needs rclpy: imported only in publish mode
-        return play_bag(args.bag, rate=args.rate, remaps=args.remap)
+        return play_bag(args.bag, rate=args.rate, remaps=args.remap, wait_for_subscribers_s=args.wait_for_subscribers)
     try:
         records = read_questions(args.questions) if args.questions else []
         records += [{"question": q} for q in args.question]

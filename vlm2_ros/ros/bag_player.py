@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import rclpy
+from rclpy.duration import Duration
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 
@@ -34,7 +35,19 @@ def message_class(msgtype: str):
         raise BagError(f"message type {msgtype} is not installed here ({e})") from e
 
 
-def play_bag(bag: str | Path, *, rate: float = 1.0, remaps: list[str] = (), discovery_wait_s: float = 1.0,
+def wait_for_subscribers(node, publishers, timeout_s: float) -> bool:
+    """Give discovery time to match: wait until some topic of the bag has a subscriber (or the
+    timeout passes), then a little longer so the other subscribers of that reader match too."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(p.get_subscription_count() > 0 for p in publishers):
+            time.sleep(0.3)
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def play_bag(bag: str | Path, *, rate: float = 1.0, remaps: list[str] = (), wait_for_subscribers_s: float = 5.0,
              node_name: str = "vlm2_bag_player") -> int:
     """Publish every message of the bag on its (remapped) topic, paced by bag time / rate
     (rate 0: as fast as possible), each preceded by /clock at the message's bag time."""
@@ -51,7 +64,8 @@ def play_bag(bag: str | Path, *, rate: float = 1.0, remaps: list[str] = (), disc
         publishers = {c.id: node.create_publisher(message_class(c.msgtype), table.get(c.topic, c.topic), qos)
                       for c in reader.connections}
         clock = node.create_publisher(Clock, "/clock", 10)
-        time.sleep(discovery_wait_s)  # let subscribers match before the first message
+        if not wait_for_subscribers(node, publishers.values(), wait_for_subscribers_s):
+            print(f"no subscriber appeared within {wait_for_subscribers_s:.0f} s; publishing anyway", file=sys.stderr)
         start_wall, start_bag, count = time.monotonic(), None, 0
         for connection, bag_ns, raw in reader.messages():
             start_bag = bag_ns if start_bag is None else start_bag
@@ -62,6 +76,9 @@ def play_bag(bag: str | Path, *, rate: float = 1.0, remaps: list[str] = (), disc
             clock.publish(Clock(clock=ns_to_stamp(bag_ns)))
             publishers[connection.id].publish(bytes(raw))
             count += 1
+        # A writer destroyed with samples in flight drops them: let reliable readers acknowledge.
+        for publisher in publishers.values():
+            publisher.wait_for_all_acked(Duration(seconds=5))
         print(f"published {count} messages from {bag} in {time.monotonic() - start_wall:.1f} s")
         return 0
     except BagError as e:
