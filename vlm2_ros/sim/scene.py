@@ -278,6 +278,7 @@ def generate_scene(seed: int, *, room_size: tuple[float, float, float] | None = 
                 WALL_COLOURS[rng.integers(len(WALL_COLOURS))], FLOOR_COLOURS[rng.integers(len(FLOOR_COLOURS))],
                 ("plain", "stripes", "noise")[rng.integers(3)], ("checker", "planks", "grid")[rng.integers(3)])
 
+    strict = counts is not None or num_objects is not None   # explicit requests fail loudly
     if counts is not None:
         wanted = [c for c, n in sorted(counts.items()) for _ in range(int(n))]
         if any(int(n) < 0 for n in counts.values()):
@@ -295,7 +296,11 @@ def generate_scene(seed: int, *, room_size: tuple[float, float, float] | None = 
             c = order[len(wanted) % len(order)] if len(wanted) < len(order) else allowed[rng.integers(len(allowed))]
             wanted.append(str(c))
     free_area = (width - 0.8) * (depth - 0.8)
-    need = sum(CATEGORIES[c]["w"][0] * (CATEGORIES[c]["d"] or CATEGORIES[c]["w"])[0] for c in wanted)
+    def footprint(ws):
+        return sum(CATEGORIES[c]["w"][0] * (CATEGORIES[c]["d"] or CATEGORIES[c]["w"])[0] for c in ws)
+    while not strict and wanted and footprint(wanted) > 0.3 * free_area:
+        wanted.pop()
+    need = footprint(wanted)
     if need > 0.45 * free_area:
         raise ValueError(f"cannot place {len(wanted)} objects ({need:.1f} m^2 of footprint) in a "
                          f"{width:.1f} x {depth:.1f} m room without interpenetration; use fewer objects "
@@ -339,6 +344,8 @@ def generate_scene(seed: int, *, room_size: tuple[float, float, float] | None = 
             placed.append(make_object(len(placed) + 1, cat, float(x), float(y), yaw, w, d, h, colour, rng))
             break
         else:
+            if not strict:
+                continue      # a random furnishing simply gets one object fewer
             raise ValueError(f"impossible placement: no free spot for object {len(placed) + 1} "
                              f"({cat!r}) after {max_tries} tries in a {width:.1f} x {depth:.1f} m room "
                              f"with {len(placed)} objects; use fewer objects or a larger room")

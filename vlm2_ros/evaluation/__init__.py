@@ -1,0 +1,1 @@
+"""VSI-Bench-style evaluation: question files, metrics (accuracy, MRA), predictors, reports."""

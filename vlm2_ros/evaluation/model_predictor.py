@@ -1,0 +1,33 @@
+"""The VLM2 engine as a predictor: ingest the episode's frames (with poses and intrinsics) up to
+the asking frame, then answer each question with the VSI-Bench prompt."""
+from __future__ import annotations
+
+
+class ModelPredictor:
+    def __init__(self, preset: str = "tiny", memory: str | None = None, device: str = "cpu",
+                 checkpoint_dir: str | None = None, dtype: str = "fp32"):
+        from ..engine.engine import SpatialMemoryEngine
+        self.engine = SpatialMemoryEngine.from_preset(preset, checkpoint_dir=checkpoint_dir, memory_mode=memory,
+                                                      device=device, dtype=dtype)
+        self.name = f"model:{preset}" + (f":{memory}" if memory else "")
+        self._loaded: tuple | None = None
+
+    def fit(self, records) -> None:
+        pass
+
+    def start_episode(self, episode, frame_index: int) -> None:
+        if episode is None:
+            raise ValueError("the model predictor needs the episode's frames: the questions name an "
+                             "episode that is not under --data (question-only files can be scored with "
+                             "the chance and frequency baselines only)")
+        key = (episode.episode_id, frame_index)
+        if self._loaded == key:
+            return
+        self.engine.reset()
+        for i in range(frame_index + 1):
+            self.engine.ingest(episode.frame(i), int(episode.stamps_ns[i]), camera_info=episode.intrinsics,
+                               pose=episode.poses[i])
+        self._loaded = key
+
+    def answer(self, record: dict, prompt: str) -> str:
+        return self.engine.query(prompt).text
