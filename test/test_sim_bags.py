@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from vlm2_ros.sim.bags import (BagReader, questions_path, quaternion_to_rotation, read_bag,
-                               rotation_to_quaternion, write_episode_bag)
+from vlm2_ros.camera import quaternion_to_rotation, rotation_to_quaternion
+from vlm2_ros.sim.bags import BagReader, questions_path, read_bag, write_episode_bag
 from vlm2_ros.sim.episode import Episode, EpisodeDir, write_episode
 from vlm2_ros.sim.questions import generate_questions
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from vlm2_ros.camera import CameraIntrinsics, validate_pose
+from vlm2_ros.camera import CameraIntrinsics, quaternion_to_rotation, validate_pose
 
 try:  # optional: YUV speed-up, Bayer demosaicing, JPEG/PNG decoding
     import cv2
@@ -460,13 +460,8 @@ def pose_to_matrix(msg: Any) -> np.ndarray:
     norm = float(np.linalg.norm(q))
     if norm < 1e-9:
         raise PoseConversionError("orientation quaternion is zero (an uninitialised pose?)")
-    x, y, z, w = q / norm
     matrix = np.eye(4)
-    matrix[:3, :3] = [
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ]
+    matrix[:3, :3] = quaternion_to_rotation(*(q / norm))
     matrix[:3, 3] = t
     try:
         return validate_pose(matrix)
