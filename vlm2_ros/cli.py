@@ -12,7 +12,9 @@ import sys
 COMMAND_MODULES = (
     "vlm2_ros.bench.cli",
     "vlm2_ros.demo",
+    "vlm2_ros.evaluation.cli",
     "vlm2_ros.replay",
+    "vlm2_ros.sim.cli",
 )
 
 

@@ -30,6 +30,14 @@ def register(subparsers) -> None:
     add_engine_arguments(p)
     p.set_defaults(func=fixed_cost_command)
 
+    p = sub.add_parser("render", help="synthetic-world rendering speed (frames/s per resolution)")
+    p.add_argument("--frames", type=int, default=300, help="frames per resolution (default 300)")
+    p.add_argument("--resolutions", default="64x48,128x96,320x240,640x480",
+                   help="comma-separated WxH list (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None, help="write the flat result here")
+    p.set_defaults(func=render_command)
+
 
 def fixed_cost_command(args: argparse.Namespace) -> int:
     from ..engine.engine import SpatialMemoryEngine
@@ -49,4 +57,27 @@ def fixed_cost_command(args: argparse.Namespace) -> int:
     if plot:
         plot_fixed_cost(out["curves"], result, str(plot))
         print(f"plot: {plot}")
+    return 0
+
+
+def parse_resolutions(text: str) -> list[tuple[int, int]]:
+    out = []
+    for item in text.split(","):
+        try:
+            w, h = (int(v) for v in item.lower().split("x"))
+        except ValueError:
+            raise SystemExit(f"bad resolution {item!r}: expected WxH, e.g. 128x96") from None
+        out.append((w, h))
+    return out
+
+
+def render_command(args: argparse.Namespace) -> int:
+    from .render import run_render_benchmark
+
+    if args.frames < 1:
+        raise SystemExit(f"--frames must be >= 1, got {args.frames}")
+    result = run_render_benchmark(args.frames, parse_resolutions(args.resolutions), seed=args.seed)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        write_json_atomic(args.json, result)
     return 0
