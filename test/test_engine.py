@@ -7,7 +7,7 @@ import torch
 
 from conftest import make_frames
 from vlm2_ros.camera import CameraIntrinsics
-from vlm2_ros.engine.engine import IngestError, NotReadyError, QueryError, SpatialMemoryEngine
+from vlm2_ros.engine.engine import IngestError, NotReadyError, QueryCanceled, QueryError, SpatialMemoryEngine
 from vlm2_ros.engine.snapshot import SnapshotError
 from vlm2_ros.model.provenance import Provenance
 
@@ -202,3 +202,22 @@ def test_device_and_dtype_validation(tiny_model_factory):
         SpatialMemoryEngine(tiny_model_factory(), weights="w", dtype="int8")
     with pytest.raises(ValueError, match="device"):
         SpatialMemoryEngine(tiny_model_factory(), weights="w", device="tpu")
+
+
+def test_query_reports_stages_and_can_be_canceled_mid_generation(tiny_engine):
+    for i, frame in enumerate(make_frames(3)):
+        tiny_engine.ingest(frame, stamp_ns=(i + 1) * 10**8)
+    stages, polls = [], []
+
+    def stop_after_three_tokens() -> bool:
+        polls.append(1)
+        return len(polls) > 3
+
+    with pytest.raises(QueryCanceled):
+        tiny_engine.query("Describe the room.", max_new_tokens=50, should_stop=stop_after_three_tokens,
+                          on_stage=stages.append)
+    assert stages == ["reading_memory", "generating"]
+    assert len(polls) == 4          # polled once per token: stopped before the fourth
+    # the engine is usable afterwards and memory is untouched
+    assert tiny_engine.status().working_entries == 3
+    assert tiny_engine.query("How many chairs are in this room?", should_stop=lambda: False).text is not None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,6 +39,10 @@ class IngestError(ValueError):
 
 class QueryError(ValueError):
     """A question was rejected (empty, too long, not text); memory is unchanged."""
+
+
+class QueryCanceled(RuntimeError):
+    """The caller's should_stop returned True before the answer was complete."""
 
 
 class NotReadyError(RuntimeError):
@@ -180,7 +185,12 @@ class SpatialMemoryEngine:
             return indices
 
     # ----------------------------------------------------------------- query
-    def query(self, question: str, max_new_tokens: int | None = None) -> Answer:
+    def query(self, question: str, max_new_tokens: int | None = None,
+              should_stop: Callable[[], bool] | None = None,
+              on_stage: Callable[[str], None] | None = None) -> Answer:
+        """Answer `question` from the memory as it is now. `should_stop` (polled once per
+        generated token) cancels the query: it raises QueryCanceled and frees the model.
+        `on_stage` is told "reading_memory", then "generating" (for progress reports)."""
         started = time.perf_counter()
         if not isinstance(question, str):
             raise QueryError(f"question must be text, got {type(question).__name__}")
@@ -193,10 +203,16 @@ class SpatialMemoryEngine:
             stream = self._stream
         if stream.frames == 0:
             raise NotReadyError("no frame has been ingested yet: memory is empty")
+        on_stage = on_stage or (lambda stage: None)
         with torch.inference_mode():
+            on_stage("reading_memory")
             readout = self.model.read_memory(stream)
+            on_stage("generating")
             generated = self.model.bridge.generate(readout.tokens, question,
-                                                   max_new_tokens=max_new_tokens or self.max_new_tokens)
+                                                   max_new_tokens=max_new_tokens or self.max_new_tokens,
+                                                   should_stop=should_stop)
+        if generated is None:
+            raise QueryCanceled("query canceled before the answer was complete")
         kind = expected_answer_kind(question)
         text = generated.text.strip()
         probs = [min(max(float(p), 1e-12), 1.0) for p in generated.token_probs]

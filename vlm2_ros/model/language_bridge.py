@@ -39,6 +39,7 @@ attribution.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -271,8 +272,12 @@ class LanguageBridge(nn.Module):
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def generate(self, memory_tokens: torch.Tensor, question: str, max_new_tokens: int = 16,
-                 entry_grid: tuple[int, int] | None = None) -> GeneratedText:
-        """Greedy answer for one memory set: memory_tokens [1,M,C_in]."""
+                 entry_grid: tuple[int, int] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> GeneratedText | None:
+        """Greedy answer for one memory set: memory_tokens [1,M,C_in].
+
+        `should_stop` is polled before every decoding step; when it returns True generation stops
+        and None is returned (a canceled query frees the model within one token)."""
         if memory_tokens.ndim != 3 or memory_tokens.shape[0] != 1:
             raise ValueError(f"generate takes one memory set [1,M,C], got {tuple(memory_tokens.shape)}")
         if max_new_tokens < 1:
@@ -290,6 +295,8 @@ class LanguageBridge(nn.Module):
         probs: list[float] = []
         relevance: list[torch.Tensor] = []
         for step in range(max_new_tokens):
+            if should_stop is not None and should_stop():
+                return None
             distribution = torch.softmax(self.lm_head(hidden).float(), dim=-1)
             token = int(distribution.argmax())
             step_relevance = torch.softmax(keys @ hidden.float() * scale, dim=0)
