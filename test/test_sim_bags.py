@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from vlm2_ros.camera import quaternion_to_rotation, rotation_to_quaternion
-from vlm2_ros.sim.bags import BagReader, questions_path, read_bag, write_episode_bag
+from vlm2_ros.bag_stream import BagError, open_bag, read_frames, resolve_topics
+from vlm2_ros.sim.bags import questions_path, write_episode_bag
 from vlm2_ros.sim.episode import Episode, EpisodeDir, write_episode
 from vlm2_ros.sim.questions import generate_questions
 
@@ -20,31 +21,34 @@ def test_bag_round_trip(tmp_path, episode, storage):
     qs = generate_questions(episode, per_task=1)
     bag = write_episode_bag(episode, tmp_path / f"ep_{storage}", storage=storage, questions=qs, depth=True)
     assert json.loads(questions_path(bag).read_text().splitlines()[0]) == json.loads(json.dumps(qs[0]))
-    r = BagReader(bag)
-    assert r.image_topic == "/camera/image_raw" and r.pose_topic == "/camera/pose"
-    assert set(r.topics) >= {"/clock", "/camera/camera_info", "/camera/image_raw/compressed", "/camera/depth/image_raw"}
-    frames = list(r.frames())
+    reader = open_bag(bag)
+    topics = resolve_topics(reader)
+    assert (topics.image, topics.camera_info, topics.pose) == ("/camera/image_raw", "/camera/camera_info",
+                                                               "/camera/pose")
+    assert {c.topic for c in reader.connections} >= {"/clock", "/camera/image_raw/compressed", "/camera/depth/image_raw"}
+    reader.close()
+    frames = read_frames(bag)
     assert len(frames) == len(episode)
-    for i, f in enumerate(frames):
-        assert f.stamp_ns == int(episode.stamps_ns[i])
-        assert np.array_equal(f.rgb, episode.frame(i))
-        assert f.intrinsics == episode.intrinsics
+    for i, f in enumerate(frames):      # each image goes with its own camera info and pose
+        assert f.stamp_ns == int(episode.stamps_ns[i]) and f.frame_id == "camera_optical_frame"
+        assert np.array_equal(f.image, episode.frame(i))
+        assert f.camera_info == episode.intrinsics
         assert np.allclose(f.pose, episode.poses[i], atol=1e-9)
-    comp = read_bag(bag, prefer="compressed")
-    assert all(np.abs(c.rgb.astype(int) - f.rgb).mean() < 6 for c, f in zip(comp, frames))
+    comp = read_frames(bag, image_topic="/camera/image_raw/compressed")
+    assert all(np.abs(c.image.astype(int) - f.image).mean() < 6 for c, f in zip(comp, frames))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_bag_from_episode_dir_and_bad_inputs(tmp_path, episode):
     d = EpisodeDir(write_episode(episode, tmp_path / "ep"))
     bag = write_episode_bag(d, tmp_path / "b", storage="mcap", compressed=False)
-    assert [f.stamp_ns for f in read_bag(bag)] == d.stamps_ns.tolist()
+    assert [f.stamp_ns for f in read_frames(bag)] == d.stamps_ns.tolist()
     with pytest.raises(ValueError, match="unknown bag storage 'zip'"):
         write_episode_bag(episode, tmp_path / "c", storage="zip")
-    with pytest.raises(ValueError, match="does not exist"):
-        BagReader(tmp_path / "missing")
-    with pytest.raises(ValueError, match="topic '/nope' not in bag"):
-        BagReader(bag, image_topic="/nope")
+    with pytest.raises(BagError, match="does not exist"):
+        read_frames(tmp_path / "missing")
+    with pytest.raises(BagError, match="topic '/nope' .* is not in the bag"):
+        read_frames(bag, image_topic="/nope")
 
 
 def test_robot_style_bag_bgr_odometry(tmp_path):
@@ -62,7 +66,6 @@ def test_robot_style_bag_bgr_odometry(tmp_path):
         co = w.add_connection("/odom", "nav_msgs/msg/Odometry", typestore=ts)
         img = T["sensor_msgs/msg/Image"](header=hdr, height=6, width=5, encoding="bgr8", is_bigendian=0, step=16,
                                          data=bgr.reshape(-1))
-        w.write(ci, 3_000_000_005, ts.serialize_cdr(img, img.__msgtype__))
         q = rotation_to_quaternion(np.eye(3))
         odom = T["nav_msgs/msg/Odometry"](
             header=hdr, child_frame_id="base",
@@ -72,9 +75,11 @@ def test_robot_style_bag_bgr_odometry(tmp_path):
             twist=T["geometry_msgs/msg/TwistWithCovariance"](twist=T["geometry_msgs/msg/Twist"](
                 linear=T["geometry_msgs/msg/Vector3"](x=0.0, y=0.0, z=0.0),
                 angular=T["geometry_msgs/msg/Vector3"](x=0.0, y=0.0, z=0.0)), covariance=np.zeros(36)))
-        w.write(co, 3_000_000_005, ts.serialize_cdr(odom, odom.__msgtype__))
-    (f,) = read_bag(tmp_path / "robot")
-    assert f.stamp_ns == 3_000_000_005 and np.array_equal(f.rgb, rgb) and f.intrinsics is None
+        # odometry received just before the image: the latest pose at the image goes with it
+        w.write(co, 3_000_000_000, ts.serialize_cdr(odom, odom.__msgtype__))
+        w.write(ci, 3_000_000_005, ts.serialize_cdr(img, img.__msgtype__))
+    (f,) = read_frames(tmp_path / "robot")
+    assert f.stamp_ns == 3_000_000_005 and np.array_equal(f.image, rgb) and f.camera_info is None
     assert np.allclose(f.pose[:3, 3], [1, 2, 0.5])
 
 

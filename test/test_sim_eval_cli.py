@@ -37,13 +37,14 @@ def test_sim_dataset_rejects_bad_sizes_and_leaves_nothing(tmp_path):
 
 @pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
 def test_sim_bag_writes_bag_and_questions(tmp_path, storage):
-    from vlm2_ros.sim.bags import questions_path, read_bag
+    from vlm2_ros.bag_stream import read_frames
+    from vlm2_ros.sim.bags import questions_path
 
     bag = tmp_path / "ep"
     assert main(["sim", "bag", "--seed", "1", "--frames", "6", "--width", "64", "--height", "48",
                  "--storage", storage, "--out", str(bag)]) == 0
-    frames = read_bag(bag)
-    assert len(frames) == 6 and frames[0].rgb.shape == (48, 64, 3)
+    frames = read_frames(bag)
+    assert len(frames) == 6 and frames[0].image.shape == (48, 64, 3)
     assert questions_path(bag).is_file() and questions_path(bag).read_text().strip()
 
 

@@ -51,7 +51,8 @@ def _pick(connections, types: tuple[str, ...], name: str | None, what: str) -> s
         if by_topic[name] not in types:
             raise BagError(f"topic {name!r} has type {by_topic[name]}, expected one of {types}")
         return name
-    candidates = sorted(t for t, ty in by_topic.items() if ty in types)
+    # Depth images are sensor_msgs/Image too; only a named topic picks them.
+    candidates = sorted(t for t, ty in by_topic.items() if ty in types and "depth" not in t.lower())
     # Prefer raw images over compressed ones when both exist (no decode cost, no JPEG loss).
     candidates.sort(key=lambda t: types.index(by_topic[t]))
     return candidates[0] if candidates else None
@@ -101,6 +102,20 @@ def iter_frames(reader: AnyReader, topics: BagTopics, errors: list[str] | None =
         except ConversionError as e:
             if errors is not None:
                 errors.append(f"{connection.topic} @ {stamp_to_ns(msg.header.stamp)} ns: {e}")
+
+
+def read_frames(path: str | Path, image_topic: str | None = None, camera_info_topic: str | None = None,
+                pose_topic: str | None = None) -> list[BagFrame]:
+    """Every frame of a bag at once (tests, notebooks); raises BagError for a bad image too."""
+    errors: list[str] = []
+    reader = open_bag(path)
+    try:
+        frames = list(iter_frames(reader, resolve_topics(reader, image_topic, camera_info_topic, pose_topic), errors))
+    finally:
+        reader.close()
+    if errors:
+        raise BagError(f"{len(errors)} image(s) of {path} could not be converted; first: {errors[0]}")
+    return frames
 
 
 def _matches(camera_info: CameraIntrinsics | None, image_msg) -> bool:
