@@ -14,5 +14,5 @@ setup(
     include_package_data=True,
     package_data={"vlm2_ros": ["weights/**/*"]},
     python_requires=">=3.10",
-    entry_points={"console_scripts": ["vlm2 = vlm2_ros.cli:main"]},
+    entry_points={"console_scripts": ["vlm2 = vlm2_ros.cli:main", "vlm2_node = vlm2_ros.node:main"]},
 )
