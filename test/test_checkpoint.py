@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from vlm2_ros.engine.engine import SpatialMemoryEngine
-from vlm2_ros.model.checkpoint import (CONFIG_NAME, WEIGHTS_NAME, CheckpointError, build_model, load_checkpoint,
-                                       load_model, save_checkpoint)
+from vlm2_ros.model.checkpoint import (CONFIG_NAME, WEIGHTS_NAME, CheckpointError, MemoryOverrides, build_model,
+                                       load_checkpoint, load_model, save_checkpoint)
 from vlm2_ros.model.geometry_encoder import GeometryEncoder, GeometryEncoderConfig
 from vlm2_ros.model.presets import PRESETS, preset_config
 from vlm2_ros.model.provenance import Provenance
@@ -51,10 +51,20 @@ def test_tiny_checkpoint_round_trip_is_exact(tiny_model_factory, tmp_path):
 
 def test_memory_mode_can_be_overridden_at_load(tiny_model_factory, tmp_path):
     save_checkpoint(tiny_model_factory(), tmp_path / "ckpt")
-    model, _ = load_checkpoint(tmp_path / "ckpt", memory_mode="working")
+    model, _ = load_checkpoint(tmp_path / "ckpt", MemoryOverrides(mode="working"))
     assert model.config.memory.mode == "working"
-    with pytest.raises(ValueError, match="memory mode"):
-        load_checkpoint(tmp_path / "ckpt", memory_mode="bogus")
+    with pytest.raises(CheckpointError, match="memory mode"):
+        load_checkpoint(tmp_path / "ckpt", MemoryOverrides(mode="bogus"))
+
+
+def test_memory_sizes_can_be_overridden_at_load(tiny_model_factory, tmp_path):
+    save_checkpoint(tiny_model_factory(), tmp_path / "ckpt")
+    model, _ = load_checkpoint(tmp_path / "ckpt", MemoryOverrides(working_size=4, episodic_size=16,
+                                                                  geometry_window=2))
+    assert (model.config.memory.working.capacity, model.config.memory.episodic.capacity,
+            model.config.geometry_window) == (4, 16, 2)
+    with pytest.raises(CheckpointError, match="capacity must be >= 1"):
+        load_checkpoint(tmp_path / "ckpt", MemoryOverrides(episodic_size=0))
 
 
 @pytest.mark.parametrize("family,writer,preset,layout", [

@@ -88,3 +88,11 @@ def test_camera_defaults_follow_the_camera_name():
     front, rear = s.cameras
     assert front.image_topic == "front/image_raw" and front.camera_info_topic == "front/camera_info"
     assert rear.pose_topic == "rear/odom" and rear.pose_type == "odometry" and front.pose_topic == ""
+
+
+def test_jetson_profile_names_only_declared_parameters_and_validates():
+    profile = yaml.safe_load((CONFIG.parent / "jetson_orin.yaml").read_text())
+    values = flatten(profile["/**"]["ros__parameters"])
+    assert set(values) <= set(default_values())
+    settings = settings_from_values(values)
+    assert (settings.backend, settings.dtype, settings.device, settings.geometry_window) == ("onnx", "fp16", "cuda", 4)

@@ -10,6 +10,7 @@ import importlib
 import sys
 
 COMMAND_MODULES = (
+    "vlm2_ros.backends.cli",
     "vlm2_ros.bench.cli",
     "vlm2_ros.demo",
     "vlm2_ros.evaluation.cli",

@@ -55,6 +55,7 @@ class EngineStatus:
     weights: str
     device: str
     dtype: str
+    backend: str                    # runtime of the per-frame hot path: "torch", "onnx:cpu", ...
     memory_mode: str
     frames_ingested: int
     frames_rejected: int
@@ -86,9 +87,18 @@ def resolve_dtype(dtype: str) -> torch.dtype:
 
 class SpatialMemoryEngine:
     def __init__(self, model: VLM2Model, *, weights: str, device: str = "cpu", dtype: str = "fp32",
-                 max_new_tokens: int = 16, max_question_chars: int = 1000, evidence_top_k: int = 3):
+                 max_new_tokens: int = 16, max_question_chars: int = 1000, evidence_top_k: int = 3,
+                 backend: str = "torch", onnx_dir: str | Path | None = None, onnx_provider: str = "auto",
+                 onnx_fallback: bool = False):
+        """`backend` runs the per-frame hot path: "torch", or "onnx" (ONNX Runtime on an export
+        in `onnx_dir`, made on demand when None; `onnx_provider` auto/cpu/cuda/tensorrt, and
+        `onnx_fallback` allows the CPU provider when the requested one cannot run)."""
+        from ..backends.runtime import make_backend  # local import: onnxruntime only when asked for
         self.device, self.dtype_name = resolve_device(device), dtype
         self.dtype = resolve_dtype(dtype)
+        # before the cast: an ONNX export is of the fp32 weights
+        self.backend = make_backend(backend, model, export_dir=onnx_dir, provider=onnx_provider,
+                                    allow_fallback=onnx_fallback, fp16=dtype == "fp16", weights=weights)
         self.model = model.to(self.device, self.dtype).eval()
         self.weights = weights
         self.max_new_tokens = max_new_tokens
@@ -101,10 +111,14 @@ class SpatialMemoryEngine:
     # ----------------------------------------------------------------- construction
     @classmethod
     def from_preset(cls, preset: str = "tiny", *, checkpoint_dir: str | Path | None = None,
-                    memory_mode: str | None = None, **engine_kwargs) -> "SpatialMemoryEngine":
-        """Load a preset's model (its shipped or given checkpoint) and wrap it in an engine."""
-        from ..model.checkpoint import load_model  # local import: keeps engine import light
-        model, weights = load_model(preset, checkpoint_dir=checkpoint_dir, memory_mode=memory_mode)
+                    memory_mode: str | None = None, working_size: int | None = None,
+                    episodic_size: int | None = None, geometry_window: int | None = None,
+                    **engine_kwargs) -> "SpatialMemoryEngine":
+        """Load a preset's model (its shipped or given checkpoint) and wrap it in an engine.
+        The memory mode and the sizes L_w, L_e, L_g (None: the checkpoint's) hold no weights."""
+        from ..model.checkpoint import MemoryOverrides, load_model  # local import: keeps engine import light
+        overrides = MemoryOverrides(memory_mode, working_size, episodic_size, geometry_window)
+        model, weights = load_model(preset, checkpoint_dir=checkpoint_dir, overrides=overrides)
         return cls(model, weights=weights, **engine_kwargs)
 
     @property
@@ -166,7 +180,7 @@ class SpatialMemoryEngine:
             started = time.perf_counter()
             stream = self._stream
             with torch.inference_mode():
-                frame_tokens, semantic = self.model.encode_frames(pixels.to(self.device, self.dtype))
+                frame_tokens, semantic = self.backend.encode_frames(pixels.to(self.device, self.dtype))
                 indices = []
                 for i in range(n):
                     index = stream.frames
@@ -174,8 +188,9 @@ class SpatialMemoryEngine:
                                                    None if pose_arrays[i] is None
                                                    else torch.from_numpy(pose_arrays[i])[None])
                     pose = None if pose_arrays[i] is None else torch.from_numpy(pose_arrays[i])[None].to(self.device)
-                    stream, _ = self.model.advance(stream, frame_tokens[i:i + 1], semantic[i:i + 1],
-                                                   provenance, pose)
+                    window = self.model.push_window(stream.geometry_window, frame_tokens[i:i + 1])
+                    fused = self.backend.fuse_window(window, semantic[i:i + 1], pose)
+                    stream, _, _ = self.model.remember(stream, window, fused, provenance)
                     indices.append(index)
             elapsed = time.perf_counter() - started
             with self._state_lock:
@@ -247,7 +262,7 @@ class SpatialMemoryEngine:
             memory, frames = self._stream.memory, self._stream.frames
             return EngineStatus(
                 preset=self.model.config.preset, weights=self.weights, device=str(self.device),
-                dtype=self.dtype_name, memory_mode=self.model.config.memory.mode,
+                dtype=self.dtype_name, backend=self.backend.name, memory_mode=self.model.config.memory.mode,
                 frames_ingested=frames, frames_rejected=self._frames_rejected,
                 working_entries=len(memory.working), working_capacity=memory.working.capacity,
                 episodic_entries=len(memory.episodic) if self.model.memory.uses_episodic else 0,

@@ -112,12 +112,37 @@ def read_checkpoint_config(directory: str | Path) -> tuple[VLM2Config, dict]:
     return config, meta
 
 
-def load_checkpoint(directory: str | Path, memory_mode: str | None = None) -> tuple[VLM2Model, str]:
+@dataclasses.dataclass(frozen=True)
+class MemoryOverrides:
+    """Run-time choices that no weight depends on: the memory ablation and the window and
+    memory sizes (L_g, L_w, L_e). None keeps the checkpoint's (or preset's) value."""
+    mode: str | None = None
+    working_size: int | None = None
+    episodic_size: int | None = None
+    geometry_window: int | None = None
+
+    def apply(self, config: VLM2Config) -> VLM2Config:
+        memory = config.memory
+        if self.working_size is not None:
+            memory = dataclasses.replace(memory, working=dataclasses.replace(memory.working, capacity=self.working_size))
+        if self.episodic_size is not None:
+            memory = dataclasses.replace(memory, episodic=dataclasses.replace(memory.episodic,
+                                                                              capacity=self.episodic_size))
+        if self.mode is not None:
+            memory = dataclasses.replace(memory, mode=self.mode)
+        window = config.geometry_window if self.geometry_window is None else self.geometry_window
+        return dataclasses.replace(config, memory=memory, geometry_window=window)  # re-validates
+
+
+def load_checkpoint(directory: str | Path, overrides: MemoryOverrides | None = None) -> tuple[VLM2Model, str]:
     """Load a checkpoint directory; returns (model, weights id) or raises CheckpointError."""
     directory = Path(directory)
     config, meta = read_checkpoint_config(directory)
-    if memory_mode is not None:
-        config.memory = dataclasses.replace(config.memory, mode=memory_mode)  # re-validates
+    if overrides is not None:
+        try:
+            config = overrides.apply(config)
+        except ValueError as e:
+            raise CheckpointError(f"{directory}: {e}") from e
     weights_path = directory / WEIGHTS_NAME
     if not weights_path.is_file():
         raise CheckpointError(f"{weights_path} does not exist")
@@ -148,7 +173,7 @@ def load_checkpoint(directory: str | Path, memory_mode: str | None = None) -> tu
 
 
 def load_model(preset: str = "tiny", *, checkpoint_dir: str | Path | None = None,
-               memory_mode: str | None = None, backbone_dir: str | None = None,
+               overrides: MemoryOverrides | None = None, backbone_dir: str | None = None,
                geometry_dir: str | None = None, seed: int = 0) -> tuple[VLM2Model, str]:
     """The model for a preset: the given checkpoint, else the one shipped with the package, else
     (backbones from their directories and) freshly initialised VLM² weights, reported as such."""
@@ -156,12 +181,13 @@ def load_model(preset: str = "tiny", *, checkpoint_dir: str | Path | None = None
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     directory = checkpoint_dir or shipped_checkpoint(preset)
     if directory is not None:
-        model, weights = load_checkpoint(directory, memory_mode)
+        model, weights = load_checkpoint(directory, overrides)
         if model.config.preset != preset:
             raise CheckpointError(f"{directory} holds preset {model.config.preset!r}, not {preset!r}")
         return model, weights
     torch.manual_seed(seed)
-    config = preset_config(preset, memory_mode=memory_mode or "dual",
-                           **({"backbone_dir": backbone_dir, "geometry_dir": geometry_dir}
-                              if PRESETS[preset].needs_backbones else {}))
+    config = preset_config(preset, **({"backbone_dir": backbone_dir, "geometry_dir": geometry_dir}
+                                      if PRESETS[preset].needs_backbones else {}))
+    if overrides is not None:
+        config = overrides.apply(config)
     return build_model(config), f"untrained(seed={seed})"

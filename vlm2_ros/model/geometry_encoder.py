@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -114,7 +114,7 @@ class GeometryOutput:
     local_points: torch.Tensor      # [B,T,H,W,3] camera frame (x right, y down, z forward)
     depth: torch.Tensor             # [B,T,H,W] = local_points z
     confidence: torch.Tensor        # [B,T,H,W] in (0, 1)
-    camera_poses: torch.Tensor      # [B,T,4,4] camera-to-window
+    camera_poses: torch.Tensor      # [B,T,4,4] camera-to-window ([B,T,12] head output from decode_window_raw)
     patch_grid: tuple[int, int]     # (h, w)
 
 
@@ -290,21 +290,28 @@ class CameraHead(nn.Module):
         self.fc_rot = nn.Linear(dim, 9)
 
     def forward(self, features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        # features [B,N,dim] -> [B,4,4]
+        # features [B,N,dim] -> [B,12]: 9 rotation entries (before projection) + translation
         x = features.transpose(1, 2).reshape(features.shape[0], -1, *grid)      # [B,dim,h,w]
         for block in self.res_conv:
             x = block(x)
         x = self.more_mlps(x.mean(dim=(2, 3)))
-        u, _, vh = torch.linalg.svd(self.fc_rot(x).float().view(-1, 3, 3))
+        return torch.cat([self.fc_rot(x), self.fc_t(x)], dim=-1)
+
+    @staticmethod
+    def to_pose(raw: torch.Tensor) -> torch.Tensor:
+        """[..., 12] head output -> [..., 4, 4] camera-to-window pose; the 3x3 block is projected
+        onto SO(3) by SVD. Kept out of forward() because ONNX has no SVD: exported graphs end
+        at the raw output and the runtime applies this (a few 3x3 matrices) on the host."""
+        lead = raw.shape[:-1]
+        u, _, vh = torch.linalg.svd(raw[..., :9].float().reshape(-1, 3, 3))
         d = torch.det(u @ vh)                                                    # flip to det +1
         rotation = u @ torch.diag_embed(torch.stack([torch.ones_like(d), torch.ones_like(d), d], -1)) @ vh
-        pose = torch.eye(4, device=x.device).repeat(x.shape[0], 1, 1)
+        pose = torch.eye(4, device=raw.device).repeat(rotation.shape[0], 1, 1)
         pose[:, :3, :3] = rotation
-        pose[:, :3, 3] = self.fc_t(x).float()
-        return pose.to(features.dtype)
+        pose[:, :3, 3] = raw[..., 9:].float().reshape(-1, 3)
+        return pose.view(*lead, 4, 4).to(raw.dtype)
 
 
-# --------------------------------------------------------------------------- the encoder
 class GeometryEncoder(nn.Module):
     def __init__(self, config: GeometryEncoderConfig):
         super().__init__()
@@ -364,9 +371,18 @@ class GeometryEncoder(nn.Module):
         rest = torch.cat([self.camera_token[:, 1:], self.register_token[:, 1:]], dim=2)
         return torch.cat([first, rest.expand(1, t - 1, -1, -1)], dim=1).expand(b, -1, -1, -1)
 
-    def decode_window(self, frame_tokens: torch.Tensor, grid: tuple[int, int]) -> GeometryOutput:
+    def decode_window(self, frame_tokens: torch.Tensor, grid: tuple[int, int],
+                      newest_only: bool = False) -> GeometryOutput:
         """Attention across the window: frame_tokens [B,T,N,D] of a (h, w) patch grid -> outputs
-        for every frame."""
+        for every frame (T), or for the newest one only (T=1: the streaming case; the per-frame
+        heads are then run once instead of T times, with identical results for that frame)."""
+        out = self.decode_window_raw(frame_tokens, grid, newest_only)
+        return replace(out, camera_poses=CameraHead.to_pose(out.camera_poses))
+
+    def decode_window_raw(self, frame_tokens: torch.Tensor, grid: tuple[int, int],
+                          newest_only: bool = False) -> GeometryOutput:
+        """decode_window with camera_poses left as the camera head's raw [B,T,12] output (see
+        CameraHead.to_pose): the exportable part."""
         b, t, n, d = frame_tokens.shape
         if grid[0] * grid[1] != n:
             raise ValueError(f"window tokens hold {n} patches, not a {grid[0]}x{grid[1]} grid")
@@ -383,10 +399,12 @@ class GeometryEncoder(nn.Module):
                 x = block(x.reshape(b, t * (s + n), d), global_pos).view(b, t, s + n, d)
             if i == len(self.decoder) - 2:
                 penultimate = x
+        if newest_only:
+            x, penultimate, frame_pos, t = x[:, -1:], penultimate[:, -1:], pos[-1:].repeat(b, 1, 1), 1
         hidden = torch.cat([penultimate, x], dim=-1).reshape(b * t, s + n, 2 * d)  # [B*T,S+N,2D]
         points = self.point_head(self.point_decoder(hidden, frame_pos)[:, s:], grid)     # [B*T,H,W,3]
         conf = self.conf_head(self.conf_decoder(hidden, frame_pos)[:, s:], grid)[..., 0]
-        camera = self.camera_head(self.camera_decoder(hidden, frame_pos)[:, s:], grid)          # [B*T,4,4]
+        camera = self.camera_head(self.camera_decoder(hidden, frame_pos)[:, s:], grid)   # [B*T,12]
         z = points[..., 2:].clamp(max=15).exp()
         local = torch.cat([points[..., :2] * z, z], dim=-1)
         hh, ww = local.shape[1:3]
@@ -395,7 +413,7 @@ class GeometryEncoder(nn.Module):
             geometry_tokens=x[:, :, s:], camera_tokens=view,
             local_points=local.view(b, t, hh, ww, 3), depth=local[..., 2].view(b, t, hh, ww),
             confidence=torch.sigmoid(conf).view(b, t, hh, ww),
-            camera_poses=camera.view(b, t, 4, 4), patch_grid=grid)
+            camera_poses=camera.view(b, t, 12), patch_grid=grid)
 
     def forward(self, images: torch.Tensor) -> GeometryOutput:
         """images [B,T,3,H,W] in [0,1]."""

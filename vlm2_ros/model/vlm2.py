@@ -22,7 +22,7 @@ from torch import nn
 
 from .dual_memory import DualMemory, DualMemoryConfig, MemoryState
 from .fusion import FusionConfig, GeometryFusion
-from .geometry_encoder import GeometryEncoder, GeometryEncoderConfig
+from .geometry_encoder import GeometryEncoder, GeometryEncoderConfig, GeometryOutput
 from .language_bridge import LanguageBridge, LanguageBridgeConfig
 from .memory_readout import MemoryReadout, ReadoutTokens
 from .provenance import Provenance
@@ -82,6 +82,16 @@ def transform_points(camera_to_frame: torch.Tensor, points: torch.Tensor) -> tor
     return torch.einsum("bij,bhwj->bhwi", rotation, points) + translation[:, None, None, :]
 
 
+def select_pose(predicted: torch.Tensor, poses: torch.Tensor | None, pose_mask: torch.Tensor | None) -> torch.Tensor:
+    """The camera-to-frame pose per stream: the given pose [B,4,4] where pose_mask [B] is set
+    (all, when no mask), else the geometry decoder's prediction [B,4,4]."""
+    if poses is None:
+        return predicted
+    if pose_mask is None:
+        return poses.to(predicted.dtype)
+    return torch.where(pose_mask[:, None, None], poses.to(predicted.dtype), predicted)
+
+
 class VLM2Model(nn.Module):
     def __init__(self, config: VLM2Config, geometry: GeometryEncoder, semantic: SemanticEncoder,
                  bridge: LanguageBridge):
@@ -111,22 +121,48 @@ class VLM2Model(nn.Module):
         (geometry frame tokens [T,P,D], semantic grid [T,hs,ws,C])."""
         return self.geometry.encode_frames(images), self.semantic(images)
 
+    def push_window(self, window: torch.Tensor, frame_tokens: torch.Tensor) -> torch.Tensor:
+        """The geometry window after a new frame: window [B,t,P,D] (t may be 0), frame_tokens
+        [B,P,D] -> [B,min(t+1, L_g),P,D]."""
+        window_new = frame_tokens.unsqueeze(1)
+        if window.shape[1]:
+            window_new = torch.cat([window, window_new], dim=1)[:, -self.config.geometry_window:]
+        return window_new
+
+    def fuse_window(self, window: torch.Tensor, semantic: torch.Tensor, poses: torch.Tensor | None = None,
+                    pose_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, GeometryOutput]:
+        """Geometry of the window's newest frame fused with its semantic tokens: window [B,t,P,D],
+        semantic [B,hs,ws,C] -> H_t [B,N,C], and the decoder's outputs for that frame (T=1).
+        poses [B,4,4] camera-to-world replace the decoder's own pose where pose_mask [B] (bool;
+        default all) is set. Runtimes (vlm2_ros.backends) split this the same way."""
+        geo = self.geometry.decode_window(window, self.geometry_grid, newest_only=True)
+        camera_to_frame = select_pose(geo.camera_poses[:, -1], poses, pose_mask)
+        fused = self.fuse_frame(semantic, geo.local_points[:, -1], geo.confidence[:, -1],
+                                geo.geometry_tokens[:, -1], geo.camera_tokens[:, -1:], camera_to_frame)
+        return fused, geo
+
+    def fuse_frame(self, semantic: torch.Tensor, local_points: torch.Tensor, confidence: torch.Tensor,
+                   geometry_tokens: torch.Tensor, camera_tokens: torch.Tensor,
+                   camera_to_frame: torch.Tensor) -> torch.Tensor:
+        """H_t [B,N,C] from semantic [B,hs,ws,C], local_points [B,H,W,3] (camera frame), confidence
+        [B,H,W], geometry_tokens [B,Ng,Dg], camera_tokens [B,1,Dg], camera_to_frame [B,4,4]."""
+        points = transform_points(camera_to_frame, local_points)
+        return self.fusion(semantic, points, confidence, geometry_tokens, camera_tokens).fused
+
+    def remember(self, stream: StreamState, window: torch.Tensor, fused: torch.Tensor,
+                 provenance: Provenance) -> tuple[StreamState, torch.Tensor | None, torch.Tensor | None]:
+        """Write H_t [B,N,C] into the dual memory: (new stream, M_t, episodic slot)."""
+        memory, memory_state, slot = self.memory(fused, stream.memory, provenance)
+        return StreamState(window, memory_state, stream.frames + 1), memory, slot
+
     def advance(self, stream: StreamState, frame_tokens: torch.Tensor, semantic: torch.Tensor,
                 provenance: Provenance, poses: torch.Tensor | None = None) -> tuple[StreamState, StepOutput]:
         """Sequential part of a step for one new frame per stream: frame_tokens [B,P,D],
         semantic [B,hs,ws,C], poses [B,4,4] camera-to-world or None."""
-        window = frame_tokens.unsqueeze(1)
-        if stream.geometry_window.shape[1]:
-            window = torch.cat([stream.geometry_window, window], dim=1)[:, -self.config.geometry_window:]
-        geo = self.geometry.decode_window(window, self.geometry_grid)
-        local_points = geo.local_points[:, -1]                                    # [B,H,W,3]
-        camera_to_frame = geo.camera_poses[:, -1] if poses is None else poses.to(local_points.dtype)
-        points = transform_points(camera_to_frame, local_points)
-        fusion = self.fusion(semantic, points, geo.confidence[:, -1], geo.geometry_tokens[:, -1],
-                             geo.camera_tokens[:, -1:])
-        memory, memory_state, slot = self.memory(fusion.fused, stream.memory, provenance)
-        output = StepOutput(fusion.fused, memory, slot, geo.depth[:, -1], geo.camera_poses[:, -1])
-        return StreamState(window, memory_state, stream.frames + 1), output
+        window = self.push_window(stream.geometry_window, frame_tokens)
+        fused, geo = self.fuse_window(window, semantic, poses)
+        stream, memory, slot = self.remember(stream, window, fused, provenance)
+        return stream, StepOutput(fused, memory, slot, geo.depth[:, -1], geo.camera_poses[:, -1])
 
     def step(self, stream: StreamState, images: torch.Tensor, provenance: Provenance,
              poses: torch.Tensor | None = None) -> tuple[StreamState, StepOutput]:

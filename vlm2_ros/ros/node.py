@@ -162,7 +162,11 @@ class Vlm2Node(LifecycleNode):
         try:
             engine = SpatialMemoryEngine.from_preset(
                 settings.model_preset, checkpoint_dir=settings.checkpoint_dir,
-                memory_mode=settings.memory_mode, device=settings.device, dtype=settings.dtype,
+                memory_mode=settings.memory_mode, working_size=settings.working_size,
+                episodic_size=settings.episodic_size, geometry_window=settings.geometry_window,
+                device=settings.device, dtype=settings.dtype,
+                backend=settings.backend, onnx_dir=settings.onnx_dir, onnx_provider=settings.onnx_provider,
+                onnx_fallback=settings.onnx_provider_fallback,
                 max_new_tokens=settings.max_new_tokens, max_question_chars=settings.max_question_length)
         except Exception as exc:  # CheckpointError, ValueError (device, dtype), OSError, torch errors
             source = settings.checkpoint_dir or "its shipped or default weights"
@@ -573,7 +577,7 @@ class Vlm2Node(LifecycleNode):
         if engine is not None:
             s = engine.status()
             msg.model_preset, msg.weights, msg.device, msg.dtype = s.preset, s.weights, s.device, s.dtype
-            msg.memory_mode = s.memory_mode
+            msg.memory_mode, msg.backend = s.memory_mode, s.backend
             msg.working_memory_size, msg.working_memory_capacity = s.working_entries, s.working_capacity
             msg.episodic_memory_size, msg.episodic_memory_capacity = s.episodic_entries, s.episodic_capacity
             msg.episodic_replacements = s.episodic_replacements

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from vlm2_ros.backends.runtime import BACKENDS, PROVIDER_CHOICES
 from vlm2_ros.model.dual_memory import MEMORY_MODES
 from vlm2_ros.model.presets import PRESETS
 
@@ -58,9 +59,27 @@ SPECS: tuple[Spec, ...] = (
          "weights where none is shipped"),
     Spec("model.device", "cpu", "torch device: cpu, cuda or cuda:N"),
     Spec("model.dtype", "fp32", "model weights and activations dtype", choices=DTYPES),
+    Spec("model.backend", "torch",
+         "runtime of the per-frame encoders and fusion: torch, or onnx (ONNX Runtime)",
+         choices=BACKENDS),
+    Spec("model.onnx_dir", "",
+         "ONNX export of the model (`vlm2 export`); empty: exported at configure into the cache "
+         "directory (once per weights)"),
+    Spec("model.onnx_provider", "auto",
+         "ONNX Runtime execution provider; auto: the first of tensorrt, cuda, cpu that runs",
+         choices=PROVIDER_CHOICES),
+    Spec("model.onnx_provider_fallback", False,
+         "run on the CPU provider when the requested one cannot run (else configure fails)"),
     Spec("model.memory_mode", "",
          "memory ablation: dual, working, episodic or none; empty: the checkpoint's own",
          choices=("",) + MEMORY_MODES),
+    Spec("memory.working_size", 0,
+         "working memory length L_w (recent views); 0: the checkpoint's (8 in the paper)", 0, 1024),
+    Spec("memory.episodic_size", 0,
+         "episodic memory capacity L_e; 0: the checkpoint's (32 in the paper)", 0, 4096),
+    Spec("memory.geometry_window", 0,
+         "frames the geometry encoder attends across, L_g; 0: the checkpoint's. Per-frame cost "
+         "grows with it: the Jetson profile halves it", 0, 64),
     Spec("model.max_new_tokens", 16, "longest generated answer, in tokens", 1, 4096),
     Spec("camera_names", ["camera"],
          "cameras to ingest; each NAME is configured by the cameras.NAME.* parameters"),
@@ -142,7 +161,14 @@ class NodeSettings:
     checkpoint_dir: str | None
     device: str
     dtype: str
+    backend: str
+    onnx_dir: str | None
+    onnx_provider: str
+    onnx_provider_fallback: bool
     memory_mode: str | None
+    working_size: int | None
+    episodic_size: int | None
+    geometry_window: int | None
     max_new_tokens: int
     cameras: tuple[CameraSettings, ...]
     ingest_rate_hz: float
@@ -244,8 +270,12 @@ def settings_from_values(values: dict[str, Any]) -> NodeSettings:
     return NodeSettings(
         autostart=v["autostart"],
         model_preset=v["model.preset"], checkpoint_dir=v["model.checkpoint_dir"] or None,
-        device=v["model.device"], dtype=v["model.dtype"],
+        device=v["model.device"], dtype=v["model.dtype"], backend=v["model.backend"],
+        onnx_dir=v["model.onnx_dir"] or None, onnx_provider=v["model.onnx_provider"],
+        onnx_provider_fallback=v["model.onnx_provider_fallback"],
         memory_mode=v["model.memory_mode"] or None, max_new_tokens=v["model.max_new_tokens"],
+        working_size=v["memory.working_size"] or None, episodic_size=v["memory.episodic_size"] or None,
+        geometry_window=v["memory.geometry_window"] or None,
         cameras=tuple(cameras),
         ingest_rate_hz=v["ingest.rate_hz"], queue_size=v["ingest.queue_size"],
         qos_reliability=v["ingest.qos_reliability"], qos_depth=v["ingest.qos_depth"],
