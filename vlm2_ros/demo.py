@@ -97,8 +97,9 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
             try:
                 client.wait_for_node(timeout_s=120)
                 _replay(bag, args.rate, env, client, args.frames)
-                _ask_questions(client, questions)
-                _print_status(client.latest_status())
+                asked = _ask_questions(client, questions)
+                # the status after the last answer (status messages come every status_period_s)
+                _print_status(client.wait_for_status(lambda s: s.queries_answered + s.queries_failed >= asked))
             except NodeClientError as e:
                 print(f"demo failed: {e}\n--- node log (tail) ---\n{_tail(log_path)}", file=sys.stderr)
                 return 1
@@ -143,7 +144,8 @@ def _request(record: dict) -> dict:
     return {"question": record["question"], "answer_type": SpatialQuery.Request.ANSWER_NUMBER}
 
 
-def _ask_questions(client, questions: list[dict]) -> None:
+def _ask_questions(client, questions: list[dict]) -> int:
+    """Asks one question per task through ~/query and one through ~/ask; returns how many."""
     from .evaluation.metrics import score_answer
     from .ros.image_conversion import stamp_to_ns
     from .srv import SpatialQuery
@@ -182,6 +184,7 @@ def _ask_questions(client, questions: list[dict]) -> None:
     stages = " -> ".join(f.stage for f in outcome.feedback)
     print(f"\n/vlm2_node/ask: {record['question']!r}\n  stages: {stages}; answer {outcome.result.answer!r} "
           f"(error code {outcome.result.error_code})")
+    return len(picked) + 1
 
 
 STATUS_FIELDS = ("lifecycle_state", "model_preset", "weights", "device", "dtype", "memory_mode",
