@@ -1,6 +1,7 @@
 """Answers: generated text parsed into a typed value, with evidence and timing."""
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field
 
@@ -56,8 +57,11 @@ def expected_answer_kind(question: str) -> str:
 
 
 def parse_number(text: str) -> float | None:
+    """The first number in `text`; None when there is none or it overflows (e.g. "1e999"), so a
+    typed answer is always finite (and its JSON echo valid)."""
     match = _NUMBER.search(text)
-    return float(match.group()) if match else None
+    value = float(match.group()) if match else math.nan
+    return value if math.isfinite(value) else None
 
 
 def parse_choice(text: str, options: list[str]) -> str | None:

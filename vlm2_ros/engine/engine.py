@@ -30,6 +30,7 @@ from .answer import Answer, Evidence, expected_answer_kind, parse_choice, parse_
 from .snapshot import SnapshotError, read_snapshot, write_snapshot
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)   # accepted in snapshots
 ENGINE_STATE_VERSION = 1
 
 
@@ -212,6 +213,10 @@ class SpatialMemoryEngine:
         question = question.strip()
         if not question:
             raise QueryError("question is empty")
+        try:
+            question.encode("utf-8")
+        except UnicodeEncodeError as e:  # lone surrogates: the tokenizer would fail on them
+            raise QueryError(f"question is not valid Unicode text ({e.reason} at position {e.start})") from None
         if len(question) > self.max_question_chars:
             raise QueryError(f"question has {len(question)} characters; the limit is {self.max_question_chars}")
         with self._state_lock:
@@ -308,7 +313,8 @@ class SpatialMemoryEngine:
         return write_snapshot(directory, tensors, metadata)
 
     def load(self, directory: str | Path) -> None:
-        """Replace the memory with a snapshot's. On any error the current memory is untouched."""
+        """Replace the memory with a snapshot's. Everything is validated before anything is
+        replaced: on any error (SnapshotError) the current memory is untouched."""
         tensors, meta = read_snapshot(directory)
         if meta.get("engine_state_version") != ENGINE_STATE_VERSION:
             raise SnapshotError(f"{directory}: engine state version {meta.get('engine_state_version')!r} "
@@ -317,45 +323,75 @@ class SpatialMemoryEngine:
             raise SnapshotError(f"{directory}: snapshot was written by a different model or memory "
                                 f"configuration ({meta.get('fingerprint')} != {self.fingerprint()})")
         stream = self._stream_from_tensors(tensors, meta, str(directory))
+        last_stamp_ns = meta.get("last_stamp_ns")
+        rejected, seconds = meta.get("frames_rejected", 0), meta.get("ingest_seconds", 0.0)
+        if not (last_stamp_ns is None and stream.frames == 0 or _is_count(last_stamp_ns)) \
+                or not _is_count(rejected) or not _is_finite_nonnegative(seconds):
+            raise SnapshotError(f"{directory}: invalid metadata: last_stamp_ns {last_stamp_ns!r}, "
+                                f"frames_rejected {rejected!r}, ingest_seconds {seconds!r}")
         with self._ingest_lock, self._state_lock:
             self._stream = stream
-            self._last_stamp_ns = meta["last_stamp_ns"]
-            self._frames_rejected = int(meta.get("frames_rejected", 0))
-            self._ingest_seconds = float(meta.get("ingest_seconds", 0.0))
+            self._last_stamp_ns = last_stamp_ns
+            self._frames_rejected = rejected
+            self._ingest_seconds = float(seconds)
 
     def _stream_from_tensors(self, tensors: dict, meta: dict, source: str) -> StreamState:
+        """The stream a snapshot holds, after checking every tensor's shape, dtype and values
+        against this model (a tampered snapshot with a valid checksum must not half-load)."""
         expected = self.model.empty_stream(1)
         n_tok, dim = self.model.num_tokens_per_frame, self.model.config.fusion.dim
 
-        def take(key: str) -> torch.Tensor:
+        def take(key: str, dtypes: tuple[torch.dtype, ...] | None = None) -> torch.Tensor:
             if key not in tensors:
                 raise SnapshotError(f"{source}: tensor {key!r} is missing")
-            return tensors[key]
+            tensor = tensors[key]
+            if dtypes is not None and tensor.dtype not in dtypes:
+                raise SnapshotError(f"{source}: tensor {key!r} has dtype {tensor.dtype}, expected {dtypes[0]}")
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise SnapshotError(f"{source}: tensor {key!r} holds NaN or inf")
+            return tensor
 
         def memory_part(name: str, template) -> tuple[torch.Tensor, Provenance]:
-            tokens = take(f"{name}.tokens")
+            tokens = take(f"{name}.tokens", FLOAT_DTYPES)
             n = tokens.shape[1] if tokens.dim() == 4 else -1
             if tokens.dim() != 4 or tokens.shape[0] != 1 or tokens.shape[2:] != (n_tok, dim) \
                     or not 0 <= n <= template.capacity:
                 raise SnapshotError(f"{source}: tensor '{name}.tokens' has shape {tuple(tokens.shape)}, "
                                     f"expected [1, <= {template.capacity}, {n_tok}, {dim}]")
-            prov = Provenance(*(take(f"{name}.{k}") for k in ("stamp_ns", "frame_index", "pose", "has_pose")))
+            prov = Provenance(take(f"{name}.stamp_ns", (torch.int64,)), take(f"{name}.frame_index", (torch.int64,)),
+                              take(f"{name}.pose", (torch.float64,)), take(f"{name}.has_pose", (torch.bool,)))
             for k, v in prov.fields().items():
-                if v.shape[:2] != (1, n):
+                trailing = (4, 4) if k == "pose" else ()
+                if tuple(v.shape) != (1, n, *trailing):
                     raise SnapshotError(f"{source}: tensor '{name}.{k}' has shape {tuple(v.shape)}, "
-                                        f"expected [1, {n}, ...]")
+                                        f"expected {[1, n, *trailing]}")
             return tokens.to(self.device, self.dtype), prov
 
         w_tokens, w_prov = memory_part("working", expected.memory.working)
         e_tokens, e_prov = memory_part("episodic", expected.memory.episodic)
-        window = take("geometry_window").to(self.device, self.dtype)
-        if window.dim() != 4 or window.shape[0] != 1 or window.shape[1] > self.model.config.geometry_window:
-            raise SnapshotError(f"{source}: tensor 'geometry_window' has shape {tuple(window.shape)}")
         frames = meta.get("frames")
-        if not isinstance(frames, int) or frames < max(w_tokens.shape[1], e_tokens.shape[1]):
+        if not _is_count(frames) or frames < max(w_tokens.shape[1], e_tokens.shape[1]):
             raise SnapshotError(f"{source}: invalid frame count {frames!r}")
+        window = take("geometry_window", FLOAT_DTYPES)
+        grid_h, grid_w = self.model.geometry_grid
+        frame_tokens = (grid_h * grid_w, self.model.geometry.config.encoder_dim)
+        length = min(frames, self.model.config.geometry_window)
+        if tuple(window.shape) != ((1, 0, 0, 0) if length == 0 else (1, length, *frame_tokens)):
+            raise SnapshotError(f"{source}: tensor 'geometry_window' has shape {tuple(window.shape)}, expected "
+                                f"[1, {length}, {frame_tokens[0]}, {frame_tokens[1]}] for {frames} frames")
+        replacements = meta.get("episodic_replacements", 0)
+        if not _is_count(replacements):
+            raise SnapshotError(f"{source}: invalid episodic_replacements {replacements!r}")
         memory = MemoryState(
             WorkingMemory(expected.memory.working.capacity, w_tokens, w_prov),
-            EpisodicMemory(expected.memory.episodic.capacity, e_tokens, e_prov,
-                           int(meta.get("episodic_replacements", 0))))
-        return StreamState(window, memory, frames)
+            EpisodicMemory(expected.memory.episodic.capacity, e_tokens, e_prov, replacements))
+        return StreamState(window.to(self.device, self.dtype), memory, frames)
+
+
+def _is_count(value) -> bool:
+    """A non-negative int from JSON (bool excluded)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_finite_nonnegative(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0

@@ -5,7 +5,9 @@ Layout of a snapshot directory:
     memory-<id>.safetensors     the tensors
 The JSON is replaced atomically *after* its tensor file is complete, and old tensor files are
 removed only after that, so at every instant snapshot.json names a complete, checksummed file:
-a crash mid-write leaves the previous snapshot valid. Never pickle.
+a crash mid-write leaves the previous snapshot valid (and its temporary files, which the next
+write removes). Reads are confined to the directory: the index may only name a file directly in
+it, and a symbolic link leading elsewhere is refused. Never pickle.
 """
 from __future__ import annotations
 
@@ -37,27 +39,38 @@ def write_snapshot(directory: str | Path, tensors: dict[str, torch.Tensor], meta
     index = {"format": SNAPSHOT_FORMAT, "version": SNAPSHOT_VERSION, "tensor_file": tensor_name,
              "sha256": sha256_file(directory / tensor_name), "metadata": metadata}
     write_json_atomic(directory / INDEX_NAME, index)
-    for stale in directory.glob("memory-*.safetensors"):
-        if stale.name != tensor_name:
-            stale.unlink(missing_ok=True)
+    # Tensor files of earlier snapshots, and temporary files of writes a crash cut short.
+    stale = [*directory.glob("memory-*.safetensors"), *directory.glob(".memory-*.tmp"),
+             *directory.glob(f".{INDEX_NAME}.*.tmp")]
+    for path in stale:
+        if path.name != tensor_name:
+            path.unlink(missing_ok=True)
     return directory / INDEX_NAME
 
 
 def read_snapshot(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Return (tensors, metadata) of a complete, untampered snapshot, or raise SnapshotError."""
     index_path = Path(directory) / INDEX_NAME
-    index = read_versioned_json(index_path, SNAPSHOT_FORMAT, SNAPSHOT_VERSION, SnapshotError,
-                                missing_hint=": no snapshot there")
-    name = index.get("tensor_file")
-    if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
-        raise SnapshotError(f"{index_path}: invalid tensor_file entry {name!r}")
-    tensor_path = index_path.parent / name
-    if not tensor_path.is_file():
-        raise SnapshotError(f"{index_path} names {tensor_path}, which does not exist")
-    if sha256_file(tensor_path) != index.get("sha256"):
-        raise SnapshotError(f"{tensor_path}: checksum mismatch (truncated or modified)")
     try:
+        index = read_versioned_json(index_path, SNAPSHOT_FORMAT, SNAPSHOT_VERSION, SnapshotError,
+                                    missing_hint=": no snapshot there")
+        name = index.get("tensor_file")
+        if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
+            raise SnapshotError(f"{index_path}: invalid tensor_file entry {name!r}")
+        tensor_path = index_path.parent / name
+        if not tensor_path.is_file():
+            raise SnapshotError(f"{index_path} names {tensor_path}, which does not exist")
+        if tensor_path.resolve().parent != index_path.parent.resolve():
+            raise SnapshotError(f"{tensor_path} leads outside the snapshot directory "
+                                f"(to {tensor_path.resolve()}): refused")
+        metadata = index.get("metadata", {})
+        if not isinstance(metadata, dict):
+            raise SnapshotError(f"{index_path}: 'metadata' is not an object")
+        if sha256_file(tensor_path) != index.get("sha256"):
+            raise SnapshotError(f"{tensor_path}: checksum mismatch (truncated or modified)")
         tensors = load_file(str(tensor_path))
-    except (SafetensorError, OSError, ValueError) as e:
+    except OSError as e:  # unreadable (permissions, I/O error): refused like a damaged one
+        raise SnapshotError(f"{index_path.parent}: cannot read the snapshot ({e})") from e
+    except (SafetensorError, ValueError) as e:
         raise SnapshotError(f"{tensor_path}: unreadable safetensors file ({e})") from e
-    return tensors, dict(index.get("metadata") or {})
+    return tensors, metadata

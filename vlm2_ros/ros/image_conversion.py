@@ -320,6 +320,8 @@ def compressed_to_rgb(msg: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.n
             f"{max_pixels} pixels")
     if kind == "jpeg" and b"\xff\xd9" not in raw[-32:].tobytes():
         raise ImageConversionError(f"truncated JPEG: no end-of-image marker in {raw.size} bytes")
+    if kind == "png":
+        _check_png_chunks(raw)
     image = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ImageConversionError(f"corrupt {kind.upper()}: OpenCV could not decode {raw.size} bytes")
@@ -334,6 +336,21 @@ def compressed_to_rgb(msg: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.n
     else:  # OpenCV decodes to BGR / BGRA
         image = image[:, :, 2::-1]
     return _checked_rgb(image, height, width, f"{kind.upper()} decoder")
+
+
+def _check_png_chunks(raw: np.ndarray) -> None:
+    """Refuse a PNG with a chunk that declares more bytes than follow it, anywhere in the data
+    (OpenCV's decoder allocates a chunk's declared length before reading it, and does not stop at
+    a malformed IEND: 200-byte PNGs declaring a 4 GB chunk, found by fuzzing, cost 4 GB of memory
+    and seconds per message)."""
+    data, pos = memoryview(raw), 8
+    while pos + 8 <= len(data):
+        length, name = int.from_bytes(data[pos:pos + 4], "big"), bytes(data[pos + 4:pos + 8])
+        if length > len(data) - pos - 12:
+            raise ImageConversionError(
+                f"corrupt PNG: chunk {name!r} at byte {pos} declares {length} bytes but only "
+                f"{max(0, len(data) - pos - 12)} follow")
+        pos += 12 + length
 
 
 def _compressed_size(raw: np.ndarray, kind: str) -> tuple[int, int] | None:
@@ -457,15 +474,16 @@ def pose_to_matrix(msg: Any) -> np.ndarray:
     q = np.array([rotation.x, rotation.y, rotation.z, rotation.w], dtype=np.float64)
     if not (np.all(np.isfinite(t)) and np.all(np.isfinite(q))):
         raise PoseConversionError(f"pose contains NaN or inf: position {t.tolist()}, orientation {q.tolist()}")
-    norm = float(np.linalg.norm(q))
-    if norm < 1e-9:
+    scale = float(np.abs(q).max())
+    if scale < 1e-9:
         raise PoseConversionError("orientation quaternion is zero (an uninitialised pose?)")
+    q = q / scale                 # first: the norm of a finite but huge quaternion overflows to inf
     matrix = np.eye(4)
-    matrix[:3, :3] = quaternion_to_rotation(*(q / norm))
+    matrix[:3, :3] = quaternion_to_rotation(*(q / np.linalg.norm(q)))
     matrix[:3, 3] = t
     try:
         return validate_pose(matrix)
-    except ValueError as exc:  # pragma: no cover - a normalised quaternion is always a rotation
+    except ValueError as exc:  # e.g. a translation too large to stay finite in the transform
         raise PoseConversionError(str(exc)) from exc
 
 

@@ -17,6 +17,7 @@ most needed when nothing, /clock included, arrives).
 from __future__ import annotations
 
 import collections
+import faulthandler
 import json
 import signal
 import sys
@@ -48,7 +49,7 @@ from vlm2_ros.atomic_io import write_json_atomic
 from vlm2_ros.engine.engine import IngestError, SpatialMemoryEngine
 from vlm2_ros.engine.snapshot import INDEX_NAME, SnapshotError
 from vlm2_ros.ros import queries
-from vlm2_ros.ros.image_conversion import (LINK_TO_OPTICAL, ConversionError, camera_info_distortion,
+from vlm2_ros.ros.image_conversion import (LINK_TO_OPTICAL, camera_info_distortion,
                                            camera_info_to_intrinsics, compressed_to_rgb, image_to_rgb,
                                            ns_to_stamp, pose_to_matrix, stamp_to_ns)
 from vlm2_ros.ros.ingest_queue import IngestQueue
@@ -85,6 +86,11 @@ class Counters:
     dropped_rejected: int = 0
     queries_answered: int = 0
     queries_failed: int = 0
+    # not frames: reported in /diagnostics
+    camera_infos_rejected: int = 0
+    poses_rejected: int = 0
+    snapshots_written: int = 0
+    snapshot_failures: int = 0
 
 
 @dataclass
@@ -123,6 +129,7 @@ class Vlm2Node(LifecycleNode):
         self._memory_version = 0                      # bumped on every memory change
         self._saved_version = 0
         self._last_snapshot_ns = 0
+        self._last_snapshot_error = ""                # of the latest snapshot attempt; "" when it worked
         self._jump_dropping = False
         self._activated_at = 0.0
         self._snapshot_timer = None
@@ -322,11 +329,22 @@ class Vlm2Node(LifecycleNode):
         try:
             rgb = compressed_to_rgb(msg) if compressed else image_to_rgb(msg)
             stamp_ns = stamp_to_ns(msg.header.stamp)
-        except ConversionError as exc:
+        except Exception as exc:  # ConversionError, or a bug: one message must never stop the node
             with self._lock:
                 self._counters.dropped_bad_image += 1
             self.get_logger().error(f"camera {camera_name}: dropped a bad image: {exc}",
                                     throttle_duration_sec=_LOG_THROTTLE_S)
+            return
+        # A frame from the future (or before 1970) would make every later frame look like a time jump
+        # back (memory reset or frames dropped). A node clock of 0 (sim time before /clock) is no reference.
+        ahead_s = (stamp_ns - now) / 1e9
+        if stamp_ns < 0 or (now and settings.max_stamp_ahead_s and ahead_s > settings.max_stamp_ahead_s):
+            with self._lock:
+                self._counters.dropped_rejected += 1
+            self.get_logger().error(
+                f"camera {camera_name}: dropped a frame stamped {ahead_s:.3f} s ahead of the node clock (stamps "
+                f"must be >= 0 and at most ingest.max_stamp_ahead_s = {settings.max_stamp_ahead_s:g} s ahead): "
+                f"bad stamp, or clocks not synchronised", throttle_duration_sec=_LOG_THROTTLE_S)
             return
         frame = Frame(rgb, stamp_ns, msg.header.frame_id, camera_name, camera.intrinsics, camera.pose)
         displaced = self._queue.put(frame)
@@ -339,8 +357,10 @@ class Vlm2Node(LifecycleNode):
         camera = self._cameras[camera_name]
         try:
             camera.intrinsics = camera_info_to_intrinsics(msg)
-        except ConversionError as exc:
+        except Exception as exc:  # ConversionError, or a bug: one message must never stop the node
             camera.intrinsics = None
+            with self._lock:
+                self._counters.camera_infos_rejected += 1
             self.get_logger().warning(f"camera {camera_name}: ignoring camera info: {exc}",
                                       throttle_duration_sec=_LOG_THROTTLE_S)
             return
@@ -354,8 +374,10 @@ class Vlm2Node(LifecycleNode):
         camera = self._cameras[camera_name]
         try:
             pose = pose_to_matrix(msg)
-        except ConversionError as exc:
+        except Exception as exc:  # ConversionError, or a bug: one message must never stop the node
             camera.pose = None
+            with self._lock:
+                self._counters.poses_rejected += 1
             self.get_logger().warning(f"camera {camera_name}: ignoring pose: {exc}",
                                       throttle_duration_sec=_LOG_THROTTLE_S)
             return
@@ -484,17 +506,30 @@ class Vlm2Node(LifecycleNode):
             if only_if_changed and version == self._saved_version:
                 return True, "memory unchanged since the last snapshot"
             try:
-                self._engine.save(directory)
+                index = self._engine.save(directory)
+                # what was written, not what is in memory now: the worker may have ingested since
+                frames = json.loads(index.read_text())["metadata"]["frames"]
                 with self._lock:
                     self._prune_frame_ids()
                     frame_ids = {str(s): f for s, f in self._frame_ids.items()}
                 write_json_atomic(Path(directory) / FRAME_IDS_FILE, frame_ids)
-            except Exception as exc:  # disk full, permissions: log, keep running
-                self.get_logger().error(f"{reason} snapshot to {directory} failed: {exc}")
+                for stale in Path(directory).glob(f".{FRAME_IDS_FILE}.*.tmp"):   # left by a crash mid-write
+                    stale.unlink(missing_ok=True)
+            except Exception as exc:  # disk full, permissions: log, count, keep running
+                with self._lock:
+                    self._counters.snapshot_failures += 1
+                self._last_snapshot_error = f"{reason} snapshot to {directory} failed: {exc}"
+                message = f"{self._last_snapshot_error} (the previous snapshot, if any, is kept)"
+                if reason == "periodic":   # repeats every snapshot.period_s while the disk stays full
+                    self.get_logger().error(message, throttle_duration_sec=_LOG_THROTTLE_S)
+                else:
+                    self.get_logger().error(message)
                 return False, f"snapshot failed: {exc}"
+            with self._lock:
+                self._counters.snapshots_written += 1
+            self._last_snapshot_error = ""
             self._saved_version = version
             self._last_snapshot_ns = self.get_clock().now().nanoseconds
-        frames = self._engine.status().frames_ingested
         self.get_logger().info(f"{reason} snapshot: {frames} frames written to {directory}")
         return True, f"memory ({frames} frames) saved to {directory}"
 
@@ -617,12 +652,18 @@ class Vlm2Node(LifecycleNode):
             silent = [c.settings.name for c in self._cameras.values() if c.warned_silent]
             if silent:
                 level, message = DiagnosticStatus.WARN, f"no images from camera(s) {', '.join(silent)}"
+            elif self._last_snapshot_error:
+                level, message = DiagnosticStatus.WARN, self._last_snapshot_error
         fields = {name: getattr(status, name) for name in (
             "frames_received", "frames_ingested", "frames_dropped", "frames_dropped_rate_limit",
             "frames_dropped_queue_full", "frames_dropped_bad_image", "frames_dropped_rejected",
             "queue_depth", "working_memory_size", "episodic_memory_size", "queries_answered",
-            "queries_failed", "model_preset", "device")}
+            "queries_failed", "model_preset", "device", "backend")}
         fields["ingest_rate_hz"] = f"{status.ingest_rate_hz:.2f}"
+        with self._lock:
+            c = self._counters
+            fields.update(camera_infos_rejected=c.camera_infos_rejected, poses_rejected=c.poses_rejected,
+                          snapshots_written=c.snapshots_written, snapshot_failures=c.snapshot_failures)
         array = DiagnosticArray()
         array.header.stamp = status.header.stamp
         array.status = [DiagnosticStatus(level=level, name=f"{self.get_fully_qualified_name()}: spatial memory",
@@ -685,6 +726,7 @@ def main(args: list[str] | None = None) -> int:
     rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)   # `kill -USR1 PID`: every thread's stack, for hangs
     logger = rclpy.logging.get_logger(NODE_NAME)
     try:
         node = Vlm2Node()

@@ -99,6 +99,10 @@ SPECS: tuple[Spec, ...] = (
     Spec("ingest.time_jump_threshold_s", 1.0,
          "how far back a stamp must go to count as a time jump; smaller disorder (e.g. between "
          "cameras) only drops the late frame", 0.0, 86400.0),
+    Spec("ingest.max_stamp_ahead_s", 60.0,
+         "drop (and count as rejected) a frame stamped more than this many seconds ahead of the "
+         "node clock: one such frame would make every later frame look like a time jump back; "
+         "0: no check", 0.0, 86400.0, read_only=False),
     Spec("ingest.no_image_warning_s", 5.0,
          "warn (naming the likely cause) when a camera has delivered no image this many seconds "
          "after activation; 0: never", 0.0, 3600.0, read_only=False),
@@ -177,6 +181,7 @@ class NodeSettings:
     qos_depth: int
     time_jump_policy: str
     time_jump_threshold_s: float
+    max_stamp_ahead_s: float
     no_image_warning_s: float
     query_timeout_s: float
     max_question_length: int
@@ -281,6 +286,7 @@ def settings_from_values(values: dict[str, Any]) -> NodeSettings:
         qos_reliability=v["ingest.qos_reliability"], qos_depth=v["ingest.qos_depth"],
         time_jump_policy=v["ingest.time_jump_policy"],
         time_jump_threshold_s=v["ingest.time_jump_threshold_s"],
+        max_stamp_ahead_s=v["ingest.max_stamp_ahead_s"],
         no_image_warning_s=v["ingest.no_image_warning_s"],
         query_timeout_s=v["query.timeout_s"], max_question_length=v["query.max_question_length"],
         max_concurrent_queries=v["query.max_concurrent"], max_waiting_queries=v["query.max_waiting"],
