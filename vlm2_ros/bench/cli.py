@@ -74,6 +74,9 @@ def register(subparsers) -> None:
     p.add_argument("--json", type=Path, default=None, help="write the flat result here")
     p.set_defaults(func=render_command)
 
+    from ..reliability.cli import register_reliability   # soak, crash-loop, fuzz, reliability-report
+    register_reliability(sub)
+
 
 def fixed_cost_command(args: argparse.Namespace) -> int:
     from ..engine.engine import SpatialMemoryEngine
