@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "vlm2_ros.evaluation.cli",
     "vlm2_ros.replay",
     "vlm2_ros.sim.cli",
+    "vlm2_ros.training.cli",
 )
 
 

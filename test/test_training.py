@@ -1,0 +1,98 @@
+"""`vlm2 train`: config validation, a two-stage run that writes a loadable checkpoint, its log and
+plot, resume continuing where it stopped, and the losses going down when fitting one sample."""
+import json
+
+import pytest
+import torch
+import yaml
+
+from vlm2_ros.cli import main
+from vlm2_ros.training.config import TrainConfigError, load_train_config
+from vlm2_ros.training.data import clip_indices
+from vlm2_ros.training.trainer import set_trainable
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train") / "data"
+    assert main(["sim", "dataset", "--seed", "11", "--episodes", "2", "--frames", "12", "--width", "64",
+                 "--height", "48", "--per-task", "1", "--style", "walk", "--out", str(out)]) == 0
+    return out
+
+
+def write_config(path, **overrides):
+    config = {"data": "data", "out": "run", "clip_frames": 4, "questions_per_episode": 2, "episodes_per_step": 1,
+              "checkpoint_every": 2, "log_every": 1,
+              "stages": [{"name": "geometry", "steps": 2, "train": ["geometry"], "answer_loss_weight": 0.0},
+                         {"name": "answering", "steps": 2, "train": ["fusion", "memory", "readout", "bridge"],
+                          "depth_loss_weight": 0.0}]}
+    config.update(overrides)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_clip_ends_at_the_question_frame():
+    assert clip_indices(11, 4).tolist() == [0, 4, 7, 11]
+    assert clip_indices(2, 8).tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"stages": []}, "at least one stage"),
+    ({"stages": [{"name": "x", "steps": 1, "train": ["wings"]}]}, "unknown modules"),
+    ({"learning_rate": 1.0}, "unknown keys"),
+    ({"pose_probability": 2.0}, "pose_probability"),
+])
+def test_bad_configs_name_the_problem(tmp_path, change, message):
+    with pytest.raises(TrainConfigError, match=message):
+        load_train_config(write_config(tmp_path / "c.yaml", **change))
+
+
+def test_two_stage_run_writes_a_checkpoint_and_resumes(data, tmp_path):
+    from vlm2_ros.engine.engine import SpatialMemoryEngine
+    (tmp_path / "data").symlink_to(data)
+    config = write_config(tmp_path / "train.yaml")
+    assert main(["train", "--config", str(config)]) == 0
+    run = tmp_path / "run"
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows] == ["geometry"] * 2 + ["answering"] * 2
+    assert all(r["loss_answer"] == 0 for r in rows[:2]) and all(r["loss_answer"] > 0 for r in rows[2:])
+    assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    meta = json.loads((run / "checkpoint" / "vlm2_config.json").read_text())
+    assert meta["trained_with"]["global_step"] == 4 and meta["trained_with"]["episodes"] == 2
+    engine = SpatialMemoryEngine.from_preset("tiny", checkpoint_dir=run / "checkpoint")
+    assert engine.weights.startswith("checkpoint@sha256:")
+    with pytest.raises(SystemExit, match="--resume"):
+        main(["train", "--config", str(config)])
+    # a longer second stage: --resume continues from step 4, not from scratch
+    write_config(config, stages=[{"name": "geometry", "steps": 2, "train": ["geometry"], "answer_loss_weight": 0.0},
+                                 {"name": "answering", "steps": 3, "train": ["fusion", "memory", "readout", "bridge"],
+                                  "depth_loss_weight": 0.0}])
+    state = json.loads((run / "train_state.json").read_text())
+    state.update(stage_index=1, stage_step=2)             # as if stopped after step 2 of stage 2
+    (run / "train_state.json").write_text(json.dumps(state))
+    assert main(["train", "--config", str(config), "--resume"]) == 0
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows][-1] == 5
+
+
+def test_fitting_one_sample_lowers_both_losses(data):
+    from vlm2_ros.training.config import StageConfig, TrainConfig
+    from vlm2_ros.training.trainer import Trainer
+
+    config = TrainConfig(data=str(data), out="/nonexistent-unused", clip_frames=3, questions_per_episode=2,
+                         episodes_per_step=1, pose_probability=1.0,
+                         stages=[StageConfig("all", steps=1, train=["geometry", "fusion", "memory", "readout",
+                                                                       "bridge"], lr=3e-3, warmup_steps=0)])
+    trainer = Trainer(config, progress=False)
+    trainer.data = trainer.data[:1]
+    stage = config.stages[0]
+    params = set_trainable(trainer.model, stage.train)
+    optimizer = torch.optim.AdamW(params, lr=3e-3)
+    first = None
+    for _ in range(12):
+        loss, depth, answer = trainer.step_losses(stage)
+        first = first or (depth, answer)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert depth < first[0] and answer < 0.5 * first[1]

@@ -1,0 +1,95 @@
+"""A training run as one YAML file (`vlm2 train --config FILE`); unknown keys are errors."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+MODULES = ("geometry", "semantic", "fusion", "memory", "readout", "bridge")
+
+
+class TrainConfigError(ValueError):
+    """The training config is invalid; the message names the key."""
+
+
+@dataclass
+class StageConfig:
+    """One stage: which modules learn, from which losses, for how many steps."""
+    name: str
+    steps: int
+    train: list[str]                        # modules (MODULES) whose parameters learn
+    lr: float = 3e-4
+    warmup_steps: int = 20
+    depth_loss_weight: float = 1.0          # supervised by the rendered metric depth
+    answer_loss_weight: float = 1.0         # teacher-forced answer tokens
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.train if m not in MODULES]
+        if unknown:
+            raise TrainConfigError(f"stage {self.name!r}: unknown modules {unknown}; choose from {MODULES}")
+        if self.steps < 1 or self.lr <= 0 or self.warmup_steps < 0:
+            raise TrainConfigError(f"stage {self.name!r}: steps must be >= 1, lr > 0, warmup_steps >= 0")
+        if self.depth_loss_weight < 0 or self.answer_loss_weight < 0 or \
+                self.depth_loss_weight + self.answer_loss_weight == 0:
+            raise TrainConfigError(f"stage {self.name!r}: loss weights must be >= 0 and not both 0")
+
+
+@dataclass
+class TrainConfig:
+    data: str                               # data set directory (`vlm2 sim dataset` layout)
+    out: str                                # run directory: checkpoint/, state, log, plots
+    stages: list[StageConfig]
+    preset: str = "tiny"
+    init_checkpoint: str | None = None      # start from these weights (default: the preset's init)
+    clip_frames: int = 16                   # frames per episode the stream is unrolled over
+    questions_per_episode: int = 4
+    episodes_per_step: int = 2
+    pose_probability: float = 0.5           # share of clips given the camera poses (else predicted)
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None
+    checkpoint_every: int = 100
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        self.stages = [s if isinstance(s, StageConfig) else _make(StageConfig, s, "stages[]") for s in self.stages]
+        if not self.stages:
+            raise TrainConfigError("stages: at least one stage")
+        if self.clip_frames < 2 or self.questions_per_episode < 1 or self.episodes_per_step < 1:
+            raise TrainConfigError("clip_frames must be >= 2, questions_per_episode and episodes_per_step >= 1")
+        if not 0 <= self.pose_probability <= 1:
+            raise TrainConfigError(f"pose_probability must be in [0, 1], got {self.pose_probability}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _make(cls, values, where: str):
+    if not isinstance(values, dict):
+        raise TrainConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise TrainConfigError(f"{where}: unknown keys {unknown}; allowed: {sorted(names)}")
+    try:
+        return cls(**values)
+    except TypeError as e:          # a missing required key
+        raise TrainConfigError(f"{where}: {e}") from None
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise TrainConfigError(f"{path}: cannot read ({e})") from e
+    config = _make(TrainConfig, values, str(path))
+    for key in ("data", "out", "init_checkpoint"):      # relative paths: from the config's folder
+        value = getattr(config, key)
+        if value and not Path(value).is_absolute():
+            setattr(config, key, str((path.parent / value).resolve()))
+    return config

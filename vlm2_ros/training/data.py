@@ -1,0 +1,62 @@
+"""Episodes as training samples, cached in memory: an evenly spaced clip of frames up to the
+frame the questions are asked at, resized to the model's input, with depth, poses and stamps."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..evaluation.data import episode_dirs
+from ..evaluation.predictors import format_prompt
+from ..sim.episode import EpisodeDir
+
+
+@dataclass(frozen=True)
+class TrainingEpisode:
+    episode_id: str
+    images: torch.Tensor        # [T,3,H,W] uint8 at the model's input size
+    depth: torch.Tensor         # [T,H,W] float32 metres (rendered z-depth)
+    poses: torch.Tensor         # [T,4,4] float32 camera-to-world
+    stamps_ns: torch.Tensor     # [T] int64
+    frame_indices: torch.Tensor  # [T] int64, in the episode
+    prompts: list[str]          # questions as the model reads them (VSI-Bench prompt)
+    answers: list[str]          # ground truth as answer text
+
+
+def clip_indices(asked_at: int, clip_frames: int) -> np.ndarray:
+    """clip_frames indices evenly spaced over [0, asked_at], always ending at asked_at."""
+    return np.unique(np.linspace(0, asked_at, num=min(clip_frames, asked_at + 1)).round().astype(int))
+
+
+def load_training_episode(path: Path, clip_frames: int, image_size: tuple[int, int]) -> list[TrainingEpisode]:
+    """One sample per question frame of the episode (the generator asks at one frame per episode)."""
+    episode = EpisodeDir(path)
+    h, w = image_size
+    by_frame: dict[int, list[dict]] = {}
+    for q in episode.questions():
+        by_frame.setdefault(int(q.get("frame_index", len(episode) - 1)), []).append(q)
+    samples = []
+    for asked_at, questions in sorted(by_frame.items()):
+        idx = clip_indices(asked_at, clip_frames)
+        images = np.stack([cv2.resize(episode.frame(i), (w, h), interpolation=cv2.INTER_AREA) for i in idx])
+        depth = np.stack([cv2.resize(episode.depth(i), (w, h), interpolation=cv2.INTER_NEAREST) for i in idx])
+        samples.append(TrainingEpisode(
+            episode.episode_id, torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+            torch.from_numpy(depth), torch.from_numpy(episode.poses[idx].astype(np.float32)),
+            torch.from_numpy(episode.stamps_ns[idx].astype(np.int64)), torch.from_numpy(idx.astype(np.int64)),
+            [format_prompt(q) for q in questions], [str(q["ground_truth"]) for q in questions]))
+    return samples
+
+
+def load_training_set(data: str | Path, clip_frames: int, image_size: tuple[int, int]) -> list[TrainingEpisode]:
+    paths = episode_dirs(data)
+    if not paths:
+        raise ValueError(f"{data}: no episode directories (write some with `vlm2 sim dataset`)")
+    samples = []
+    for path in tqdm(paths, desc="loading episodes", unit="episode"):
+        samples += load_training_episode(path, clip_frames, image_size)
+    return samples

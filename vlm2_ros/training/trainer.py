@@ -1,0 +1,222 @@
+"""The training loop: each sample's stream is unrolled over its clip with gradients (the model's
+state is immutable, so backpropagation runs through the memory updates), then its questions are
+answered from the memory with teacher forcing.
+
+Losses: depth (mean |log d - log d*| over pixels with rendered depth) on every frame's geometry
+output, and the answer tokens' cross-entropy. A stage names which modules learn and weighs the
+two; the paper's order is geometry / fusion alignment first, then memory and answering.
+
+Run directory (`out`): checkpoint/ (a VLM² checkpoint directory, loadable by every tool), and
+train_state.safetensors + train_state.json (optimiser moments, RNG states, stage and step) for
+--resume, log.jsonl (one line per logged step) and curves.png. All written atomically; no pickle.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from ..atomic_io import atomic_file, write_json_atomic
+from ..model.checkpoint import load_checkpoint, load_model, save_checkpoint
+from ..model.provenance import Provenance
+from ..model.vlm2 import VLM2Model
+from .config import MODULES, StageConfig, TrainConfig
+from .data import TrainingEpisode, load_training_set
+
+STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
+
+
+def depth_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute log-depth error over pixels with a rendered depth: predicted, target [B,H,W]."""
+    valid = torch.isfinite(target) & (target > 1e-3)
+    if not bool(valid.any()):
+        return predicted.sum() * 0.0
+    return (predicted.clamp_min(1e-3).log() - target.clamp_min(1e-3).log()).abs()[valid].mean()
+
+
+def unroll(model: VLM2Model, episode: TrainingEpisode, use_pose: bool):
+    """Stream the clip through the model: (final stream, mean depth loss over its frames)."""
+    stream, losses = model.empty_stream(1), []
+    device = next(model.parameters()).device
+    for t in range(episode.images.shape[0]):
+        pose = episode.poses[t:t + 1].to(device) if use_pose else None
+        provenance = Provenance.single(episode.stamps_ns[t:t + 1], episode.frame_indices[t:t + 1],
+                                       episode.poses[t:t + 1].double() if use_pose else None)
+        stream, out = model.step(stream, episode.images[t:t + 1].to(device).float() / 255.0, provenance, pose)
+        losses.append(depth_loss(out.depth, episode.depth[t:t + 1].to(device)))
+    return stream, torch.stack(losses).mean()
+
+
+def set_trainable(model: VLM2Model, modules: list[str]) -> list[torch.nn.Parameter]:
+    parts = {"geometry": model.geometry, "semantic": model.semantic, "fusion": model.fusion,
+             "memory": model.memory, "readout": model.readout, "bridge": model.bridge}
+    assert set(parts) == set(MODULES)
+    model.requires_grad_(False)
+    for name in modules:
+        parts[name].requires_grad_(True)
+    if "bridge" in modules and model.bridge.config.freeze_language_model:
+        model.bridge.decoder.requires_grad_(False)     # a real backbone LM stays frozen
+        model.bridge.lm_head.requires_grad_(False)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def code_version() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, resume: bool = False, progress: bool = True):
+        self.config, self.progress = config, progress
+        self.out = Path(config.out)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        has_state = (self.out / STATE_JSON).is_file()
+        if has_state and not resume:
+            raise FileExistsError(f"{self.out} holds a training run; pass --resume to continue it or "
+                                  f"choose another out directory")
+        torch.manual_seed(config.seed)
+        self.rng = np.random.default_rng(config.seed)
+        self.stage_index, self.stage_step, self.global_step = 0, 0, 0
+        self._optimizer_state: dict | None = None
+        if resume and has_state:
+            self.model, self.weights = load_checkpoint(self.out / "checkpoint")
+            self._load_state()
+        else:
+            self.model, self.weights = load_model(config.preset, checkpoint_dir=config.init_checkpoint,
+                                                  seed=config.seed)
+        self.model.to(config.device).train()
+        self.data = load_training_set(config.data, config.clip_frames, self.model.config.image_size)
+
+    # ------------------------------------------------------------------ state
+    def _save_state(self, optimizer: torch.optim.Optimizer) -> None:
+        state = optimizer.state_dict()
+        tensors = {"torch_rng": torch.get_rng_state()}
+        for index, moments in state["state"].items():
+            for key, value in moments.items():
+                tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+        with atomic_file(self.out / STATE_TENSORS) as tmp:
+            save_file(tensors, str(tmp))
+        write_json_atomic(self.out / STATE_JSON, {
+            "stage_index": self.stage_index, "stage_step": self.stage_step, "global_step": self.global_step,
+            "param_groups": state["param_groups"], "numpy_rng": self.rng.bit_generator.state})
+
+    def _load_state(self) -> None:
+        meta = json.loads((self.out / STATE_JSON).read_text())
+        tensors = load_file(str(self.out / STATE_TENSORS))
+        self.stage_index, self.stage_step, self.global_step = meta["stage_index"], meta["stage_step"], meta["global_step"]
+        self.rng.bit_generator.state = meta["numpy_rng"]
+        torch.set_rng_state(tensors.pop("torch_rng"))
+        moments: dict[int, dict] = {}
+        for key, value in tensors.items():
+            _, index, name = key.split(".", 2)
+            moments.setdefault(int(index), {})[name] = value
+        self._optimizer_state = {"state": moments, "param_groups": meta["param_groups"]}
+
+    def save(self, optimizer: torch.optim.Optimizer) -> None:
+        c = self.config
+        save_checkpoint(self.model, self.out / "checkpoint", trained_with={
+            "data": str(c.data), "episodes": len({e.episode_id for e in self.data}), "samples": len(self.data),
+            "code_version": code_version(), "config": c.to_dict(), "global_step": self.global_step,
+            "stage": c.stages[min(self.stage_index, len(c.stages) - 1)].name, "init_weights": self.weights})
+        self._save_state(optimizer)
+
+    # ------------------------------------------------------------------ loop
+    def step_losses(self, stage: StageConfig) -> tuple[torch.Tensor, float, float]:
+        c = self.config
+        picks = self.rng.choice(len(self.data), size=min(c.episodes_per_step, len(self.data)), replace=False)
+        total, depth_sum, answer_sum = 0.0, 0.0, 0.0
+        for index in picks:
+            episode = self.data[int(index)]
+            stream, loss_depth = unroll(self.model, episode, bool(self.rng.random() < c.pose_probability))
+            loss = stage.depth_loss_weight * loss_depth
+            if stage.answer_loss_weight > 0:
+                asked = self.rng.choice(len(episode.prompts), size=min(c.questions_per_episode, len(episode.prompts)),
+                                        replace=False)
+                tokens = self.model.read_memory(stream).tokens                          # [1,M,C]
+                loss_answer = self.model.bridge.loss(tokens.expand(len(asked), -1, -1),
+                                                     [episode.prompts[i] for i in asked],
+                                                     [episode.answers[i] for i in asked])
+                loss = loss + stage.answer_loss_weight * loss_answer
+                answer_sum += float(loss_answer.detach())
+            total = total + loss / len(picks)
+            depth_sum += float(loss_depth.detach())
+        return total, depth_sum / len(picks), answer_sum / len(picks)
+
+    def run(self) -> Path:
+        c = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        log_path = self.out / "log.jsonl"
+        started = time.perf_counter()
+        optimizer = None
+        for self.stage_index in range(self.stage_index, len(c.stages)):
+            stage = c.stages[self.stage_index]
+            params = set_trainable(self.model, stage.train)
+            optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=c.weight_decay)
+            if self._optimizer_state is not None:          # resuming inside this stage
+                optimizer.load_state_dict(self._optimizer_state)
+                self._optimizer_state = None
+            schedule = lambda s, st=stage: min(1.0, (s + 1) / max(1, st.warmup_steps)) * 0.5 * (  # noqa: E731
+                1 + math.cos(math.pi * min(1.0, s / st.steps)))
+            bar = tqdm(total=stage.steps, initial=self.stage_step, desc=f"stage {stage.name}", unit="step",
+                       disable=not self.progress)
+            while self.stage_step < stage.steps:
+                for group in optimizer.param_groups:
+                    group["lr"] = stage.lr * schedule(self.stage_step)
+                loss, loss_depth, loss_answer = self.step_losses(stage)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
+                optimizer.step()
+                self.stage_step += 1
+                self.global_step += 1
+                bar.update(1)
+                bar.set_postfix(depth=f"{loss_depth:.3f}", answer=f"{loss_answer:.3f}")
+                if self.stage_step % c.log_every == 0 or self.stage_step == stage.steps:
+                    with log_path.open("a") as log:
+                        log.write(json.dumps({"stage": stage.name, "step": self.global_step,
+                                              "loss": float(loss.detach()), "loss_depth": loss_depth,
+                                              "loss_answer": loss_answer, "lr": optimizer.param_groups[0]["lr"],
+                                              "seconds": round(time.perf_counter() - started, 1)}) + "\n")
+                if self.stage_step % c.checkpoint_every == 0:
+                    self.save(optimizer)
+            bar.close()
+            self.save(optimizer)
+            self.stage_step = 0
+        self.stage_index = len(c.stages)
+        if optimizer is not None:
+            self.save(optimizer)
+        plot_curves(log_path, self.out / "curves.png")
+        return self.out / "checkpoint"
+
+
+def plot_curves(log_path: Path, png: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()] if log_path.exists() else []
+    if not rows:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, key, title in ((axes[0], "loss_depth", "depth: mean |log d - log d*|"),
+                           (axes[1], "loss_answer", "answer tokens: cross-entropy")):
+        for stage in dict.fromkeys(r["stage"] for r in rows):
+            points = [(r["step"], r[key]) for r in rows if r["stage"] == stage]
+            ax.plot(*zip(*points), label=stage)
+        ax.set(xlabel="step", title=title)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_file(png) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
