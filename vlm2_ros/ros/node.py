@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import rclpy
+import torch
 import rclpy.logging
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Pose, PoseStamped
@@ -166,6 +167,7 @@ class Vlm2Node(LifecycleNode):
             settings = settings_from_values(declared_values(self))
         except ParameterError as exc:
             return self._configure_failed(str(exc))
+        torch.set_num_threads(settings.threads)
         try:
             engine = SpatialMemoryEngine.from_preset(
                 settings.model_preset, checkpoint_dir=settings.checkpoint_dir,
@@ -198,7 +200,8 @@ class Vlm2Node(LifecycleNode):
                 callback_group=self._memory_group)
         status = engine.status()
         self.get_logger().info(
-            f"configured: preset {status.preset} ({status.weights}) on {status.device}/{status.dtype}, "
+            f"configured: preset {status.preset} ({status.weights}) on {status.device}/{status.dtype} "
+            f"({settings.threads} torch threads, {status.backend}), "
             f"memory {status.memory_mode}, cameras {[c.name for c in settings.cameras]}")
         self._configure_error = ""
         self._state = "inactive"

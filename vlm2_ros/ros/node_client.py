@@ -243,8 +243,10 @@ class CameraPublisher:
     """Publishes one camera's images (raw rgb8 or JPEG), camera info and optical-frame poses."""
 
     def __init__(self, node, prefix: str = "camera", compressed: bool = False, pose_topic: str | None = None,
-                 frame_id: str = "camera_optical_frame", world_frame: str = "map", reliable: bool = True):
-        qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
+                 frame_id: str = "camera_optical_frame", world_frame: str = "map", reliable: bool = True,
+                 depth: int = 100):
+        # depth: reliable samples kept until acknowledged; a burst longer than this loses the oldest
+        qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
         self.compressed, self.frame_id, self.world_frame = compressed, frame_id, world_frame
         image_type, topic = (CompressedImage, f"{prefix}/image_raw/compressed") if compressed else (Image, f"{prefix}/image_raw")
         self.image = node.create_publisher(image_type, topic, qos)
