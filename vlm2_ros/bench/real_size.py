@@ -18,7 +18,6 @@ QUESTION = "How many chairs are in this room?"
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' datasheets, TFLOP/s.
 DATASHEET_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0,
                          "RTX 4090": 165.2}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _sync(device: torch.device) -> None:
@@ -111,11 +110,11 @@ def run_real_size(size: str, device: str, dtype: str, workdir: Path, frames: int
                   image_hw: tuple[int, int] = (480, 640)) -> dict:
     import numpy as np
 
-    from ..engine.engine import SpatialMemoryEngine
+    from ..engine.engine import SpatialMemoryEngine, resolve_dtype
     from ..model.checkpoint import build_model
     from ..model.presets import preset_config
 
-    torch_dtype = DTYPES[dtype]
+    torch_dtype = resolve_dtype(dtype)
     dev = torch.device(device)
     started = time.perf_counter()
     vlm, geometry = write_random_backbones(workdir, size, device, torch_dtype)
