@@ -39,10 +39,11 @@ def test_bench_node_overhead_writes_the_ratio(tmp_path, monkeypatch):
     pytest.importorskip("rclpy", reason="the node needs rclpy (installed by `make`)")
     monkeypatch.setenv("ROS_DOMAIN_ID", str(100 + os.getpid() % 50))
     out = tmp_path / "overhead.json"
-    assert main(["bench", "node-overhead", "--frames", "8", "--width", "128", "--height", "96",
+    assert main(["bench", "node-overhead", "--frames", "8", "--rounds", "2", "--width", "128", "--height", "96",
                  "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["node_over_engine_fps_ratio"] > 0 and result["node_frames_ingested"] == 8
+    assert result["node_frames_dropped"] == 0 and len(result["node_over_engine_fps_ratio_per_round"]) == 2
 
 
 def test_bench_real_size_runs_the_real_code_path_at_toy_size(tmp_path):

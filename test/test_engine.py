@@ -118,6 +118,26 @@ def test_batched_ingest_equals_sequential(tiny_model_factory):
         assert torch.allclose(x, y, atol=1e-5)
 
 
+def test_preprocessed_pixels_ingest_like_images_and_bad_pixels_are_rejected(tiny_model_factory):
+    # The node resizes in its image callback and hands the worker pixels: same memory as images.
+    frames = make_frames(3)
+    stamps = [STAMP0 + i for i in range(3)]
+    a = SpatialMemoryEngine(tiny_model_factory(), weights="w")
+    b = SpatialMemoryEngine(tiny_model_factory(), weights="w")
+    a.ingest_batch(frames, stamps)
+    for f, s in zip(frames, stamps):
+        b.ingest_pixels(b.preprocess(f)[None], [s])
+    assert torch.equal(a.stream.memory.working.tokens, b.stream.memory.working.tokens)
+    h, w = b.model.config.image_size
+    for bad in (torch.zeros(1, 3, h + 1, w), torch.zeros(1, 3, h, w, dtype=torch.float64),
+                torch.zeros(2, 3, h, w), np.zeros((1, 3, h, w), np.float32)):
+        with pytest.raises(IngestError, match="pixels must be float32"):
+            b.ingest_pixels(bad, [STAMP0 + 10])
+    with pytest.raises(IngestError, match="older than"):
+        b.ingest_pixels(torch.zeros(1, 3, h, w), [STAMP0])
+    assert b.status().frames_ingested == 3 and b.status().frames_rejected == 5
+
+
 def test_reset_clears_memory(tiny_engine):
     feed(tiny_engine, 4)
     tiny_engine.reset()

@@ -51,6 +51,8 @@ def register(subparsers) -> None:
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--preset", default="tiny")
     p.add_argument("--checkpoint-dir", default=None)
+    p.add_argument("--rounds", type=int, default=3,
+                   help="the engine alone and the node alternate this many times (machine speed drifts)")
     p.add_argument("--json", type=Path, default=None, help="write the flat result here")
     p.set_defaults(func=node_overhead_command)
 
@@ -124,7 +126,9 @@ def node_overhead_command(args: argparse.Namespace) -> int:
 
     if not 1 <= args.frames <= 990:
         raise SystemExit(f"--frames must be in [1, 990] (the node's queue holds them all), got {args.frames}")
-    result = run_node_overhead(args.frames, args.width, args.height, args.preset, args.checkpoint_dir)
+    if not 1 <= args.rounds <= args.frames:
+        raise SystemExit(f"--rounds must be in [1, --frames], got {args.rounds}")
+    result = run_node_overhead(args.frames, args.width, args.height, args.preset, args.checkpoint_dir, args.rounds)
     print(json.dumps(result, indent=2))
     if args.json:
         write_json_atomic(args.json, result)

@@ -162,17 +162,36 @@ class SpatialMemoryEngine:
         All frames are validated first: one bad frame rejects the batch and memory is unchanged."""
         n = len(images)
         camera_infos = camera_infos or [None] * n
-        poses = poses or [None] * n
-        if not (len(stamps_ns) == len(camera_infos) == len(poses) == n) or n == 0:
+        if not (len(stamps_ns) == len(camera_infos) == len(poses or camera_infos) == n) or n == 0:
             raise IngestError("images, stamps, camera infos and poses must be non-empty lists of one length")
+        try:
+            pixels = torch.stack([self.preprocess(im, ci) for im, ci in zip(images, camera_infos)])
+        except IngestError:
+            with self._state_lock:
+                self._frames_rejected += n
+            raise
+        return self.ingest_pixels(pixels, stamps_ns, poses)
+
+    def ingest_pixels(self, pixels: torch.Tensor, stamps_ns, poses=None) -> list[int]:
+        """Push frames already through `preprocess` ([N,3,H,W] at the model's input size), so a
+        caller can resize on another thread than the one that runs the model (the ROS node does
+        it in its image callbacks). Same checks and all-or-nothing rule as ingest_batch."""
+        n = len(stamps_ns)
+        poses = poses or [None] * n
+        th, tw = self.model.config.image_size
         with self._ingest_lock:
             try:
+                if not (isinstance(pixels, torch.Tensor) and pixels.dtype == torch.float32
+                        and tuple(pixels.shape) == (n, 3, th, tw)):
+                    got = f"{getattr(pixels, 'dtype', type(pixels).__name__)} {tuple(getattr(pixels, 'shape', ()))}"
+                    raise IngestError(f"pixels must be float32 [{n},3,{th},{tw}] from preprocess, got {got}")
+                if len(poses) != n or n == 0:
+                    raise IngestError("images, stamps, camera infos and poses must be non-empty lists of one length")
                 last = self._last_stamp_ns
                 stamps = []
                 for s in stamps_ns:
                     last = self._check_stamp(s, last)
                     stamps.append(last)
-                pixels = torch.stack([self.preprocess(im, ci) for im, ci in zip(images, camera_infos)])
                 pose_arrays = [None if p is None else validate_pose(p) for p in poses]
             except ValueError as e:
                 with self._state_lock:

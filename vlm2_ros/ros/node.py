@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import rclpy
-import torch
 import rclpy.logging
+import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Pose, PoseStamped
 from nav_msgs.msg import Odometry
@@ -68,12 +68,12 @@ _LOG_THROTTLE_S = 5.0
 
 @dataclass
 class Frame:
-    """A converted image waiting in the ingest queue, with the camera state that goes with it."""
-    rgb: np.ndarray
+    """An image waiting in the ingest queue, already resized to the model's input (in the image
+    callback, so the ingest worker only runs the model), with the camera pose that goes with it."""
+    pixels: torch.Tensor      # [3,H,W] float32, SpatialMemoryEngine.preprocess
     stamp_ns: int
     frame_id: str
     camera: str
-    intrinsics: object | None
     pose: np.ndarray | None
 
 
@@ -301,7 +301,6 @@ class Vlm2Node(LifecycleNode):
         engine, self._engine = self._engine, None
         if engine.device.type == "cuda":
             del engine
-            import torch
             torch.cuda.empty_cache()
         self.get_logger().info(f"{reason}: model released")
 
@@ -349,7 +348,18 @@ class Vlm2Node(LifecycleNode):
                 f"must be >= 0 and at most ingest.max_stamp_ahead_s = {settings.max_stamp_ahead_s:g} s ahead): "
                 f"bad stamp, or clocks not synchronised", throttle_duration_sec=_LOG_THROTTLE_S)
             return
-        frame = Frame(rgb, stamp_ns, msg.header.frame_id, camera_name, camera.intrinsics, camera.pose)
+        engine = self._engine
+        if engine is None:   # released while this callback ran
+            return
+        try:
+            pixels = engine.preprocess(rgb, camera.intrinsics)
+        except IngestError as exc:
+            with self._lock:
+                self._counters.dropped_rejected += 1
+            self.get_logger().warning(f"camera {camera_name}: frame rejected: {exc}",
+                                      throttle_duration_sec=_LOG_THROTTLE_S)
+            return
+        frame = Frame(pixels, stamp_ns, msg.header.frame_id, camera_name, camera.pose)
         displaced = self._queue.put(frame)
         with self._lock:
             self._last_enqueued_ns = now
@@ -423,7 +433,7 @@ class Vlm2Node(LifecycleNode):
                     self._counters.dropped_rejected += 1
                 return
         try:
-            engine.ingest(frame.rgb, frame.stamp_ns, frame.intrinsics, frame.pose)
+            engine.ingest_pixels(frame.pixels[None], [frame.stamp_ns], [frame.pose])
         except IngestError as exc:
             with self._lock:
                 self._counters.dropped_rejected += 1
