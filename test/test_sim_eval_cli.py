@@ -63,6 +63,39 @@ def test_eval_writes_mean_and_per_task_scores(tmp_path):
     assert len((tmp_path / "pred.jsonl").read_text().splitlines()) > 0
 
 
+def test_eval_compares_memory_modes_and_baselines_in_one_report(tmp_path):
+    data = tmp_path / "data"
+    main(["sim", "dataset", "--seed", "0", "--episodes", "1", "--frames", "10", "--width", "64",
+          "--height", "48", "--per-task", "1", "--out", str(data)])
+    out, md = tmp_path / "ablation.json", tmp_path / "ablation.md"
+    assert main(["eval", "--data", str(data), "--predictor", "model", "frequency", "chance",
+                 "--memory", "none", "dual", "--json", str(out), "--markdown", str(md)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"model:tiny:none", "model:tiny:dual", "frequency", "chance"}
+    assert all(0.0 <= r["mean_score"] <= 1.0 for r in results.values())
+    table = md.read_text()
+    assert "| task | model:tiny:none | model:tiny:dual | frequency | chance |" in table and "| mean_score |" in table
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit, match="--memory applies"):
+        main(["eval", "--data", str(data), "--predictor", "chance", "--memory", "dual"])
+
+
+def test_eval_length_scores_each_length_per_memory_mode_and_reuses_its_data(tmp_path):
+    args = ["eval-length", "--lengths", "8", "5", "--memory", "working", "dual", "--episodes", "1",
+            "--per-task", "1", "--seed", "7", "--out", str(tmp_path)]
+    assert main(args) == 0
+    result = json.loads((tmp_path / "length.json").read_text())
+    assert [r["frames"] for r in result["rows"]] == [5, 8]
+    assert all({"working", "dual", "frequency"} <= set(r) for r in result["rows"])
+    assert "| frames | questions | working | dual | frequency |" in (tmp_path / "length.md").read_text()
+    assert (tmp_path / "length.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    stamp = (tmp_path / "frames_5" / "dataset.json").stat().st_mtime_ns
+    assert main(args) == 0
+    assert (tmp_path / "frames_5" / "dataset.json").stat().st_mtime_ns == stamp
+    with pytest.raises(FileExistsError, match="another data set"):
+        main(args[:-4] + ["--seed", "8", "--out", str(tmp_path)])
+
+
 def test_eval_on_missing_data_names_the_path(tmp_path):
     with pytest.raises((SystemExit, FileNotFoundError, ValueError), match="nowhere"):
         main(["eval", "--data", str(tmp_path / "nowhere"), "--predictor", "chance"])

@@ -96,3 +96,47 @@ def test_fitting_one_sample_lowers_both_losses(data):
         loss.backward()
         optimizer.step()
     assert depth < first[0] and answer < 0.5 * first[1]
+
+
+def test_stream_stage_memory_is_the_inference_memory_and_training_lowers_the_loss(data):
+    from vlm2_ros.engine.engine import SpatialMemoryEngine
+    from vlm2_ros.sim.episode import EpisodeDir
+    from vlm2_ros.training.config import StageConfig, TrainConfig
+    from vlm2_ros.training.trainer import Trainer
+
+    stage = StageConfig("read", steps=1, train=["bridge"], lr=3e-3, warmup_steps=0, depth_loss_weight=0.0,
+                        memory="stream")
+    config = TrainConfig(data=str(data), out="/nonexistent-unused", questions_per_episode=4,
+                         episodes_per_step=1, stages=[stage])
+    trainer = Trainer(config, progress=False)
+    trainer.data = trainer.data[:1]
+    sample = trainer.data[0]
+    # the memory a "stream" stage trains on is what the engine reads after ingesting frame by frame
+    engine = SpatialMemoryEngine(trainer.model, weights="w")
+    episode = EpisodeDir(sample.path)
+    for i in range(sample.asked_at + 1):
+        engine.ingest(episode.frame(i), int(episode.stamps_ns[i]), episode.intrinsics, episode.poses[i])
+    expected = trainer.model.read_memory(engine.stream).tokens
+    assert torch.allclose(trainer.stream_memories()[0], expected, atol=1e-5)
+    assert not trainer.stream_memories()[0].is_inference()
+    trainer.model.train()
+    params = set_trainable(trainer.model, stage.train)
+    optimizer = torch.optim.AdamW(params, lr=3e-3)
+    first = None
+    for _ in range(10):
+        loss, depth, answer = trainer.step_losses(stage)
+        first = first or answer
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert depth == 0.0 and answer < 0.5 * first
+
+
+@pytest.mark.parametrize("stage", [
+    {"name": "s", "steps": 1, "train": ["bridge", "fusion"], "depth_loss_weight": 0.0, "memory": "stream"},
+    {"name": "s", "steps": 1, "train": ["bridge"], "memory": "stream"},
+    {"name": "s", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "memory": "video"},
+])
+def test_stream_stage_settings_are_validated(tmp_path, stage):
+    with pytest.raises(TrainConfigError, match="memory"):
+        load_train_config(write_config(tmp_path / "c.yaml", stages=[stage]))

@@ -6,33 +6,63 @@ import json
 from pathlib import Path
 
 from ..atomic_io import write_json_atomic
+from ..model.dual_memory import MEMORY_MODES
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="VSI-Bench-style scores of a predictor on a question set")
     p.add_argument("--data", type=Path, required=True,
                    help="data set / episode directory, or VSI-Bench question file(s) (.jsonl/.json/.parquet)")
-    p.add_argument("--predictor", choices=("chance", "frequency", "model"), default="chance")
+    p.add_argument("--predictor", choices=("chance", "frequency", "model"), nargs="+", default=["chance"],
+                   help="one or more, scored on the same questions (e.g. model chance frequency)")
     p.add_argument("--preset", default="tiny", help="model preset for --predictor model")
-    p.add_argument("--memory", default=None, help="memory mode for --predictor model")
+    p.add_argument("--memory", choices=MEMORY_MODES, nargs="+", default=None,
+                   help="memory mode(s) for --predictor model (the paper's ablation: none working episodic "
+                        "dual, each its own column; default: the checkpoint's)")
     p.add_argument("--checkpoint-dir", default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0, help="seed of the chance baseline")
     p.add_argument("--limit", type=int, default=None, help="score only the first N questions")
-    p.add_argument("--json", type=Path, default=None, help="flat result: mean_score, score_<task>, ...")
+    p.add_argument("--json", type=Path, default=None,
+                   help="flat result (mean_score, score_<task>, ...); with several predictors "
+                        "{\"results\": {name: flat result}}")
+    p.add_argument("--markdown", type=Path, default=None, help="write the score table (Markdown) here")
     p.add_argument("--plot", type=Path, default=None, help="PNG per-task plot (default: next to --json)")
     p.add_argument("--predictions", type=Path, default=None, help="write per-question predictions (JSON Lines)")
     p.set_defaults(func=eval_command)
 
+    p = subparsers.add_parser("eval-length", help="score vs episode length (long-horizon walks) per memory mode")
+    p.add_argument("--lengths", type=int, nargs="+", default=[100, 300, 1000, 3000], help="frames per episode")
+    p.add_argument("--memory", choices=MEMORY_MODES, nargs="+", default=["working", "dual"])
+    p.add_argument("--episodes", type=int, default=3, help="episodes (scenes) per length; the same scenes at every length")
+    p.add_argument("--per-task", type=int, default=2, help="questions per task and episode")
+    p.add_argument("--seed", type=int, default=5, help="scene seed (pick one unseen in training)")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--checkpoint-dir", default=None)
+    p.add_argument("--out", type=Path, required=True, help="data sets, length.json, length.md, length.png")
+    p.set_defaults(func=eval_length_command)
 
-def make_predictor(args: argparse.Namespace):
+
+def make_predictors(args: argparse.Namespace) -> list:
     from .predictors import ChancePredictor, FrequencyPredictor
-    if args.predictor == "chance":
-        return ChancePredictor(args.seed)
-    if args.predictor == "frequency":
-        return FrequencyPredictor()
-    from .model_predictor import ModelPredictor
-    return ModelPredictor(args.preset, args.memory, args.device, checkpoint_dir=args.checkpoint_dir)
+    predictors = []
+    for name in dict.fromkeys(args.predictor):
+        if name == "chance":
+            predictors.append(ChancePredictor(args.seed))
+        elif name == "frequency":
+            predictors.append(FrequencyPredictor())
+        else:
+            from .model_predictor import ModelPredictor
+            predictors += [ModelPredictor(args.preset, memory, args.device, checkpoint_dir=args.checkpoint_dir)
+                           for memory in (args.memory or [None])]
+    return predictors
+
+
+def markdown_report(results: dict[str, dict], data: str, questions: int) -> str:
+    from .evaluate import format_table
+    return (f"# VSI-Bench-style scores\n\nData: `{data}` ({questions} questions). Scores in percent: "
+            "accuracy for multiple choice, mean relative accuracy for numbers.\n\n"
+            + format_table(results) + "\n")
 
 
 def eval_command(args: argparse.Namespace) -> int:
@@ -45,17 +75,41 @@ def eval_command(args: argparse.Namespace) -> int:
         records = records[: args.limit]
     if not records:
         raise SystemExit(f"no questions found under {args.data}")
-    predictor = make_predictor(args)
-    out = evaluate(records, predictor, data_root=args.data if args.data.is_dir() else None, progress=True)
-    metrics = {"predictor": getattr(predictor, "name", args.predictor), "data": str(args.data), **out["metrics"]}
-    print(format_table({metrics["predictor"]: out["metrics"]}))
+    if args.memory and "model" not in args.predictor:
+        raise SystemExit("--memory applies to --predictor model")
+    results, predictions = {}, []
+    for predictor in make_predictors(args):
+        out = evaluate(records, predictor, data_root=args.data if args.data.is_dir() else None, progress=True)
+        name = getattr(predictor, "name", "predictor")
+        results[name] = out["metrics"]
+        predictions += [{"predictor": name, **p} for p in out["predictions"]]
+    print(format_table(results))
     if args.json:
-        write_json_atomic(args.json, metrics)
+        if len(results) == 1:
+            name, metrics = next(iter(results.items()))
+            write_json_atomic(args.json, {"predictor": name, "data": str(args.data), **metrics})
+        else:
+            write_json_atomic(args.json, {"data": str(args.data), "results": results})
+    if args.markdown:
+        with atomic_file(args.markdown) as tmp:
+            tmp.write_text(markdown_report(results, str(args.data), len(records)))
     plot = args.plot or (args.json.with_suffix(".png") if args.json else None)
     if plot:
-        plot_report({metrics["predictor"]: out["metrics"]}, plot)
+        plot_report(results, plot)
         print(f"plot: {plot}")
     if args.predictions:
         with atomic_file(args.predictions) as tmp:
-            tmp.write_text("".join(json.dumps(p) + "\n" for p in out["predictions"]))
+            tmp.write_text("".join(json.dumps(p) + "\n" for p in predictions))
     return 0
+
+
+def eval_length_command(args: argparse.Namespace) -> int:
+    from .horizon import run_length_sweep
+
+    if min(args.lengths) < 2 or args.episodes < 1 or args.per_task < 1:
+        raise SystemExit("--lengths must be >= 2 frames, --episodes and --per-task >= 1")
+    result = run_length_sweep(args.out, sorted(set(args.lengths)), list(dict.fromkeys(args.memory)), args.seed,
+                              args.episodes, args.per_task, args.preset, args.checkpoint_dir)
+    print((args.out / "length.md").read_text())
+    print(f"plot: {args.out / 'length.png'}")
+    return 0 if result["rows"] else 1

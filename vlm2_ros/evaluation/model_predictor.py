@@ -2,6 +2,18 @@
 the asking frame, then answer each question with the VSI-Bench prompt."""
 from __future__ import annotations
 
+INGEST_CHUNK = 32      # frames per ingest_batch (the same memory as one by one; encoders batched)
+
+
+def stream_episode(engine, episode, last_frame: int) -> None:
+    """Reset `engine` and ingest `episode`'s frames 0..last_frame with their poses and intrinsics,
+    as a robot's stream would arrive (training's "stream" stages build their memories this way)."""
+    engine.reset()
+    for start in range(0, last_frame + 1, INGEST_CHUNK):
+        idx = range(start, min(last_frame + 1, start + INGEST_CHUNK))
+        engine.ingest_batch([episode.frame(i) for i in idx], [int(episode.stamps_ns[i]) for i in idx],
+                            [episode.intrinsics] * len(idx), [episode.poses[i] for i in idx])
+
 
 class ModelPredictor:
     def __init__(self, preset: str = "tiny", memory: str | None = None, device: str = "cpu",
@@ -23,10 +35,7 @@ class ModelPredictor:
         key = (episode.episode_id, frame_index)
         if self._loaded == key:
             return
-        self.engine.reset()
-        for i in range(frame_index + 1):
-            self.engine.ingest(episode.frame(i), int(episode.stamps_ns[i]), camera_info=episode.intrinsics,
-                               pose=episode.poses[i])
+        stream_episode(self.engine, episode, frame_index)
         self._loaded = key
 
     def answer(self, record: dict, prompt: str) -> str:

@@ -38,6 +38,8 @@ class MemoryReadout(nn.Module):
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         # tokens [B,n,hs*ws,C] -> [B,n,gh*gw,C]
         b, n, _, c = tokens.shape
+        if n == 0:                  # a memory without entries (e.g. no episodic memory in mode "none")
+            return tokens.new_zeros(b, 0, self.readout_grid[0] * self.readout_grid[1], c)
         hs, ws = self.entry_grid
         grid = tokens.reshape(b * n, hs, ws, c).permute(0, 3, 1, 2)       # [B*n,C,hs,ws]
         pooled = F.adaptive_avg_pool2d(grid, self.readout_grid)           # [B*n,C,gh,gw]

@@ -62,32 +62,40 @@ def _style(style: str, index: int) -> str:
     return style
 
 
-def dataset_command(args: argparse.Namespace) -> int:
+def write_dataset(out: Path, seed: int, episodes: int, frames: int, width: int, height: int, fps: float,
+                  per_task: int, style: str = "mixed", chunk: int = 100) -> dict:
+    """Render `episodes` episodes (scenes from `seed`) with their questions into `out`; a summary."""
     from tqdm import tqdm
 
     from .episode import Episode, write_episode
     from .questions import Balancer, generate_questions
 
-    if args.episodes < 1:
-        raise SystemExit(f"--episodes must be >= 1, got {args.episodes}")
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
     t0 = time.perf_counter()
     balancer = Balancer()
     n_questions = 0
-    with atomic_directory(args.out) as tmp, tqdm(total=args.episodes * args.frames, unit="frame",
-                                                 desc="rendering") as bar:
+    with atomic_directory(out) as tmp, tqdm(total=episodes * frames, unit="frame", desc="rendering") as bar:
         index = []
-        for k in range(args.episodes):
-            ep = Episode.generate(episode_seed(args.seed, k), args.frames, width=args.width, height=args.height,
-                                  fps=args.fps, style=_style(args.style, k), episode_id=f"ep_{k:04d}")
-            qs = generate_questions(ep, per_task=args.per_task, balancer=balancer)
+        for k in range(episodes):
+            ep = Episode.generate(episode_seed(seed, k), frames, width=width, height=height,
+                                  fps=fps, style=_style(style, k), episode_id=f"ep_{k:04d}")
+            qs = generate_questions(ep, per_task=per_task, balancer=balancer)
             n_questions += len(qs)
-            write_episode(ep, tmp / ep.spec.episode_id, qs, chunk=args.chunk, progress=bar.update)
+            write_episode(ep, tmp / ep.spec.episode_id, qs, chunk=chunk, progress=bar.update)
             index.append({"episode_id": ep.spec.episode_id, "seed": ep.spec.seed, "style": ep.spec.style,
                           "scene_name": ep.scene.name, "questions": len(qs)})
-        write_json_atomic(tmp / "dataset.json", {"seed": args.seed, "episodes": index, "frames": args.frames,
-                                                 "width": args.width, "height": args.height, "fps": args.fps})
-    summary = {"episodes": args.episodes, "frames": args.frames, "questions": n_questions,
-               "seconds": round(time.perf_counter() - t0, 3), "out": str(args.out)}
+        write_json_atomic(tmp / "dataset.json", {"seed": seed, "episodes": index, "frames": frames,
+                                                 "width": width, "height": height, "fps": fps})
+    return {"episodes": episodes, "frames": frames, "questions": n_questions,
+            "seconds": round(time.perf_counter() - t0, 3), "out": str(out)}
+
+
+def dataset_command(args: argparse.Namespace) -> int:
+    if args.episodes < 1:
+        raise SystemExit(f"--episodes must be >= 1, got {args.episodes}")
+    summary = write_dataset(args.out, args.seed, args.episodes, args.frames, args.width, args.height, args.fps,
+                            args.per_task, args.style, args.chunk)
     print(json.dumps(summary))
     if args.json:
         write_json_atomic(args.json, summary)

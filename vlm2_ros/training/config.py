@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 MODULES = ("geometry", "semantic", "fusion", "memory", "readout", "bridge")
+MEMORY_SOURCES = ("clip", "stream")
 
 
 class TrainConfigError(ValueError):
@@ -24,6 +25,11 @@ class StageConfig:
     warmup_steps: int = 20
     depth_loss_weight: float = 1.0          # supervised by the rendered metric depth
     answer_loss_weight: float = 1.0         # teacher-forced answer tokens
+    # Where the memory the questions read comes from. "clip": the sample's clip is unrolled with
+    # gradients (every module can learn). "stream": built as at inference, from every frame up to
+    # the question through the frozen perception and memory, once per stage; only the language
+    # bridge learns, and a step costs the language model alone.
+    memory: str = "clip"
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.train if m not in MODULES]
@@ -34,6 +40,13 @@ class StageConfig:
         if self.depth_loss_weight < 0 or self.answer_loss_weight < 0 or \
                 self.depth_loss_weight + self.answer_loss_weight == 0:
             raise TrainConfigError(f"stage {self.name!r}: loss weights must be >= 0 and not both 0")
+        if self.memory not in MEMORY_SOURCES:
+            raise TrainConfigError(f"stage {self.name!r}: memory must be one of {MEMORY_SOURCES}, got {self.memory!r}")
+        if self.memory == "stream" and (self.train != ["bridge"] or self.depth_loss_weight != 0
+                                        or self.answer_loss_weight == 0):
+            raise TrainConfigError(f"stage {self.name!r}: memory 'stream' freezes everything before the "
+                                   "language model: train must be [bridge], depth_loss_weight 0 and "
+                                   "answer_loss_weight > 0")
 
 
 @dataclass

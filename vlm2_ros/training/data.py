@@ -25,6 +25,8 @@ class TrainingEpisode:
     frame_indices: torch.Tensor  # [T] int64, in the episode
     prompts: list[str]          # questions as the model reads them (VSI-Bench prompt)
     answers: list[str]          # ground truth as answer text
+    path: str                   # the episode directory (every frame, for streamed memories)
+    asked_at: int               # frame index the questions are asked at
 
 
 def clip_indices(asked_at: int, clip_frames: int) -> np.ndarray:
@@ -48,7 +50,8 @@ def load_training_episode(path: Path, clip_frames: int, image_size: tuple[int, i
             episode.episode_id, torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
             torch.from_numpy(depth), torch.from_numpy(episode.poses[idx].astype(np.float32)),
             torch.from_numpy(episode.stamps_ns[idx].astype(np.int64)), torch.from_numpy(idx.astype(np.int64)),
-            [format_prompt(q) for q in questions], [str(q["ground_truth"]) for q in questions]))
+            [format_prompt(q) for q in questions], [str(q["ground_truth"]) for q in questions],
+            str(path), asked_at))
     return samples
 
 

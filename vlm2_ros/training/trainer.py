@@ -1,6 +1,9 @@
 """The training loop: each sample's stream is unrolled over its clip with gradients (the model's
 state is immutable, so backpropagation runs through the memory updates), then its questions are
-answered from the memory with teacher forcing.
+answered from the memory with teacher forcing. A "stream" stage instead builds each sample's
+memory the way inference does (every frame up to the question, through the engine, perception
+frozen) once, and trains the language bridge on those memories: no train/test gap in how the
+memory was filled, and a step costs only the language model.
 
 Losses: depth (mean |log d - log d*| over pixels with rendered depth) on every frame's geometry
 output, and the answer tokens' cross-entropy. A stage names which modules learn and weighs the
@@ -24,9 +27,12 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ..atomic_io import atomic_file, write_json_atomic
+from ..engine.engine import SpatialMemoryEngine
+from ..evaluation.model_predictor import stream_episode
 from ..model.checkpoint import load_checkpoint, load_model, save_checkpoint
 from ..model.provenance import Provenance
 from ..model.vlm2 import VLM2Model
+from ..sim.episode import EpisodeDir
 from .config import MODULES, StageConfig, TrainConfig
 from .data import TrainingEpisode, load_training_set
 
@@ -52,6 +58,14 @@ def unroll(model: VLM2Model, episode: TrainingEpisode, use_pose: bool):
         stream, out = model.step(stream, episode.images[t:t + 1].to(device).float() / 255.0, provenance, pose)
         losses.append(depth_loss(out.depth, episode.depth[t:t + 1].to(device)))
     return stream, torch.stack(losses).mean()
+
+
+def streamed_memory(engine: SpatialMemoryEngine, episode: TrainingEpisode) -> torch.Tensor:
+    """The memory tokens [1,M,C] the model reads at the sample's question, built exactly as at
+    inference: every frame up to the question, with its pose and intrinsics, through the engine."""
+    stream_episode(engine, EpisodeDir(episode.path), episode.asked_at)
+    with torch.no_grad():
+        return engine.model.read_memory(engine.stream).tokens.clone()   # a normal (not inference) tensor
 
 
 def set_trainable(model: VLM2Model, modules: list[str]) -> list[torch.nn.Parameter]:
@@ -97,6 +111,17 @@ class Trainer:
                                                   seed=config.seed)
         self.model.to(config.device).train()
         self.data = load_training_set(config.data, config.clip_frames, self.model.config.image_size)
+        self._streamed: list[torch.Tensor] | None = None   # per sample, for "stream" stages
+
+    def stream_memories(self) -> list[torch.Tensor]:
+        """Every sample's inference-time memory under the current weights (computed once, at the
+        first "stream" stage; those stages freeze everything before the bridge)."""
+        if self._streamed is None:
+            engine = SpatialMemoryEngine(self.model, weights=self.weights, device=self.config.device)
+            self._streamed = [streamed_memory(engine, e) for e in
+                              tqdm(self.data, desc="streaming memories", unit="sample", disable=not self.progress)]
+            self.model.train()       # the engine put the shared model in eval mode
+        return self._streamed
 
     # ------------------------------------------------------------------ state
     def _save_state(self, optimizer: torch.optim.Optimizer) -> None:
@@ -135,6 +160,8 @@ class Trainer:
     def step_losses(self, stage: StageConfig) -> tuple[torch.Tensor, float, float]:
         c = self.config
         picks = self.rng.choice(len(self.data), size=min(c.episodes_per_step, len(self.data)), replace=False)
+        if stage.memory == "stream":
+            return self.streamed_answer_loss(stage, picks)
         total, depth_sum, answer_sum = 0.0, 0.0, 0.0
         for index in picks:
             episode = self.data[int(index)]
@@ -152,6 +179,20 @@ class Trainer:
             total = total + loss / len(picks)
             depth_sum += float(loss_depth.detach())
         return total, depth_sum / len(picks), answer_sum / len(picks)
+
+    def streamed_answer_loss(self, stage: StageConfig, picks) -> tuple[torch.Tensor, float, float]:
+        """All picked samples' questions in one teacher-forced batch over their streamed memories."""
+        memories = self.stream_memories()
+        tokens, prompts, answers = [], [], []
+        for index in picks:
+            episode = self.data[int(index)]
+            asked = self.rng.choice(len(episode.prompts), size=min(self.config.questions_per_episode,
+                                                                   len(episode.prompts)), replace=False)
+            tokens.append(memories[int(index)].expand(len(asked), -1, -1))
+            prompts += [episode.prompts[i] for i in asked]
+            answers += [episode.answers[i] for i in asked]
+        loss = self.model.bridge.loss(torch.cat(tokens), prompts, answers)
+        return stage.answer_loss_weight * loss, 0.0, float(loss.detach())
 
     def run(self) -> Path:
         c = self.config
