@@ -143,7 +143,7 @@ def test_missing_key_is_named(tmp_path, tiny_model_factory):
 
 
 def test_load_model_without_checkpoint_reports_untrained_weights():
-    model, weights = load_model("tiny", seed=3)
+    model, weights = load_model("tiny", seed=3, use_shipped=False)
     assert weights == "untrained(seed=3)" and model.config.preset == "tiny"
     with pytest.raises(ValueError, match="unknown preset"):
         load_model("huge")

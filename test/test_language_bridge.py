@@ -133,6 +133,29 @@ def test_causal_loss_backprops_and_handles_padding(causal_bridge):
         assert torch.allclose(causal_bridge.loss(mem, QUESTIONS, ANSWERS), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("bridge_name", ["causal_bridge", "qwen_bridge"])
+def test_loss_per_memory_equals_the_expanded_loss_and_backprops(bridge_name, request):
+    # several questions on one memory share its keys/values (causal_lm): same value, same gradients
+    bridge = request.getfixturevalue(bridge_name)
+    dim = bridge.config.memory_dim
+    mem = memory(8, dim)
+    questions = [["How many chairs are in this room?", "Is the lamp to my left or right?", QUESTIONS[1]],
+                 [QUESTIONS[0]]]
+    answers = [["3", "left", ANSWERS[1]], [ANSWERS[0]]]
+    expanded = mem[[0, 0, 0, 1]]
+    bridge.zero_grad()
+    reference = bridge.loss(expanded, [q for qs in questions for q in qs], [a for ans in answers for a in ans])
+    reference.backward()
+    grad = bridge.projector.fc1.weight.grad.clone()
+    bridge.zero_grad()
+    shared = bridge.loss_per_memory(mem, questions, answers)
+    shared.backward()
+    assert torch.allclose(shared, reference, atol=1e-5)
+    assert torch.allclose(bridge.projector.fc1.weight.grad, grad, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="per memory set"):
+        bridge.loss_per_memory(mem, questions, [["3"], [ANSWERS[0]]])
+
+
 def test_causal_generate_relevance_and_memory_effect(causal_bridge):
     mem = memory(8, 32)[:1]
     out = causal_bridge.generate(mem, QUESTIONS[0], max_new_tokens=5)

@@ -98,7 +98,7 @@ def test_fitting_one_sample_lowers_both_losses(data):
     assert depth < first[0] and answer < 0.5 * first[1]
 
 
-def test_stream_stage_memory_is_the_inference_memory_and_training_lowers_the_loss(data):
+def test_stream_stage_memory_is_the_inference_memory_and_training_lowers_the_loss(data, tmp_path, monkeypatch):
     from vlm2_ros.engine.engine import SpatialMemoryEngine
     from vlm2_ros.sim.episode import EpisodeDir
     from vlm2_ros.training.config import StageConfig, TrainConfig
@@ -106,7 +106,7 @@ def test_stream_stage_memory_is_the_inference_memory_and_training_lowers_the_los
 
     stage = StageConfig("read", steps=1, train=["bridge"], lr=3e-3, warmup_steps=0, depth_loss_weight=0.0,
                         memory="stream")
-    config = TrainConfig(data=str(data), out="/nonexistent-unused", questions_per_episode=4,
+    config = TrainConfig(data=str(data), out=str(tmp_path / "run"), questions_per_episode=4,
                          episodes_per_step=1, stages=[stage])
     trainer = Trainer(config, progress=False)
     trainer.data = trainer.data[:1]
@@ -119,6 +119,18 @@ def test_stream_stage_memory_is_the_inference_memory_and_training_lowers_the_los
     expected = trainer.model.read_memory(engine.stream).tokens
     assert torch.allclose(trainer.stream_memories()[0], expected, atol=1e-5)
     assert not trainer.stream_memories()[0].is_inference()
+    # kept in the run directory for --resume, keyed by the weights before the bridge
+    import vlm2_ros.training.trainer as trainer_module
+    calls = []
+    monkeypatch.setattr(trainer_module, "streamed_memory", lambda engine, e: calls.append(e) or expected.clone())
+    again = Trainer(config, progress=False)
+    again.data = again.data[:1]
+    assert torch.equal(again.stream_memories()[0], trainer.stream_memories()[0]) and not calls
+    with torch.no_grad():
+        next(again.model.fusion.parameters()).add_(1.0)
+    again._streamed = None
+    again.stream_memories()
+    assert len(calls) == 1             # other weights: streamed again
     trainer.model.train()
     params = set_trainable(trainer.model, stage.train)
     optimizer = torch.optim.AdamW(params, lr=3e-3)

@@ -174,12 +174,13 @@ def load_checkpoint(directory: str | Path, overrides: MemoryOverrides | None = N
 
 def load_model(preset: str = "tiny", *, checkpoint_dir: str | Path | None = None,
                overrides: MemoryOverrides | None = None, backbone_dir: str | None = None,
-               geometry_dir: str | None = None, seed: int = 0) -> tuple[VLM2Model, str]:
-    """The model for a preset: the given checkpoint, else the one shipped with the package, else
-    (backbones from their directories and) freshly initialised VLM² weights, reported as such."""
+               geometry_dir: str | None = None, seed: int = 0, use_shipped: bool = True) -> tuple[VLM2Model, str]:
+    """The model for a preset: the given checkpoint, else the one shipped with the package (unless
+    use_shipped is False: training from scratch), else (backbones from their directories and)
+    freshly initialised VLM² weights, reported as such."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    directory = checkpoint_dir or shipped_checkpoint(preset)
+    directory = checkpoint_dir or (shipped_checkpoint(preset) if use_shipped else None)
     if directory is not None:
         model, weights = load_checkpoint(directory, overrides)
         if model.config.preset != preset:

@@ -261,6 +261,56 @@ class LanguageBridge(nn.Module):
         logits = self.lm_head(hidden[:, :-1][keep]).float()                         # [T,V]
         return F.cross_entropy(logits, targets[keep])
 
+    def loss_per_memory(self, memory_tokens: torch.Tensor, questions: list[list[str]],
+                        answers: list[list[str]]) -> torch.Tensor:
+        """`loss` for several questions per memory set: memory_tokens [E,M,C], questions[e] and
+        answers[e] asked of set e. With plain positions (causal_lm) the prompt up to the end of the
+        memory runs once per set and its keys/values serve every question on it: the same loss at a
+        fraction of the cost, the memory being most of each prompt. MRoPE (qwen2_5_vl) positions
+        depend on the whole prompt, so there the sets are expanded and `loss` runs as is."""
+        counts = [len(q) for q in questions]
+        if len(counts) != memory_tokens.shape[0] or [len(a) for a in answers] != counts or min(counts) < 1:
+            raise ValueError("one non-empty question list and an answer list of the same length per memory set")
+        device = memory_tokens.device
+        flat_questions = [q for qs in questions for q in qs]
+        flat_answers = [a for ans in answers for a in ans]
+        repeat = torch.repeat_interleave(torch.arange(len(counts), device=device),
+                                         torch.tensor(counts, device=device))
+        if self._rope_index is not None:
+            return self.loss(memory_tokens[repeat], flat_questions, flat_answers)
+        sets, num_memory = memory_tokens.shape[:2]
+        prefix_ids = torch.tensor([self._prefix + [self.placeholder_id] * num_memory], device=device).expand(sets, -1)
+        p = prefix_ids.shape[1]
+        prefix = PromptBatch(prefix_ids, torch.ones_like(prefix_ids), torch.full_like(prefix_ids, -100),
+                             len(self._prefix), num_memory)
+        cache = self.decoder(inputs_embeds=self._inputs_embeds(memory_tokens, prefix),
+                             attention_mask=prefix.attention_mask,
+                             position_ids=torch.arange(p, device=device).expand(sets, -1),
+                             use_cache=True).past_key_values
+        cache.batch_select_indices(repeat)                                          # [Q,...] per layer
+        rows, label_rows = [], []
+        for question, answer in zip(flat_questions, flat_answers):
+            ids, target = self._question_ids(question), self.answer_ids(answer)
+            rows.append(ids + target)
+            label_rows.append([-100] * len(ids) + target)
+        length = max(len(r) for r in rows)
+        suffix = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), length), -100, dtype=torch.long)
+        mask = torch.zeros((len(rows), p + length), dtype=torch.long)
+        mask[:, :p] = 1
+        for i, (ids, lab) in enumerate(zip(rows, label_rows)):
+            suffix[i, :len(ids)] = torch.tensor(ids)
+            labels[i, :len(lab)] = torch.tensor(lab)
+            mask[i, p:p + len(ids)] = 1
+        suffix, labels, mask = suffix.to(device), labels.to(device), mask.to(device)
+        hidden = self.decoder(input_ids=suffix, attention_mask=mask, past_key_values=cache, use_cache=True,
+                              position_ids=(p + torch.arange(length, device=device)).expand(len(rows), -1)
+                              ).last_hidden_state                                 # [Q,L,d]
+        targets = labels[:, 1:]
+        keep = targets != -100
+        logits = self.lm_head(hidden[:, :-1][keep]).float()                         # [T,V]
+        return F.cross_entropy(logits, targets[keep])
+
     def next_token_logits(self, memory_tokens: torch.Tensor, questions: list[str],
                           entry_grid: tuple[int, int] | None = None) -> torch.Tensor:
         """[B,V] float32 logits of the first answer token."""

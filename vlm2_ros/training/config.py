@@ -30,6 +30,8 @@ class StageConfig:
     # the question through the frozen perception and memory, once per stage; only the language
     # bridge learns, and a step costs the language model alone.
     memory: str = "clip"
+    episodes_per_step: int | None = None    # None: the run's setting (a "stream" step is cheap: take more)
+    questions_per_episode: int | None = None
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.train if m not in MODULES]
@@ -40,6 +42,8 @@ class StageConfig:
         if self.depth_loss_weight < 0 or self.answer_loss_weight < 0 or \
                 self.depth_loss_weight + self.answer_loss_weight == 0:
             raise TrainConfigError(f"stage {self.name!r}: loss weights must be >= 0 and not both 0")
+        if (self.episodes_per_step or 1) < 1 or (self.questions_per_episode or 1) < 1:
+            raise TrainConfigError(f"stage {self.name!r}: episodes_per_step and questions_per_episode must be >= 1")
         if self.memory not in MEMORY_SOURCES:
             raise TrainConfigError(f"stage {self.name!r}: memory must be one of {MEMORY_SOURCES}, got {self.memory!r}")
         if self.memory == "stream" and (self.train != ["bridge"] or self.depth_loss_weight != 0

@@ -15,6 +15,7 @@ train_state.safetensors + train_state.json (optimiser moments, RNG states, stage
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import subprocess
@@ -37,6 +38,23 @@ from .config import MODULES, StageConfig, TrainConfig
 from .data import TrainingEpisode, load_training_set
 
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
+STREAMED_MEMORIES = "streamed_memories.safetensors"
+
+
+def weights_digest(model: torch.nn.Module, exclude: str) -> str:
+    """sha256 over the parameters and buffers whose names do not start with `exclude`."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if not name.startswith(exclude):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def safe_open_metadata(path: Path) -> dict:
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}
 
 
 def depth_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -107,20 +125,34 @@ class Trainer:
             self.model, self.weights = load_checkpoint(self.out / "checkpoint")
             self._load_state()
         else:
+            # from the preset's fresh initialisation unless init_checkpoint says otherwise, never
+            # silently from the weights shipped in the package
             self.model, self.weights = load_model(config.preset, checkpoint_dir=config.init_checkpoint,
-                                                  seed=config.seed)
+                                                  seed=config.seed, use_shipped=False)
         self.model.to(config.device).train()
         self.data = load_training_set(config.data, config.clip_frames, self.model.config.image_size)
         self._streamed: list[torch.Tensor] | None = None   # per sample, for "stream" stages
 
     def stream_memories(self) -> list[torch.Tensor]:
-        """Every sample's inference-time memory under the current weights (computed once, at the
-        first "stream" stage; those stages freeze everything before the bridge)."""
+        """Every sample's inference-time memory under the current weights, computed once at the
+        first "stream" stage (those stages freeze everything before the bridge) and kept in the run
+        directory (keyed by the weights' digest) so that --resume does not stream it again."""
         if self._streamed is None:
+            cache = self.out / STREAMED_MEMORIES
+            digest = weights_digest(self.model, exclude="bridge.")
+            if cache.is_file():
+                tensors, meta = load_file(str(cache)), safe_open_metadata(cache)
+                if meta.get("weights") == digest and int(meta.get("samples", -1)) == len(self.data):
+                    self._streamed = [tensors[f"sample.{i}"] for i in range(len(self.data))]
+                    return self._streamed
             engine = SpatialMemoryEngine(self.model, weights=self.weights, device=self.config.device)
             self._streamed = [streamed_memory(engine, e) for e in
                               tqdm(self.data, desc="streaming memories", unit="sample", disable=not self.progress)]
             self.model.train()       # the engine put the shared model in eval mode
+            self.out.mkdir(parents=True, exist_ok=True)
+            with atomic_file(cache) as tmp:
+                save_file({f"sample.{i}": t.contiguous() for i, t in enumerate(self._streamed)}, str(tmp),
+                          metadata={"weights": digest, "samples": str(len(self.data))})
         return self._streamed
 
     # ------------------------------------------------------------------ state
@@ -159,16 +191,18 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def step_losses(self, stage: StageConfig) -> tuple[torch.Tensor, float, float]:
         c = self.config
-        picks = self.rng.choice(len(self.data), size=min(c.episodes_per_step, len(self.data)), replace=False)
+        picks = self.rng.choice(len(self.data), size=min(stage.episodes_per_step or c.episodes_per_step,
+                                                          len(self.data)), replace=False)
+        questions = stage.questions_per_episode or c.questions_per_episode
         if stage.memory == "stream":
-            return self.streamed_answer_loss(stage, picks)
+            return self.streamed_answer_loss(stage, picks, questions)
         total, depth_sum, answer_sum = 0.0, 0.0, 0.0
         for index in picks:
             episode = self.data[int(index)]
             stream, loss_depth = unroll(self.model, episode, bool(self.rng.random() < c.pose_probability))
             loss = stage.depth_loss_weight * loss_depth
             if stage.answer_loss_weight > 0:
-                asked = self.rng.choice(len(episode.prompts), size=min(c.questions_per_episode, len(episode.prompts)),
+                asked = self.rng.choice(len(episode.prompts), size=min(questions, len(episode.prompts)),
                                         replace=False)
                 tokens = self.model.read_memory(stream).tokens                          # [1,M,C]
                 loss_answer = self.model.bridge.loss(tokens.expand(len(asked), -1, -1),
@@ -180,18 +214,17 @@ class Trainer:
             depth_sum += float(loss_depth.detach())
         return total, depth_sum / len(picks), answer_sum / len(picks)
 
-    def streamed_answer_loss(self, stage: StageConfig, picks) -> tuple[torch.Tensor, float, float]:
+    def streamed_answer_loss(self, stage: StageConfig, picks, questions: int) -> tuple[torch.Tensor, float, float]:
         """All picked samples' questions in one teacher-forced batch over their streamed memories."""
         memories = self.stream_memories()
         tokens, prompts, answers = [], [], []
         for index in picks:
             episode = self.data[int(index)]
-            asked = self.rng.choice(len(episode.prompts), size=min(self.config.questions_per_episode,
-                                                                   len(episode.prompts)), replace=False)
-            tokens.append(memories[int(index)].expand(len(asked), -1, -1))
-            prompts += [episode.prompts[i] for i in asked]
-            answers += [episode.answers[i] for i in asked]
-        loss = self.model.bridge.loss(torch.cat(tokens), prompts, answers)
+            asked = self.rng.choice(len(episode.prompts), size=min(questions, len(episode.prompts)), replace=False)
+            tokens.append(memories[int(index)])
+            prompts.append([episode.prompts[i] for i in asked])
+            answers.append([episode.answers[i] for i in asked])
+        loss = self.model.bridge.loss_per_memory(torch.cat(tokens), prompts, answers)
         return stage.answer_loss_weight * loss, 0.0, float(loss.detach())
 
     def run(self) -> Path:
