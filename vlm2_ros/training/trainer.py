@@ -287,7 +287,8 @@ def plot_curves(log_path: Path, png: Path) -> None:
                            (axes[1], "loss_answer", "answer tokens: cross-entropy")):
         for stage in dict.fromkeys(r["stage"] for r in rows):
             points = [(r["step"], r[key]) for r in rows if r["stage"] == stage]
-            ax.plot(*zip(*points), label=stage)
+            if any(value for _, value in points):      # a loss the stage does not compute is logged as 0
+                ax.plot(*zip(*points), label=stage)
         ax.set(xlabel="step", title=title)
         ax.legend(fontsize=8)
     fig.tight_layout()
