@@ -107,8 +107,11 @@ def stream_episode(harness, episode, stamps, frames=None):
 
 
 def test_streamed_episode_is_ingested_and_counted(harness, episode, stamps):
+    started_ns = time.time_ns()
     stream_episode(harness, episode, stamps)
     status = harness.client.wait_for_status(lambda s: s.frames_ingested == FRAMES, timeout_s=60)
+    # when the newest frame entered memory, on the node's (system) clock
+    assert started_ns < stamps_of([status.last_ingest_stamp])[0] <= time.time_ns()
     assert status.frames_received == FRAMES and status.frames_dropped == 0
     assert status.working_memory_size == 8 and status.working_memory_capacity == 8
     assert 0 < status.episodic_memory_size <= status.episodic_memory_capacity == 32

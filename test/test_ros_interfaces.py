@@ -49,7 +49,7 @@ def test_types_import_with_their_fields():
                  "working_memory_size", "working_memory_capacity", "episodic_memory_size",
                  "episodic_memory_capacity", "ingest_rate_hz", "model_preset", "device", "lifecycle_state"):
         assert name in fields, name
-    assert fields["last_frame_stamp"] == "builtin_interfaces/Time"
+    assert fields["last_frame_stamp"] == fields["last_ingest_stamp"] == "builtin_interfaces/Time"
     assert status.frames_received == 0 and status.header.frame_id == ""
 
     response = SpatialQuery.Response()

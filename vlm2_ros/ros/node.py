@@ -647,6 +647,8 @@ class Vlm2Node(LifecycleNode):
             msg.ingest_rate_hz = (len(times) - 1) / ((times[-1] - times[0]) / 1e9)
         if last_stamp is not None:
             msg.last_frame_stamp, msg.last_frame_id = ns_to_stamp(last_stamp), last_frame_id
+            if times:
+                msg.last_ingest_stamp = ns_to_stamp(times[-1])
         if self._last_snapshot_ns:
             msg.last_snapshot_stamp = ns_to_stamp(self._last_snapshot_ns)
         return msg
