@@ -19,6 +19,7 @@ def dataset_dir(out: Path, frames: int) -> Path:
 
 def ensure_dataset(out: Path, frames: int, seed: int, episodes: int, per_task: int) -> Path:
     from ..sim.cli import write_dataset
+    from ..sim.trajectory import DEFAULT_FPS
 
     path = dataset_dir(out, frames)
     meta = path / "dataset.json"
@@ -28,7 +29,7 @@ def ensure_dataset(out: Path, frames: int, seed: int, episodes: int, per_task: i
             return path
         raise FileExistsError(f"{path} holds another data set (seed {have.get('seed')}, "
                               f"{len(have.get('episodes', []))} episodes); choose another --out")
-    write_dataset(path, seed, episodes, frames, 128, 96, 10.0, per_task, style="long_horizon")
+    write_dataset(path, seed, episodes, frames, 128, 96, DEFAULT_FPS, per_task, style="long_horizon")
     return path
 
 

@@ -354,10 +354,7 @@ class Vlm2Node(LifecycleNode):
         try:
             pixels = engine.preprocess(rgb, camera.intrinsics)
         except IngestError as exc:
-            with self._lock:
-                self._counters.dropped_rejected += 1
-            self.get_logger().warning(f"camera {camera_name}: frame rejected: {exc}",
-                                      throttle_duration_sec=_LOG_THROTTLE_S)
+            self._reject_frame(camera_name, exc)
             return
         frame = Frame(pixels, stamp_ns, msg.header.frame_id, camera_name, camera.pose)
         displaced = self._queue.put(frame)
@@ -435,10 +432,7 @@ class Vlm2Node(LifecycleNode):
         try:
             engine.ingest_pixels(frame.pixels[None], [frame.stamp_ns], [frame.pose])
         except IngestError as exc:
-            with self._lock:
-                self._counters.dropped_rejected += 1
-            self.get_logger().warning(f"camera {frame.camera}: frame rejected: {exc}",
-                                      throttle_duration_sec=_LOG_THROTTLE_S)
+            self._reject_frame(frame.camera, exc)
             return
         self._jump_dropping = False
         now = self.get_clock().now().nanoseconds
@@ -452,6 +446,12 @@ class Vlm2Node(LifecycleNode):
                 self._ingest_times.popleft()
             if len(self._frame_ids) > 2 * self._memory_capacity() + 64:
                 self._prune_frame_ids()
+
+    def _reject_frame(self, camera_name: str, exc: IngestError) -> None:
+        """Count and report a frame the engine refused (in the callback's resize or at ingest)."""
+        with self._lock:
+            self._counters.dropped_rejected += 1
+        self.get_logger().warning(f"camera {camera_name}: frame rejected: {exc}", throttle_duration_sec=_LOG_THROTTLE_S)
 
     def _memory_capacity(self) -> int:
         status = self._engine.status()
