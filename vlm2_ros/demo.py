@@ -123,13 +123,20 @@ def _replay(bag: Path, rate: float, env: dict, client, frames: int) -> None:
     if player.returncode != 0:
         raise NodeClientError(f"bag player failed ({player.returncode}): {player.stderr.strip()}")
     print("  " + player.stdout.strip().splitlines()[-1])
-    # every image the node received has gone through the queue (ingested or dropped and counted)
-    status = client.wait_for_status(lambda s: s.frames_received >= frames * 0.5 and s.queue_depth == 0
+    # Statuses taken after the last image was published, until every image the node received has
+    # gone through its queue (ingested, or dropped and counted). Images the node never received
+    # are reported, not waited for: best-effort camera QoS does not resend what a busy machine's
+    # transport lost, and the demo goes on with the memory it has.
+    client.statuses.clear()
+    status = client.wait_for_status(lambda s: s.frames_received > 0 and s.queue_depth == 0
                                     and s.frames_ingested + s.frames_dropped == s.frames_received, timeout_s=60)
     print(f"  node received {status.frames_received}/{frames} images in {time.monotonic() - started:.1f} s, "
           f"ingested {status.frames_ingested}, dropped {status.frames_dropped} (ingest queue full: "
           f"{status.frames_dropped_queue_full}, rate cap: {status.frames_dropped_rate_limit}, bad image: "
           f"{status.frames_dropped_bad_image}, rejected: {status.frames_dropped_rejected})")
+    if status.frames_received < frames:
+        print(f"  {frames - status.frames_received} images never reached the node: lost in transport on its "
+              f"best-effort camera subscription (README: camera QoS)")
 
 
 def _request(record: dict) -> dict:
