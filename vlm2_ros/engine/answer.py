@@ -33,7 +33,9 @@ class Answer:
     kind: str                         # one of ANSWER_KINDS
     value: float | None = None        # parsed number when kind == "number"
     choice: str | None = None         # option letter when kind == "choice"
-    confidence: float = 0.0           # geometric mean of the generated tokens' probabilities
+    # geometric mean of the generated tokens' probabilities; for a number decoded from samples,
+    # the relative accuracy the model expects of it (engine/number_decoding.py)
+    confidence: float = 0.0
     evidence: tuple[Evidence, ...] = field(default_factory=tuple)
     latency_s: float = 0.0
 

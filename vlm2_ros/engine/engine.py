@@ -27,6 +27,7 @@ from ..model.provenance import Provenance
 from ..model.vlm2 import StreamState, VLM2Model
 from ..model.working_memory import WorkingMemory
 from .answer import Answer, Evidence, expected_answer_kind, parse_choice, parse_number, question_options
+from .number_decoding import decode_number
 from .snapshot import SnapshotError, read_snapshot, write_snapshot
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -88,12 +89,16 @@ def resolve_dtype(dtype: str) -> torch.dtype:
 
 class SpatialMemoryEngine:
     def __init__(self, model: VLM2Model, *, weights: str, device: str = "cpu", dtype: str = "fp32",
-                 max_new_tokens: int = 16, max_question_chars: int = 1000, evidence_top_k: int = 3,
-                 backend: str = "torch", onnx_dir: str | Path | None = None, onnx_provider: str = "auto",
-                 onnx_fallback: bool = False):
+                 max_new_tokens: int = 16, number_samples: int = 16, max_question_chars: int = 1000,
+                 evidence_top_k: int = 3, backend: str = "torch", onnx_dir: str | Path | None = None,
+                 onnx_provider: str = "auto", onnx_fallback: bool = False):
         """`backend` runs the per-frame hot path: "torch", or "onnx" (ONNX Runtime on an export
         in `onnx_dir`, made on demand when None; `onnx_provider` auto/cpu/cuda/tensorrt, and
-        `onnx_fallback` allows the CPU provider when the requested one cannot run)."""
+        `onnx_fallback` allows the CPU provider when the requested one cannot run).
+        `number_samples`: answers drawn for a number question, decoded by minimum Bayes risk
+        (engine/number_decoding.py); 0 answers numbers greedily like the rest."""
+        if number_samples < 0:
+            raise ValueError(f"number_samples must be >= 0, got {number_samples}")
         from ..backends.runtime import make_backend  # local import: onnxruntime only when asked for
         self.device, self.dtype_name = resolve_device(device), dtype
         self.dtype = resolve_dtype(dtype)
@@ -103,6 +108,7 @@ class SpatialMemoryEngine:
         self.model = model.to(self.device, self.dtype).eval()
         self.weights = weights
         self.max_new_tokens = max_new_tokens
+        self.number_samples = number_samples
         self.max_question_chars = max_question_chars
         self.evidence_top_k = evidence_top_k
         self._state_lock = threading.Lock()
@@ -243,19 +249,30 @@ class SpatialMemoryEngine:
         if stream.frames == 0:
             raise NotReadyError("no frame has been ingested yet: memory is empty")
         on_stage = on_stage or (lambda stage: None)
+        kind = expected_answer_kind(question)
+        max_new_tokens = max_new_tokens or self.max_new_tokens
+        decision = None
         with torch.inference_mode():
             on_stage("reading_memory")
             readout = self.model.read_memory(stream)
             on_stage("generating")
-            generated = self.model.bridge.generate(readout.tokens, question,
-                                                   max_new_tokens=max_new_tokens or self.max_new_tokens,
+            generated = self.model.bridge.generate(readout.tokens, question, max_new_tokens=max_new_tokens,
                                                    should_stop=should_stop)
+            if generated is not None and kind == "number" and self.number_samples:
+                samples = self.model.bridge.sample(readout.tokens, question, self.number_samples,
+                                                   max_new_tokens=max_new_tokens, should_stop=should_stop)
+                if samples is None:
+                    generated = None
+                else:
+                    decision = decode_number(samples)
         if generated is None:
             raise QueryCanceled("query canceled before the answer was complete")
-        kind = expected_answer_kind(question)
-        text = generated.text.strip()
-        probs = [min(max(float(p), 1e-12), 1.0) for p in generated.token_probs]
-        confidence = math.exp(sum(math.log(p) for p in probs) / len(probs)) if probs else 0.0
+        if decision is not None:
+            text, confidence = f"{decision.value:g}", decision.expected_accuracy
+        else:
+            text = generated.text.strip()
+            probs = [min(max(float(p), 1e-12), 1.0) for p in generated.token_probs]
+            confidence = math.exp(sum(math.log(p) for p in probs) / len(probs)) if probs else 0.0
         return Answer(
             question=question, text=text, kind=kind,
             value=parse_number(text) if kind == "number" else None,

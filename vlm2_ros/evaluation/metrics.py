@@ -17,9 +17,9 @@ import math
 import numpy as np
 
 from ..engine.answer import parse_number
+from ..engine.number_decoding import relative_accuracy
 from ..sim.questions import MC_TASKS
 
-THRESHOLDS = np.linspace(0.5, 0.95, 10)
 DIRECTION_TASKS = ("object_rel_direction_easy", "object_rel_direction_medium", "object_rel_direction_hard")
 
 
@@ -28,8 +28,7 @@ def mean_relative_accuracy(pred: float, gt: float) -> float:
         return 0.0
     if gt == 0:
         raise ValueError("relative accuracy is undefined for a ground truth of 0")
-    rel = abs(pred - gt) / abs(gt)
-    return float((rel <= 1 - THRESHOLDS).mean())
+    return float(relative_accuracy(np.array([pred], dtype=float), np.array([gt], dtype=float))[0, 0])
 
 
 def mc_first_word(text: str) -> str:

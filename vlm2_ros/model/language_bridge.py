@@ -35,6 +35,10 @@ hidden states k_m of the M memory positions: softmax_m(h . k_m / sqrt(d)); avera
 generated answer tokens (the first step's when the answer is empty). A distribution over memory
 tokens that sums to 1: a representation-similarity signal, not an attention map or a causal
 attribution.
+
+`sample` draws several answers from the model's own distribution (temperature 1) in one batch
+that shares the prompt's keys/values; the engine decodes number answers from them (see
+engine/number_decoding.py).
 """
 from __future__ import annotations
 
@@ -367,3 +371,48 @@ class LanguageBridge(nn.Module):
             hidden, past = out.last_hidden_state[0, -1], out.past_key_values
         text = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
         return GeneratedText(text, tokens, probs, torch.stack(relevance).mean(dim=0).cpu())
+
+    @torch.no_grad()
+    def sample(self, memory_tokens: torch.Tensor, question: str, num_samples: int, max_new_tokens: int = 16,
+               entry_grid: tuple[int, int] | None = None, seed: int = 0,
+               should_stop: Callable[[], bool] | None = None) -> list[str] | None:
+        """num_samples answers drawn by ancestral sampling for one memory set [1,M,C_in]: the prompt
+        runs once, its keys/values are shared by every row. Deterministic in `seed`; None when
+        `should_stop` (polled before every step) returns True."""
+        if memory_tokens.ndim != 3 or memory_tokens.shape[0] != 1:
+            raise ValueError(f"sample takes one memory set [1,M,C], got {tuple(memory_tokens.shape)}")
+        if num_samples < 1 or max_new_tokens < 1:
+            raise ValueError("num_samples and max_new_tokens must be >= 1")
+        device = memory_tokens.device
+        batch = self.encode_prompts(memory_tokens.shape[1], [question], None, device)
+        positions = self.position_ids(batch, entry_grid)
+        out = self.decoder(inputs_embeds=self._inputs_embeds(memory_tokens, batch),
+                           attention_mask=batch.attention_mask, position_ids=positions, use_cache=True)
+        past = out.past_key_values
+        past.batch_select_indices(torch.zeros(num_samples, dtype=torch.long, device=device))   # [K,...] per layer
+        hidden = out.last_hidden_state[:, -1].expand(num_samples, -1)                           # [K,d]
+        next_position = int(positions[..., -1].max()) + 1
+        generator = torch.Generator(device=device).manual_seed(seed)
+        eos = torch.tensor(sorted(self.eos_token_ids), device=device)
+        rows = torch.zeros(num_samples, 0, dtype=torch.long, device=device)                   # [K,t]
+        finished = torch.zeros(num_samples, dtype=torch.bool, device=device)
+        lengths = torch.full((num_samples,), max_new_tokens, dtype=torch.long, device=device)
+        for step in range(max_new_tokens):
+            if should_stop is not None and should_stop():
+                return None
+            probs = torch.softmax(self.lm_head(hidden).float(), dim=-1)                         # [K,V]
+            token = torch.multinomial(probs, 1, generator=generator)                            # [K,1]
+            ended = torch.isin(token[:, 0], eos) & ~finished
+            lengths[ended] = step
+            finished |= ended
+            rows = torch.cat([rows, token], dim=1)
+            if bool(finished.all()) or step == max_new_tokens - 1:
+                break
+            position = torch.full((num_samples, 1), next_position + step, dtype=torch.long, device=device)
+            if self._rope_index is not None:
+                position = position.unsqueeze(0).expand(3, -1, -1)
+            out = self.decoder(inputs_embeds=self.embed_tokens(token), position_ids=position, past_key_values=past,
+                               use_cache=True)
+            hidden = out.last_hidden_state[:, -1]
+        return [self.tokenizer.decode(row[:n].tolist(), skip_special_tokens=True).strip()
+                for row, n in zip(rows, lengths.tolist())]

@@ -176,7 +176,8 @@ class Vlm2Node(LifecycleNode):
                 device=settings.device, dtype=settings.dtype,
                 backend=settings.backend, onnx_dir=settings.onnx_dir, onnx_provider=settings.onnx_provider,
                 onnx_fallback=settings.onnx_provider_fallback,
-                max_new_tokens=settings.max_new_tokens, max_question_chars=settings.max_question_length)
+                max_new_tokens=settings.max_new_tokens, number_samples=settings.number_samples,
+                max_question_chars=settings.max_question_length)
         except Exception as exc:  # CheckpointError, ValueError (device, dtype), OSError, torch errors
             source = settings.checkpoint_dir or "its shipped or default weights"
             return self._configure_failed(

@@ -81,6 +81,9 @@ SPECS: tuple[Spec, ...] = (
          "frames the geometry encoder attends across, L_g; 0: the checkpoint's. Per-frame cost "
          "grows with it: the Jetson profile halves it", 0, 64),
     Spec("model.max_new_tokens", 16, "longest generated answer, in tokens", 1, 4096),
+    Spec("model.number_samples", 16,
+         "answers drawn for a number question; the value with the highest expected relative "
+         "accuracy among them is the answer (minimum Bayes risk); 0: greedy like other answers", 0, 256),
     Spec("model.threads", 0,
          "torch CPU threads of the model; 0: all cores but one, which is left to the camera "
          "callbacks and DDS (on 2 cores this ingests 18 % more frames/s than using both)", 0, 1024),
@@ -177,6 +180,7 @@ class NodeSettings:
     episodic_size: int | None
     geometry_window: int | None
     max_new_tokens: int
+    number_samples: int
     threads: int
     cameras: tuple[CameraSettings, ...]
     ingest_rate_hz: float
@@ -290,6 +294,7 @@ def settings_from_values(values: dict[str, Any]) -> NodeSettings:
         onnx_dir=v["model.onnx_dir"] or None, onnx_provider=v["model.onnx_provider"],
         onnx_provider_fallback=v["model.onnx_provider_fallback"],
         memory_mode=v["model.memory_mode"] or None, max_new_tokens=v["model.max_new_tokens"],
+        number_samples=v["model.number_samples"],
         threads=v["model.threads"] or default_model_threads(),
         working_size=v["memory.working_size"] or None, episodic_size=v["memory.episodic_size"] or None,
         geometry_window=v["memory.geometry_window"] or None,
