@@ -2,9 +2,11 @@
 plot, resume continuing where it stopped, and the losses going down when fitting one sample."""
 import json
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from vlm2_ros.cli import main
 from vlm2_ros.training.config import TrainConfigError, load_train_config
@@ -23,7 +25,8 @@ def data(tmp_path_factory):
 def write_config(path, **overrides):
     config = {"data": "data", "out": "run", "clip_frames": 4, "questions_per_episode": 2, "episodes_per_step": 1,
               "checkpoint_every": 2, "log_every": 1,
-              "stages": [{"name": "geometry", "steps": 2, "train": ["geometry"], "answer_loss_weight": 0.0},
+              "stages": [{"name": "geometry", "steps": 2, "train": ["geometry", "semantic", "fusion"],
+                          "answer_loss_weight": 0.0, "category_loss_weight": 1.0},
                          {"name": "answering", "steps": 2, "train": ["fusion", "memory", "readout", "bridge"],
                           "depth_loss_weight": 0.0}]}
     config.update(overrides)
@@ -56,6 +59,7 @@ def test_two_stage_run_writes_a_checkpoint_and_resumes(data, tmp_path):
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in rows] == ["geometry"] * 2 + ["answering"] * 2
     assert all(r["loss_answer"] == 0 for r in rows[:2]) and all(r["loss_answer"] > 0 for r in rows[2:])
+    assert all(r["loss_category"] > 0 for r in rows[:2]) and all(r["loss_category"] == 0 for r in rows[2:])
     assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
     meta = json.loads((run / "checkpoint" / "vlm2_config.json").read_text())
     assert meta["trained_with"]["global_step"] == 4 and meta["trained_with"]["episodes"] == 2
@@ -64,12 +68,18 @@ def test_two_stage_run_writes_a_checkpoint_and_resumes(data, tmp_path):
     with pytest.raises(SystemExit, match="--resume"):
         main(["train", "--config", str(config)])
     # a longer second stage: --resume continues from step 4, not from scratch
-    write_config(config, stages=[{"name": "geometry", "steps": 2, "train": ["geometry"], "answer_loss_weight": 0.0},
+    write_config(config, stages=[{"name": "geometry", "steps": 2, "train": ["geometry", "semantic", "fusion"],
+                                  "answer_loss_weight": 0.0, "category_loss_weight": 1.0},
                                  {"name": "answering", "steps": 3, "train": ["fusion", "memory", "readout", "bridge"],
                                   "depth_loss_weight": 0.0}])
     state = json.loads((run / "train_state.json").read_text())
     state.update(stage_index=1, stage_step=2)             # as if stopped after step 2 of stage 2
     (run / "train_state.json").write_text(json.dumps(state))
+    from vlm2_ros.training.config import load_train_config
+    from vlm2_ros.training.trainer import Trainer
+    probe = Trainer(load_train_config(config), resume=True, progress=False).category_probe
+    saved = load_file(str(run / "train_state.safetensors"))
+    assert torch.equal(probe.weight, saved["category_probe.weight"])   # the training-only probe resumes too
     assert main(["train", "--config", str(config), "--resume"]) == 0
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows][-1] == 5
@@ -90,12 +100,60 @@ def test_fitting_one_sample_lowers_both_losses(data):
     optimizer = torch.optim.AdamW(params, lr=3e-3)
     first = None
     for _ in range(12):
-        loss, depth, answer = trainer.step_losses(stage)
-        first = first or (depth, answer)
+        loss, metrics = trainer.step_losses(stage)
+        first = first or metrics
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    assert depth < first[0] and answer < 0.5 * first[1]
+    assert metrics["loss_depth"] < first["loss_depth"] and metrics["loss_answer"] < 0.5 * first["loss_answer"]
+
+
+def test_category_stage_teaches_the_fused_tokens_what_is_where(data):
+    from vlm2_ros.training.config import StageConfig, TrainConfig
+    from vlm2_ros.training.trainer import Trainer
+
+    stage = StageConfig("perception", steps=1, train=["semantic", "fusion", "memory"], lr=3e-3, warmup_steps=0,
+                        depth_loss_weight=0.0, answer_loss_weight=0.0, category_loss_weight=1.0)
+    config = TrainConfig(data=str(data), out="/nonexistent-unused", clip_frames=3, episodes_per_step=1,
+                         pose_probability=1.0, stages=[stage])
+    trainer = Trainer(config, progress=False)
+    trainer.data = trainer.data[:1]
+    params = set_trainable(trainer.model, stage.train) + list(trainer.category_probe.parameters())
+    optimizer = torch.optim.AdamW(params, lr=3e-3)
+    first = None
+    for _ in range(15):
+        loss, metrics = trainer.step_losses(stage)
+        first = first or metrics
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert metrics["loss_depth"] > 0 and metrics["loss_answer"] == 0        # computed, not trained
+    assert metrics["loss_category"] < 0.5 * first["loss_category"]
+    assert metrics["category_accuracy"] > first["category_accuracy"]
+
+
+def test_category_loss_targets_each_patch_class_share():
+    from vlm2_ros.training.trainer import category_loss
+
+    classes = torch.zeros(1, 4, 4, dtype=torch.uint8)
+    classes[0, :2, :2] = 3                               # top-left patch of a 2x2 grid: all class 3
+    classes[0, 2:, 2:3] = 1                              # bottom-right: half class 1, half class 0
+    right = torch.full((1, 4, 5), -10.0)
+    right[0, :, 0] = 10.0
+    right[0, 0] = torch.tensor([-10.0, -10, -10, 10, -10])
+    right[0, 3] = torch.tensor([10.0, 10, -10, -10, -10])
+    loss, accuracy = category_loss(right, classes, (2, 2))
+    assert accuracy == 1.0 and abs(float(loss) - 0.25 * np.log(2)) < 1e-3   # only the mixed patch's entropy
+    wrong_loss, wrong_accuracy = category_loss(right.roll(1, dims=-1), classes, (2, 2))
+    assert wrong_accuracy == 0.0 and float(wrong_loss) > 10
+
+
+def test_semantic_classes_follow_the_instance_mask():
+    from vlm2_ros.sim.scene import SEMANTIC_CLASSES, generate_scene, semantic_classes
+
+    scene = generate_scene(4)
+    mask = np.array([[0] + [o.id for o in scene.objects]], dtype=np.uint16)
+    assert [SEMANTIC_CLASSES[c] for c in semantic_classes(scene, mask)[0]] == ["room"] + [o.category for o in scene.objects]
 
 
 def test_stream_stage_memory_is_the_inference_memory_and_training_lowers_the_loss(data, tmp_path, monkeypatch):
@@ -136,18 +194,20 @@ def test_stream_stage_memory_is_the_inference_memory_and_training_lowers_the_los
     optimizer = torch.optim.AdamW(params, lr=3e-3)
     first = None
     for _ in range(10):
-        loss, depth, answer = trainer.step_losses(stage)
-        first = first or answer
+        loss, metrics = trainer.step_losses(stage)
+        first = first or metrics["loss_answer"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    assert depth == 0.0 and answer < 0.5 * first
+    assert metrics["loss_depth"] == 0.0 and metrics["loss_answer"] < 0.5 * first
 
 
 @pytest.mark.parametrize("stage", [
     {"name": "s", "steps": 1, "train": ["bridge", "fusion"], "depth_loss_weight": 0.0, "memory": "stream"},
     {"name": "s", "steps": 1, "train": ["bridge"], "memory": "stream"},
     {"name": "s", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "memory": "video"},
+    {"name": "s", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "category_loss_weight": 1.0,
+     "memory": "stream"},
 ])
 def test_stream_stage_settings_are_validated(tmp_path, stage):
     with pytest.raises(TrainConfigError, match="memory"):

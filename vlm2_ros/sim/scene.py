@@ -41,6 +41,9 @@ CATEGORIES: dict[str, dict] = {
                       palette=[(90, 90, 95), (40, 110, 60), (60, 80, 160), (200, 200, 200)]),
 }
 
+# Per-pixel semantic classes (training supervision): the room shell, then the categories.
+SEMANTIC_CLASSES = ("room", *CATEGORIES)
+
 WALL_COLOURS = [(225, 215, 195), (200, 215, 225), (215, 225, 200), (235, 225, 225), (190, 190, 200),
                 (240, 240, 235), (210, 195, 175)]
 FLOOR_COLOURS = [(150, 110, 70), (120, 120, 125), (190, 170, 130), (90, 70, 55), (170, 160, 150)]
@@ -350,6 +353,14 @@ def generate_scene(seed: int, *, room_size: tuple[float, float, float] | None = 
                              f"({cat!r}) after {max_tries} tries in a {width:.1f} x {depth:.1f} m room "
                              f"with {len(placed)} objects; use fewer objects or a larger room")
     return Scene(name=f"synth_{int(seed):06d}", seed=int(seed), room=room, objects=tuple(placed))
+
+
+def semantic_classes(scene: Scene, mask: np.ndarray) -> np.ndarray:
+    """Instance mask [H,W] (object ids, 0 = room shell) -> SEMANTIC_CLASSES index [H,W] uint8."""
+    lookup = np.zeros(max([o.id for o in scene.objects], default=0) + 1, dtype=np.uint8)
+    for o in scene.objects:
+        lookup[o.id] = SEMANTIC_CLASSES.index(o.category)
+    return lookup[mask]
 
 
 def aabb_distance(a: SceneObject, b: SceneObject) -> float:

@@ -6,8 +6,11 @@ frozen) once, and trains the language bridge on those memories: no train/test ga
 memory was filled, and a step costs only the language model.
 
 Losses: depth (mean |log d - log d*| over pixels with rendered depth) on every frame's geometry
-output, and the answer tokens' cross-entropy. A stage names which modules learn and weighs the
-two; the paper's order is geometry / fusion alignment first, then memory and answering.
+output; category (cross-entropy of a training-only linear probe on every fused token H_t and
+every memory token M_t, the two things the memory stores, against the share of each semantic
+class in the token's patch, from the rendered instance masks); and the answer
+tokens' cross-entropy. A stage names which modules learn and weighs the losses; the paper's order
+is geometry / fusion alignment first, then memory and answering.
 
 Run directory (`out`): checkpoint/ (a VLM² checkpoint directory, loadable by every tool), and
 train_state.safetensors + train_state.json (optimiser moments, RNG states, stage and step) for
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -31,14 +35,18 @@ from ..atomic_io import atomic_file, write_json_atomic
 from ..engine.engine import SpatialMemoryEngine
 from ..evaluation.model_predictor import stream_episode
 from ..model.checkpoint import load_checkpoint, load_model, save_checkpoint
+from ..model.fusion import pool_to_grid
 from ..model.provenance import Provenance
 from ..model.vlm2 import VLM2Model
 from ..sim.episode import EpisodeDir
+from ..sim.scene import SEMANTIC_CLASSES
 from .config import MODULES, StageConfig, TrainConfig
 from .data import TrainingEpisode, load_training_set
 
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
 STREAMED_MEMORIES = "streamed_memories.safetensors"
+PROBE_PREFIX = "category_probe."
+LOSSES = ("loss_depth", "loss_category", "loss_answer")
 
 
 def weights_digest(model: torch.nn.Module, exclude: str) -> str:
@@ -65,9 +73,20 @@ def depth_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (predicted.clamp_min(1e-3).log() - target.clamp_min(1e-3).log()).abs()[valid].mean()
 
 
+def category_loss(logits: torch.Tensor, classes: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, float]:
+    """Soft-label cross-entropy of per-patch class logits [T,N,K] against the share of each class
+    among the patch's pixels (classes [T,H,W], N = grid h*w); and the accuracy of the logits'
+    argmax on each patch's majority class."""
+    shares = pool_to_grid(F.one_hot(classes.long(), logits.shape[-1]).float(), grid)   # [T,N,K]
+    loss = -(shares * logits.log_softmax(dim=-1)).sum(dim=-1).mean()
+    accuracy = (logits.argmax(dim=-1) == shares.argmax(dim=-1)).float().mean()
+    return loss, float(accuracy)
+
+
 def unroll(model: VLM2Model, episode: TrainingEpisode, use_pose: bool):
-    """Stream the clip through the model: (final stream, mean depth loss over its frames)."""
-    stream, losses = model.empty_stream(1), []
+    """Stream the clip through the model: (final stream, mean depth loss over its frames, the
+    tokens the memory stores for its frames: H_t and, with an episodic memory, M_t [T or 2T,N,C])."""
+    stream, losses, stored = model.empty_stream(1), [], []
     device = next(model.parameters()).device
     for t in range(episode.images.shape[0]):
         pose = episode.poses[t:t + 1].to(device) if use_pose else None
@@ -75,7 +94,8 @@ def unroll(model: VLM2Model, episode: TrainingEpisode, use_pose: bool):
                                        episode.poses[t:t + 1].double() if use_pose else None)
         stream, out = model.step(stream, episode.images[t:t + 1].to(device).float() / 255.0, provenance, pose)
         losses.append(depth_loss(out.depth, episode.depth[t:t + 1].to(device)))
-    return stream, torch.stack(losses).mean()
+        stored += [out.fused] if out.memory is None else [out.fused, out.memory]
+    return stream, torch.stack(losses).mean(), torch.cat(stored)
 
 
 def streamed_memory(engine: SpatialMemoryEngine, episode: TrainingEpisode) -> torch.Tensor:
@@ -121,6 +141,7 @@ class Trainer:
         self.rng = np.random.default_rng(config.seed)
         self.stage_index, self.stage_step, self.global_step = 0, 0, 0
         self._optimizer_state: dict | None = None
+        self._probe_state: dict | None = None
         if resume and has_state:
             self.model, self.weights = load_checkpoint(self.out / "checkpoint")
             self._load_state()
@@ -130,6 +151,10 @@ class Trainer:
             self.model, self.weights = load_model(config.preset, checkpoint_dir=config.init_checkpoint,
                                                   seed=config.seed, use_shipped=False)
         self.model.to(config.device).train()
+        # training-only head for the category loss; kept in the training state, not the checkpoint
+        self.category_probe = torch.nn.Linear(self.model.config.fusion.dim, len(SEMANTIC_CLASSES)).to(config.device)
+        if self._probe_state is not None:
+            self.category_probe.load_state_dict(self._probe_state)
         self.data = load_training_set(config.data, config.clip_frames, self.model.config.image_size)
         self._streamed: list[torch.Tensor] | None = None   # per sample, for "stream" stages
 
@@ -159,6 +184,7 @@ class Trainer:
     def _save_state(self, optimizer: torch.optim.Optimizer) -> None:
         state = optimizer.state_dict()
         tensors = {"torch_rng": torch.get_rng_state()}
+        tensors.update({PROBE_PREFIX + k: v.detach().cpu().contiguous() for k, v in self.category_probe.state_dict().items()})
         for index, moments in state["state"].items():
             for key, value in moments.items():
                 tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
@@ -174,6 +200,8 @@ class Trainer:
         self.stage_index, self.stage_step, self.global_step = meta["stage_index"], meta["stage_step"], meta["global_step"]
         self.rng.bit_generator.state = meta["numpy_rng"]
         torch.set_rng_state(tensors.pop("torch_rng"))
+        self._probe_state = {k[len(PROBE_PREFIX):]: tensors.pop(k) for k in list(tensors)
+                             if k.startswith(PROBE_PREFIX)} or None
         moments: dict[int, dict] = {}
         for key, value in tensors.items():
             _, index, name = key.split(".", 2)
@@ -189,18 +217,27 @@ class Trainer:
         self._save_state(optimizer)
 
     # ------------------------------------------------------------------ loop
-    def step_losses(self, stage: StageConfig) -> tuple[torch.Tensor, float, float]:
+    def step_losses(self, stage: StageConfig) -> tuple[torch.Tensor, dict[str, float]]:
+        """The stage's weighted loss for one step, and each loss (and the probe's accuracy) as
+        numbers for the log; a loss the stage does not compute is 0."""
         c = self.config
         picks = self.rng.choice(len(self.data), size=min(stage.episodes_per_step or c.episodes_per_step,
                                                           len(self.data)), replace=False)
         questions = stage.questions_per_episode or c.questions_per_episode
         if stage.memory == "stream":
             return self.streamed_answer_loss(stage, picks, questions)
-        total, depth_sum, answer_sum = 0.0, 0.0, 0.0
+        total, sums = 0.0, dict.fromkeys((*LOSSES, "category_accuracy"), 0.0)
         for index in picks:
             episode = self.data[int(index)]
-            stream, loss_depth = unroll(self.model, episode, bool(self.rng.random() < c.pose_probability))
+            stream, loss_depth, stored = unroll(self.model, episode, bool(self.rng.random() < c.pose_probability))
             loss = stage.depth_loss_weight * loss_depth
+            if stage.category_loss_weight > 0:
+                classes = episode.classes.repeat_interleave(len(stored) // len(episode.classes), dim=0)
+                loss_category, accuracy = category_loss(self.category_probe(stored), classes.to(stored.device),
+                                                        self.model.entry_grid)
+                loss = loss + stage.category_loss_weight * loss_category
+                sums["loss_category"] += float(loss_category.detach())
+                sums["category_accuracy"] += accuracy
             if stage.answer_loss_weight > 0:
                 asked = self.rng.choice(len(episode.prompts), size=min(questions, len(episode.prompts)),
                                         replace=False)
@@ -209,12 +246,12 @@ class Trainer:
                                                      [episode.prompts[i] for i in asked],
                                                      [episode.answers[i] for i in asked])
                 loss = loss + stage.answer_loss_weight * loss_answer
-                answer_sum += float(loss_answer.detach())
+                sums["loss_answer"] += float(loss_answer.detach())
             total = total + loss / len(picks)
-            depth_sum += float(loss_depth.detach())
-        return total, depth_sum / len(picks), answer_sum / len(picks)
+            sums["loss_depth"] += float(loss_depth.detach())
+        return total, {k: v / len(picks) for k, v in sums.items()}
 
-    def streamed_answer_loss(self, stage: StageConfig, picks, questions: int) -> tuple[torch.Tensor, float, float]:
+    def streamed_answer_loss(self, stage: StageConfig, picks, questions: int) -> tuple[torch.Tensor, dict[str, float]]:
         """All picked samples' questions in one teacher-forced batch over their streamed memories."""
         memories = self.stream_memories()
         tokens, prompts, answers = [], [], []
@@ -225,7 +262,8 @@ class Trainer:
             prompts.append([episode.prompts[i] for i in asked])
             answers.append([episode.answers[i] for i in asked])
         loss = self.model.bridge.loss_per_memory(torch.cat(tokens), prompts, answers)
-        return stage.answer_loss_weight * loss, 0.0, float(loss.detach())
+        return stage.answer_loss_weight * loss, {"loss_depth": 0.0, "loss_category": 0.0,
+                                                 "loss_answer": float(loss.detach()), "category_accuracy": 0.0}
 
     def run(self) -> Path:
         c = self.config
@@ -236,6 +274,8 @@ class Trainer:
         for self.stage_index in range(self.stage_index, len(c.stages)):
             stage = c.stages[self.stage_index]
             params = set_trainable(self.model, stage.train)
+            if stage.category_loss_weight > 0:
+                params += list(self.category_probe.parameters())
             optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=c.weight_decay)
             if self._optimizer_state is not None:          # resuming inside this stage
                 optimizer.load_state_dict(self._optimizer_state)
@@ -247,7 +287,7 @@ class Trainer:
             while self.stage_step < stage.steps:
                 for group in optimizer.param_groups:
                     group["lr"] = stage.lr * schedule(self.stage_step)
-                loss, loss_depth, loss_answer = self.step_losses(stage)
+                loss, metrics = self.step_losses(stage)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
@@ -255,12 +295,12 @@ class Trainer:
                 self.stage_step += 1
                 self.global_step += 1
                 bar.update(1)
-                bar.set_postfix(depth=f"{loss_depth:.3f}", answer=f"{loss_answer:.3f}")
+                bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in metrics.items() if v})
                 if self.stage_step % c.log_every == 0 or self.stage_step == stage.steps:
                     with log_path.open("a") as log:
                         log.write(json.dumps({"stage": stage.name, "step": self.global_step,
-                                              "loss": float(loss.detach()), "loss_depth": loss_depth,
-                                              "loss_answer": loss_answer, "lr": optimizer.param_groups[0]["lr"],
+                                              "loss": float(loss.detach()), **metrics,
+                                              "lr": optimizer.param_groups[0]["lr"],
                                               "seconds": round(time.perf_counter() - started, 1)}) + "\n")
                 if self.stage_step % c.checkpoint_every == 0:
                     self.save(optimizer)
@@ -282,11 +322,12 @@ def plot_curves(log_path: Path, png: Path) -> None:
     rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()] if log_path.exists() else []
     if not rows:
         return
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
     for ax, key, title in ((axes[0], "loss_depth", "depth: mean |log d - log d*|"),
-                           (axes[1], "loss_answer", "answer tokens: cross-entropy")):
+                           (axes[1], "loss_category", "patch category: cross-entropy"),
+                           (axes[2], "loss_answer", "answer tokens: cross-entropy")):
         for stage in dict.fromkeys(r["stage"] for r in rows):
-            points = [(r["step"], r[key]) for r in rows if r["stage"] == stage]
+            points = [(r["step"], r.get(key, 0.0)) for r in rows if r["stage"] == stage]
             if any(value for _, value in points):      # a loss the stage does not compute is logged as 0
                 ax.plot(*zip(*points), label=stage)
         ax.set(xlabel="step", title=title)
