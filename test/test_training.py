@@ -11,7 +11,6 @@ from safetensors.torch import load_file
 from vlm2_ros.cli import main
 from vlm2_ros.training.config import TrainConfigError, load_train_config
 from vlm2_ros.training.data import clip_indices
-from vlm2_ros.training.trainer import set_trainable
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +31,19 @@ def write_config(path, **overrides):
     config.update(overrides)
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def fit(trainer, stage, steps: int):
+    """Plain AdamW steps (lr 3e-3) on the stage's losses: the first step's metrics and the last's."""
+    optimizer = torch.optim.AdamW(trainer.trainable_parameters(stage), lr=3e-3)
+    history = []
+    for _ in range(steps):
+        loss, metrics = trainer.step_losses(stage)
+        history.append(metrics)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return history[0], history[-1]
 
 
 def test_clip_ends_at_the_question_frame():
@@ -95,16 +107,7 @@ def test_fitting_one_sample_lowers_both_losses(data):
                                                                        "bridge"], lr=3e-3, warmup_steps=0)])
     trainer = Trainer(config, progress=False)
     trainer.data = trainer.data[:1]
-    stage = config.stages[0]
-    params = set_trainable(trainer.model, stage.train)
-    optimizer = torch.optim.AdamW(params, lr=3e-3)
-    first = None
-    for _ in range(12):
-        loss, metrics = trainer.step_losses(stage)
-        first = first or metrics
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    first, metrics = fit(trainer, config.stages[0], steps=12)
     assert metrics["loss_depth"] < first["loss_depth"] and metrics["loss_answer"] < 0.5 * first["loss_answer"]
 
 
@@ -118,15 +121,7 @@ def test_category_stage_teaches_the_fused_tokens_what_is_where(data):
                          pose_probability=1.0, stages=[stage])
     trainer = Trainer(config, progress=False)
     trainer.data = trainer.data[:1]
-    params = set_trainable(trainer.model, stage.train) + list(trainer.category_probe.parameters())
-    optimizer = torch.optim.AdamW(params, lr=3e-3)
-    first = None
-    for _ in range(15):
-        loss, metrics = trainer.step_losses(stage)
-        first = first or metrics
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    first, metrics = fit(trainer, stage, steps=15)
     assert metrics["loss_depth"] > 0 and metrics["loss_answer"] == 0        # computed, not trained
     assert metrics["loss_category"] < 0.5 * first["loss_category"]
     assert metrics["category_accuracy"] > first["category_accuracy"]
@@ -190,16 +185,8 @@ def test_stream_stage_memory_is_the_inference_memory_and_training_lowers_the_los
     again.stream_memories()
     assert len(calls) == 1             # other weights: streamed again
     trainer.model.train()
-    params = set_trainable(trainer.model, stage.train)
-    optimizer = torch.optim.AdamW(params, lr=3e-3)
-    first = None
-    for _ in range(10):
-        loss, metrics = trainer.step_losses(stage)
-        first = first or metrics["loss_answer"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    assert metrics["loss_depth"] == 0.0 and metrics["loss_answer"] < 0.5 * first
+    first, metrics = fit(trainer, stage, steps=10)
+    assert metrics["loss_depth"] == 0.0 and metrics["loss_answer"] < 0.5 * first["loss_answer"]
 
 
 @pytest.mark.parametrize("stage", [

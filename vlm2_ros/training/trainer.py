@@ -217,6 +217,13 @@ class Trainer:
         self._save_state(optimizer)
 
     # ------------------------------------------------------------------ loop
+    def trainable_parameters(self, stage: StageConfig) -> list[torch.nn.Parameter]:
+        """The parameters a stage trains: its modules', and the category probe's when it weighs that loss."""
+        params = set_trainable(self.model, stage.train)
+        if stage.category_loss_weight > 0:
+            params += list(self.category_probe.parameters())
+        return params
+
     def step_losses(self, stage: StageConfig) -> tuple[torch.Tensor, dict[str, float]]:
         """The stage's weighted loss for one step, and each loss (and the probe's accuracy) as
         numbers for the log; a loss the stage does not compute is 0."""
@@ -273,9 +280,7 @@ class Trainer:
         optimizer = None
         for self.stage_index in range(self.stage_index, len(c.stages)):
             stage = c.stages[self.stage_index]
-            params = set_trainable(self.model, stage.train)
-            if stage.category_loss_weight > 0:
-                params += list(self.category_probe.parameters())
+            params = self.trainable_parameters(stage)
             optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=c.weight_decay)
             if self._optimizer_state is not None:          # resuming inside this stage
                 optimizer.load_state_dict(self._optimizer_state)
