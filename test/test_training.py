@@ -75,6 +75,8 @@ def test_two_stage_run_writes_a_checkpoint_and_resumes(data, tmp_path):
     assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
     meta = json.loads((run / "checkpoint" / "vlm2_config.json").read_text())
     assert meta["trained_with"]["global_step"] == 4 and meta["trained_with"]["episodes"] == 2
+    assert meta["trained_with"]["data_set"] == {"seed": 11, "episodes": 2, "frames": 12, "width": 64, "height": 48,
+                                                "fps": 10.0, "per_task": 1, "style": "walk"}
     engine = SpatialMemoryEngine.from_preset("tiny", checkpoint_dir=run / "checkpoint")
     assert engine.weights.startswith("checkpoint@sha256:")
     with pytest.raises(SystemExit, match="--resume"):

@@ -86,7 +86,8 @@ def write_dataset(out: Path, seed: int, episodes: int, frames: int, width: int, 
             index.append({"episode_id": ep.spec.episode_id, "seed": ep.spec.seed, "style": ep.spec.style,
                           "scene_name": ep.scene.name, "questions": len(qs)})
         write_json_atomic(tmp / "dataset.json", {"seed": seed, "episodes": index, "frames": frames,
-                                                 "width": width, "height": height, "fps": fps})
+                                                 "width": width, "height": height, "fps": fps,
+                                                 "per_task": per_task, "style": style})
     return {"episodes": episodes, "frames": frames, "questions": n_questions,
             "seconds": round(time.perf_counter() - t0, 3), "out": str(out)}
 

@@ -119,6 +119,16 @@ def set_trainable(model: VLM2Model, modules: list[str]) -> list[torch.nn.Paramet
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def data_set_record(data: str | Path) -> dict | None:
+    """What `vlm2 sim dataset` recorded about the training data (seed, sizes, episode count), so a
+    checkpoint says how to make its data again; None for data without a dataset.json."""
+    try:
+        record = json.loads((Path(data) / "dataset.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return {**{k: v for k, v in record.items() if k != "episodes"}, "episodes": len(record.get("episodes", []))}
+
+
 def code_version() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -211,7 +221,8 @@ class Trainer:
     def save(self, optimizer: torch.optim.Optimizer) -> None:
         c = self.config
         save_checkpoint(self.model, self.out / "checkpoint", trained_with={
-            "data": str(c.data), "episodes": len({e.episode_id for e in self.data}), "samples": len(self.data),
+            "data": str(c.data), "data_set": data_set_record(c.data),
+            "episodes": len({e.episode_id for e in self.data}), "samples": len(self.data),
             "code_version": code_version(), "config": c.to_dict(), "global_step": self.global_step,
             "stage": c.stages[min(self.stage_index, len(c.stages) - 1)].name, "init_weights": self.weights})
         self._save_state(optimizer)
