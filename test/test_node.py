@@ -19,6 +19,7 @@ from action_msgs.msg import GoalStatus  # noqa: E402
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 
+from vlm2_ros.engine.answer import build_prompt  # noqa: E402
 from vlm2_ros.model.checkpoint import build_model, save_checkpoint  # noqa: E402
 from vlm2_ros.model.presets import preset_config  # noqa: E402
 from vlm2_ros.ros.image_conversion import ns_to_stamp  # noqa: E402
@@ -134,7 +135,8 @@ def test_query_service_answers_with_evidence_from_the_episode(harness, stamps):
     while not harness.client.answers and time.monotonic() < deadline:
         time.sleep(0.05)
     echoed = json.loads(harness.client.answers[-1])
-    assert echoed["question"] == "How many chairs are in the room?" and echoed["answer"] == response.answer
+    assert echoed["question"] == build_prompt("How many chairs are in the room?")     # as the model read it
+    assert echoed["answer"] == response.answer
 
 
 def test_multiple_choice_request_is_typed(harness):

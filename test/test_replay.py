@@ -9,7 +9,6 @@ from rosbags.typesys import Stores, get_typestore
 
 from vlm2_ros.bag_stream import BagError, iter_frames, open_bag, resolve_topics
 from vlm2_ros.cli import main
-from vlm2_ros.replay import question_text
 
 TS = get_typestore(Stores.ROS2_KILTED)
 T = TS.types
@@ -84,7 +83,8 @@ def test_replay_cli_ingests_bag_and_cites_bag_stamps(tmp_path, capsys):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["frames_ingested"] == 11 and summary["frames_skipped"] == 1 and summary["questions"] == 2
     answers = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
-    assert answers[0]["question"] == "Which is closer to the camera?\nA. chair\nB. lamp"
+    assert answers[0]["question"] == ("Which is closer to the camera?\nOptions:\nA. chair\nB. lamp\n"
+                                      "Answer with the option's letter from the given choices directly.")
     assert answers[0]["kind"] == "choice" and answers[0]["ground_truth"] == "A"
     assert answers[1]["kind"] == "number"
     for a in answers:
@@ -104,7 +104,16 @@ def test_replay_errors_are_clear(tmp_path, capsys):
     assert "bad.jsonl:2" in capsys.readouterr().err
 
 
-def test_question_text_lists_options_vsi_style():
-    assert question_text({"question": "Q?", "options": ["A. x", "B. y"]}) == "Q?\nA. x\nB. y"
-    assert question_text({"question": "Q?", "options": ["x", "y"]}) == "Q?\nA. x\nB. y"
-    assert question_text({"question": " Q? "}) == "Q?"
+def test_every_way_into_the_engine_builds_the_prompt_the_model_learnt():
+    from vlm2_ros.engine.answer import CHOICE_INSTRUCTION, OPEN_INSTRUCTION, build_prompt
+    from vlm2_ros.evaluation.predictors import format_prompt
+    from vlm2_ros.ros.queries import prepare_question
+
+    choice = "Q?\nOptions:\nA. x\nB. y\n" + CHOICE_INSTRUCTION
+    assert build_prompt("Q?", ["A. x", "B. y"]) == build_prompt(" Q? ", ["x", "y"]) == choice
+    # evaluation, training and replay read records; the node reads a request's fields
+    assert format_prompt({"question": "Q?", "options": ["A. x", "B. y"], "question_type": "route_planning"}) == choice
+    assert prepare_question("Q?", ["x", "y"], 0, 0.0, max_length=1000, default_timeout_s=1.0).text == choice
+    assert format_prompt({"question": "How far?"}) == "How far?\n" + OPEN_INSTRUCTION
+    assert prepare_question("How far?", [], 1, 0.0, max_length=1000, default_timeout_s=1.0).text == \
+        "How far?\n" + OPEN_INSTRUCTION

@@ -18,18 +18,7 @@ from tqdm import tqdm
 
 from .atomic_io import write_bytes_atomic, write_json_atomic
 from .bag_stream import BagError, count_images, iter_frames, open_bag, resolve_topics
-
-
-def question_text(record: dict) -> str:
-    """The question as the model reads it: VSI-Bench style, options listed as "A. ..." lines."""
-    question = str(record["question"]).strip()
-    options = record.get("options") or []
-    lines = []
-    for i, option in enumerate(options):
-        option = str(option).strip()
-        letter = chr(ord("A") + i)
-        lines.append(option if option[:2] in (f"{letter}.", f"{letter})") else f"{letter}. {option}")
-    return "\n".join([question, *lines]) if lines else question
+from .evaluation.predictors import format_prompt
 
 
 def read_questions(path: Path) -> list[dict]:
@@ -115,7 +104,7 @@ def replay_offline(args: argparse.Namespace, records: list[dict]) -> tuple[dict,
     status = engine.status()
     answers = []
     for record in records:
-        text = question_text(record)
+        text = format_prompt(record)
         answer = engine.query(text)
         row = {"question": text, "answer": answer.text, "kind": answer.kind, "value": answer.value,
                "choice": answer.choice, "confidence": answer.confidence, "latency_s": answer.latency_s,

@@ -3,9 +3,17 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 ANSWER_KINDS = ("number", "choice", "text")
+
+# The prompt the model reads is VSI-Bench's as lmms-eval evaluates it: the question, its options
+# under "Options:", then an instruction for the form of the answer. The embedded model learnt
+# from exactly this text, so every way into the engine (node, replay, evaluation, training)
+# builds it with build_prompt.
+CHOICE_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+OPEN_INSTRUCTION = "Please answer the question using a single word or phrase."
 
 # An option line or inline option: "A. chair", "(B) sofa", "C) lamp".
 _OPTION = re.compile(r"(?:^|[\s(])([A-H])(?:\.|\))\s+\S", re.MULTILINE)
@@ -41,6 +49,17 @@ class Answer:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def build_prompt(question: str, options: Sequence[str] = ()) -> str:
+    """The model's prompt for a question and its options ("chair" or already lettered "A. chair")."""
+    lines = []
+    for i, option in enumerate(options):
+        option, letter = str(option).strip(), chr(ord("A") + i)
+        lines.append(option if option[:2] in (f"{letter}.", f"{letter})") else f"{letter}. {option}")
+    if lines:
+        return "\n".join([question.strip(), "Options:", *lines, CHOICE_INSTRUCTION])
+    return f"{question.strip()}\n{OPEN_INSTRUCTION}"
 
 
 def question_options(question: str) -> list[str]:

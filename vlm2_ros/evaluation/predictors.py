@@ -12,17 +12,12 @@ from collections import Counter
 
 import numpy as np
 
+from ..engine.answer import build_prompt
 from ..sim.questions import MC_TASKS
 
-MC_POST_PROMPT = "Answer with the option's letter from the given choices directly."
-NA_POST_PROMPT = "Please answer the question using a single word or phrase."
-
-
 def format_prompt(record: dict) -> str:
-    """The text a model sees, VSI-Bench / lmms-eval style (options inline, then the instruction)."""
-    if record["question_type"] in MC_TASKS:
-        return "\n".join([record["question"], "Options:", *record["options"], MC_POST_PROMPT])
-    return record["question"] + "\n" + NA_POST_PROMPT
+    """The text a model sees for a question record (engine.answer.build_prompt)."""
+    return build_prompt(str(record["question"]), record.get("options") or ())
 
 
 def option_texts(record: dict) -> dict[str, str]:

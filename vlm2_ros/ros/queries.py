@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from vlm2_ros.camera import rotation_to_quaternion
-from vlm2_ros.engine.answer import Answer, parse_choice, parse_number, question_options
+from vlm2_ros.engine.answer import Answer, build_prompt, parse_choice, parse_number, question_options
 from vlm2_ros.engine.engine import NotReadyError, QueryCanceled, QueryError, SpatialMemoryEngine
 from vlm2_ros.ros.image_conversion import ns_to_stamp
 
@@ -46,7 +46,7 @@ class QueryFailure(Exception):
 
 @dataclass(frozen=True)
 class Question:
-    text: str                   # what the engine is asked (options appended as "A. ...")
+    text: str                   # what the engine is asked (engine.answer.build_prompt)
     answer_type: int            # ANSWER_* hint from the request
     option_letters: tuple[str, ...]
     timeout_s: float
@@ -79,10 +79,11 @@ def prepare_question(question: str, options: list[str], answer_type: int, timeou
     if len(options) == 1:
         raise QueryFailure("INVALID_REQUEST", "a multiple-choice question needs at least 2 options")
     letters = OPTION_LETTERS[: len(options)]
-    text = question.strip() + "".join(f"\n{letter}. {option.strip()}" for letter, option in zip(letters, options))
+    text = build_prompt(question, options)
     if len(text) > max_length:
-        raise QueryFailure("QUESTION_TOO_LONG", f"question has {len(text)} characters (options included); "
-                                                f"the limit is {max_length} (query.max_question_length)")
+        raise QueryFailure("QUESTION_TOO_LONG", f"question has {len(text)} characters (options and the answer "
+                                                f"instruction included); the limit is {max_length} "
+                                                f"(query.max_question_length)")
     return Question(text, answer_type, tuple(letters), timeout_s or default_timeout_s)
 
 
