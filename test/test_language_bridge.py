@@ -175,16 +175,17 @@ def test_causal_generate_relevance_and_memory_effect(causal_bridge):
 def test_samples_share_the_prompt_and_are_reproducible(bridge_name, request, monkeypatch):
     bridge = request.getfixturevalue(bridge_name)
     mem = memory(8, bridge.config.memory_dim)[:1]
-    drawn = bridge.sample(mem, QUESTIONS[0], num_samples=12, max_new_tokens=4, seed=5)
-    assert len(drawn) == 12 and all(isinstance(t, str) for t in drawn)
-    assert drawn == bridge.sample(mem, QUESTIONS[0], num_samples=12, max_new_tokens=4, seed=5)
-    assert len(set(drawn)) > 1                       # random weights: a flat distribution
-    assert bridge.sample(mem, QUESTIONS[0], 3, should_stop=lambda: True) is None
+    alone = bridge.generate(mem, QUESTIONS[0], max_new_tokens=4)
+    out = bridge.generate(mem, QUESTIONS[0], max_new_tokens=4, num_samples=12, seed=5)
+    assert alone.samples == () and len(out.samples) == 12 and all(isinstance(t, str) for t in out.samples)
+    assert out.text == alone.text and out.token_ids == alone.token_ids       # the greedy row is unchanged
+    assert out.samples == bridge.generate(mem, QUESTIONS[0], max_new_tokens=4, num_samples=12, seed=5).samples
+    assert len(set(out.samples)) > 1                 # random weights: a flat distribution
+    assert bridge.generate(mem, QUESTIONS[0], num_samples=3, should_stop=lambda: True) is None
     # every row drawing its most likely token gives the greedy answer: the rows' shared keys/values
-    # and positions are those of generate's single row
+    # and positions are those of a generation without samples
     monkeypatch.setattr(torch, "multinomial", lambda probs, n, generator=None: probs.argmax(-1, keepdim=True))
-    greedy = bridge.generate(mem, QUESTIONS[0], max_new_tokens=4).text
-    assert bridge.sample(mem, QUESTIONS[0], num_samples=4, max_new_tokens=4) == [greedy] * 4
+    assert bridge.generate(mem, QUESTIONS[0], max_new_tokens=4, num_samples=4).samples == (alone.text,) * 4
 
 
 def test_frozen_language_model_still_trains_the_projector(tiny_dir):

@@ -1,4 +1,6 @@
 """Number answers decoded by minimum Bayes risk over the model's samples, with MRA as the gain."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -31,18 +33,24 @@ def test_engine_answers_numbers_from_samples(tiny_model_factory, monkeypatch):
     engine = SpatialMemoryEngine(tiny_model_factory(), weights="test")
     for i, frame in enumerate(make_frames(3)):
         engine.ingest(frame, 1_000 + i)
-    drawn = []
-    monkeypatch.setattr(engine.model.bridge, "sample",
-                        lambda tokens, question, n, **kw: drawn.append(n) or ["10", "11", "12", "100"])
+    drawn, generate = [], engine.model.bridge.generate
+
+    def with_samples(tokens, question, **kwargs):       # the model's own samples, replaced by known ones
+        drawn.append(kwargs.get("num_samples", 0))
+        out = generate(tokens, question, **kwargs)
+        return dataclasses.replace(out, samples=("10", "11", "12", "100")) if out.samples else out
+
+    monkeypatch.setattr(engine.model.bridge, "generate", with_samples)
     answer = engine.query(NUMBER_QUESTION)
     assert drawn == [16] and answer.value == 11 and answer.text == "11"
     assert answer.confidence == pytest.approx(0.7) and answer.evidence
     engine.query("Which is nearer?\nA. sofa\nB. lamp")                # a choice: no samples drawn
-    assert drawn == [16]
+    assert drawn == [16, 0]
     greedy = SpatialMemoryEngine(engine.model, weights="test", number_samples=0)
     for i, frame in enumerate(make_frames(3)):
         greedy.ingest(frame, 1_000 + i)
-    assert greedy.query(NUMBER_QUESTION).text == engine.model.bridge.generate(
-        greedy.model.read_memory(greedy.stream).tokens, NUMBER_QUESTION).text and drawn == [16]
+    text = greedy.query(NUMBER_QUESTION).text
+    assert drawn == [16, 0, 0]                                          # number_samples 0: greedy
+    assert text == generate(greedy.model.read_memory(greedy.stream).tokens, NUMBER_QUESTION).text
     with pytest.raises(ValueError, match="number_samples"):
         SpatialMemoryEngine(engine.model, weights="test", number_samples=-1)

@@ -251,22 +251,16 @@ class SpatialMemoryEngine:
         on_stage = on_stage or (lambda stage: None)
         kind = expected_answer_kind(question)
         max_new_tokens = max_new_tokens or self.max_new_tokens
-        decision = None
         with torch.inference_mode():
             on_stage("reading_memory")
             readout = self.model.read_memory(stream)
             on_stage("generating")
-            generated = self.model.bridge.generate(readout.tokens, question, max_new_tokens=max_new_tokens,
-                                                   should_stop=should_stop)
-            if generated is not None and kind == "number" and self.number_samples:
-                samples = self.model.bridge.sample(readout.tokens, question, self.number_samples,
-                                                   max_new_tokens=max_new_tokens, should_stop=should_stop)
-                if samples is None:
-                    generated = None
-                else:
-                    decision = decode_number(samples)
+            generated = self.model.bridge.generate(
+                readout.tokens, question, max_new_tokens=max_new_tokens, should_stop=should_stop,
+                num_samples=self.number_samples if kind == "number" else 0)
         if generated is None:
             raise QueryCanceled("query canceled before the answer was complete")
+        decision = decode_number(generated.samples)
         if decision is not None:
             text, confidence = f"{decision.value:g}", decision.expected_accuracy
         else:

@@ -10,6 +10,7 @@ relative accuracy the model expects of its own answer.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +34,7 @@ def relative_accuracy(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return (relative_error[..., None] <= 1 - MRA_THRESHOLDS).mean(axis=-1)
 
 
-def decode_number(samples: list[str]) -> NumberDecision | None:
+def decode_number(samples: Sequence[str]) -> NumberDecision | None:
     """The minimum-Bayes-risk value among the numbers in `samples`; None when none holds one.
     A sample of 0 can be the answer but not a truth to score against (MRA divides by it)."""
     values = np.array([v for v in map(parse_number, samples) if v is not None])

@@ -36,9 +36,9 @@ generated answer tokens (the first step's when the answer is empty). A distribut
 tokens that sums to 1: a representation-similarity signal, not an attention map or a causal
 attribution.
 
-`sample` draws several answers from the model's own distribution (temperature 1) in one batch
-that shares the prompt's keys/values; the engine decodes number answers from them (see
-engine/number_decoding.py).
+`generate` can also draw several answers from the model's own distribution (temperature 1), in
+the same batch as the greedy answer, sharing the prompt's keys/values; the engine decodes number
+answers from them (see engine/number_decoding.py).
 """
 from __future__ import annotations
 
@@ -97,6 +97,7 @@ class GeneratedText:
     token_ids: list[int]
     token_probs: list[float]          # probability of each generated answer token (EOS excluded)
     memory_relevance: torch.Tensor    # [M] float32, sums to 1
+    samples: tuple[str, ...] = ()     # answers drawn by sampling (generate's num_samples)
 
 
 @dataclass(frozen=True)
@@ -327,16 +328,20 @@ class LanguageBridge(nn.Module):
     @torch.no_grad()
     def generate(self, memory_tokens: torch.Tensor, question: str, max_new_tokens: int = 16,
                  entry_grid: tuple[int, int] | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> GeneratedText | None:
-        """Greedy answer for one memory set: memory_tokens [1,M,C_in].
+                 should_stop: Callable[[], bool] | None = None,
+                 num_samples: int = 0, seed: int = 0) -> GeneratedText | None:
+        """Greedy answer for one memory set: memory_tokens [1,M,C_in]; with `num_samples`, also
+        that many answers drawn by ancestral sampling (temperature 1, deterministic in `seed`).
+        The prompt runs once: greedy row and samples decode as one batch sharing its keys/values.
 
         `should_stop` is polled before every decoding step; when it returns True generation stops
         and None is returned (a canceled query frees the model within one token)."""
         if memory_tokens.ndim != 3 or memory_tokens.shape[0] != 1:
             raise ValueError(f"generate takes one memory set [1,M,C], got {tuple(memory_tokens.shape)}")
-        if max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be >= 1")
-        batch = self.encode_prompts(memory_tokens.shape[1], [question], None, memory_tokens.device)
+        if max_new_tokens < 1 or num_samples < 0:
+            raise ValueError("max_new_tokens must be >= 1 and num_samples >= 0")
+        device = memory_tokens.device
+        batch = self.encode_prompts(memory_tokens.shape[1], [question], None, device)
         positions = self.position_ids(batch, entry_grid)
         out = self.decoder(inputs_embeds=self._inputs_embeds(memory_tokens, batch),
                            attention_mask=batch.attention_mask, position_ids=positions, use_cache=True)
@@ -344,75 +349,44 @@ class LanguageBridge(nn.Module):
         keys = out.last_hidden_state[0, s:s + m].float()                             # [M,d]
         scale = 1.0 / math.sqrt(keys.shape[-1])
         next_position = int(positions[..., -1].max()) + 1
-        hidden, past = out.last_hidden_state[0, -1], out.past_key_values
-        tokens: list[int] = []
-        probs: list[float] = []
+        rows = 1 + num_samples                                                       # R: greedy row 0, then samples
+        past = out.past_key_values
+        if num_samples:
+            past.batch_select_indices(torch.zeros(rows, dtype=torch.long, device=device))   # [R,...] per layer
+            generator = torch.Generator(device=device).manual_seed(seed)
+        hidden = out.last_hidden_state[:, -1].expand(rows, -1)                       # [R,d]
+        eos = torch.tensor(sorted(self.eos_token_ids), device=device)
+        tokens = torch.zeros(rows, 0, dtype=torch.long, device=device)               # [R,t]
+        finished = torch.zeros(rows, dtype=torch.bool, device=device)
+        lengths = torch.full((rows,), max_new_tokens, dtype=torch.long, device=device)
+        probs: list[float] = []                                                      # greedy row's
         relevance: list[torch.Tensor] = []
         for step in range(max_new_tokens):
             if should_stop is not None and should_stop():
                 return None
-            distribution = torch.softmax(self.lm_head(hidden).float(), dim=-1)
-            token = int(distribution.argmax())
-            step_relevance = torch.softmax(keys @ hidden.float() * scale, dim=0)
-            if token in self.eos_token_ids:
-                if not relevance:
-                    relevance.append(step_relevance)
-                break
-            tokens.append(token)
-            probs.append(float(distribution[token]))
-            relevance.append(step_relevance)
-            if step == max_new_tokens - 1:
-                break
-            embed = self.embed_tokens(torch.tensor([[token]], device=memory_tokens.device))
-            position = torch.full((1, 1), next_position + step, dtype=torch.long, device=memory_tokens.device)
-            if self._rope_index is not None:
-                position = position.expand(3, 1, 1)
-            out = self.decoder(inputs_embeds=embed, position_ids=position, past_key_values=past, use_cache=True)
-            hidden, past = out.last_hidden_state[0, -1], out.past_key_values
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
-        return GeneratedText(text, tokens, probs, torch.stack(relevance).mean(dim=0).cpu())
-
-    @torch.no_grad()
-    def sample(self, memory_tokens: torch.Tensor, question: str, num_samples: int, max_new_tokens: int = 16,
-               entry_grid: tuple[int, int] | None = None, seed: int = 0,
-               should_stop: Callable[[], bool] | None = None) -> list[str] | None:
-        """num_samples answers drawn by ancestral sampling for one memory set [1,M,C_in]: the prompt
-        runs once, its keys/values are shared by every row. Deterministic in `seed`; None when
-        `should_stop` (polled before every step) returns True."""
-        if memory_tokens.ndim != 3 or memory_tokens.shape[0] != 1:
-            raise ValueError(f"sample takes one memory set [1,M,C], got {tuple(memory_tokens.shape)}")
-        if num_samples < 1 or max_new_tokens < 1:
-            raise ValueError("num_samples and max_new_tokens must be >= 1")
-        device = memory_tokens.device
-        batch = self.encode_prompts(memory_tokens.shape[1], [question], None, device)
-        positions = self.position_ids(batch, entry_grid)
-        out = self.decoder(inputs_embeds=self._inputs_embeds(memory_tokens, batch),
-                           attention_mask=batch.attention_mask, position_ids=positions, use_cache=True)
-        past = out.past_key_values
-        past.batch_select_indices(torch.zeros(num_samples, dtype=torch.long, device=device))   # [K,...] per layer
-        hidden = out.last_hidden_state[:, -1].expand(num_samples, -1)                           # [K,d]
-        next_position = int(positions[..., -1].max()) + 1
-        generator = torch.Generator(device=device).manual_seed(seed)
-        eos = torch.tensor(sorted(self.eos_token_ids), device=device)
-        rows = torch.zeros(num_samples, 0, dtype=torch.long, device=device)                   # [K,t]
-        finished = torch.zeros(num_samples, dtype=torch.bool, device=device)
-        lengths = torch.full((num_samples,), max_new_tokens, dtype=torch.long, device=device)
-        for step in range(max_new_tokens):
-            if should_stop is not None and should_stop():
-                return None
-            probs = torch.softmax(self.lm_head(hidden).float(), dim=-1)                         # [K,V]
-            token = torch.multinomial(probs, 1, generator=generator)                            # [K,1]
+            distribution = torch.softmax(self.lm_head(hidden).float(), dim=-1)      # [R,V]
+            token = distribution[:1].argmax(dim=-1, keepdim=True)                    # [1,1]
+            if num_samples:
+                token = torch.cat([token, torch.multinomial(distribution[1:], 1, generator=generator)])  # [R,1]
             ended = torch.isin(token[:, 0], eos) & ~finished
+            if not finished[0]:
+                step_relevance = torch.softmax(keys @ hidden[0].float() * scale, dim=0)
+                if not ended[0]:
+                    probs.append(float(distribution[0, token[0, 0]]))
+                    relevance.append(step_relevance)
+                elif not relevance:
+                    relevance.append(step_relevance)
             lengths[ended] = step
             finished |= ended
-            rows = torch.cat([rows, token], dim=1)
+            tokens = torch.cat([tokens, token], dim=1)
             if bool(finished.all()) or step == max_new_tokens - 1:
                 break
-            position = torch.full((num_samples, 1), next_position + step, dtype=torch.long, device=device)
+            position = torch.full((rows, 1), next_position + step, dtype=torch.long, device=device)
             if self._rope_index is not None:
                 position = position.unsqueeze(0).expand(3, -1, -1)
             out = self.decoder(inputs_embeds=self.embed_tokens(token), position_ids=position, past_key_values=past,
                                use_cache=True)
             hidden = out.last_hidden_state[:, -1]
-        return [self.tokenizer.decode(row[:n].tolist(), skip_special_tokens=True).strip()
-                for row, n in zip(rows, lengths.tolist())]
+        answers = [tokens[r, :lengths[r]].tolist() for r in range(rows)]
+        text = [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in answers]
+        return GeneratedText(text[0], answers[0], probs, torch.stack(relevance).mean(dim=0).cpu(), tuple(text[1:]))
