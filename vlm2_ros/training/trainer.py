@@ -46,7 +46,7 @@ from .data import TrainingEpisode, load_training_set
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
 STREAMED_MEMORIES = "streamed_memories.safetensors"
 PROBE_PREFIX = "category_probe."
-LOSSES = ("loss_depth", "loss_category", "loss_answer")
+METRICS = ("loss_depth", "loss_category", "loss_answer", "category_accuracy")   # logged every step
 
 
 def weights_digest(model: torch.nn.Module, exclude: str) -> str:
@@ -244,7 +244,7 @@ class Trainer:
         questions = stage.questions_per_episode or c.questions_per_episode
         if stage.memory == "stream":
             return self.streamed_answer_loss(stage, picks, questions)
-        total, sums = 0.0, dict.fromkeys((*LOSSES, "category_accuracy"), 0.0)
+        total, sums = 0.0, dict.fromkeys(METRICS, 0.0)
         for index in picks:
             episode = self.data[int(index)]
             stream, loss_depth, stored = unroll(self.model, episode, bool(self.rng.random() < c.pose_probability))
@@ -280,8 +280,7 @@ class Trainer:
             prompts.append([episode.prompts[i] for i in asked])
             answers.append([episode.answers[i] for i in asked])
         loss = self.model.bridge.loss_per_memory(torch.cat(tokens), prompts, answers)
-        return stage.answer_loss_weight * loss, {"loss_depth": 0.0, "loss_category": 0.0,
-                                                 "loss_answer": float(loss.detach()), "category_accuracy": 0.0}
+        return stage.answer_loss_weight * loss, {**dict.fromkeys(METRICS, 0.0), "loss_answer": float(loss.detach())}
 
     def run(self) -> Path:
         c = self.config
