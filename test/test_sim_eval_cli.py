@@ -114,3 +114,15 @@ def test_bench_render_reports_rates(tmp_path):
     assert result["fps_64x48"] > 0 and result["seconds_64x48"] > 0
     with pytest.raises(SystemExit, match="bad resolution"):
         main(["bench", "render", "--frames", "1", "--resolutions", "64by48"])
+
+
+def test_eval_number_samples_reach_the_model():
+    import argparse
+
+    from vlm2_ros.engine.number_decoding import DEFAULT_NUMBER_SAMPLES
+    from vlm2_ros.evaluation.cli import make_predictors
+
+    for samples in (0, DEFAULT_NUMBER_SAMPLES):                                # 0: greedy numbers
+        args = argparse.Namespace(predictor=["model"], preset="tiny", memory=None, device="cpu", checkpoint_dir=None,
+                                  seed=0, number_samples=samples)
+        assert [p.engine.number_samples for p in make_predictors(args)] == [samples]

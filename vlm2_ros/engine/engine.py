@@ -27,7 +27,7 @@ from ..model.provenance import Provenance
 from ..model.vlm2 import StreamState, VLM2Model
 from ..model.working_memory import WorkingMemory
 from .answer import Answer, Evidence, expected_answer_kind, parse_choice, parse_number, question_options
-from .number_decoding import decode_number
+from .number_decoding import DEFAULT_NUMBER_SAMPLES, decode_number
 from .snapshot import SnapshotError, read_snapshot, write_snapshot
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -89,7 +89,7 @@ def resolve_dtype(dtype: str) -> torch.dtype:
 
 class SpatialMemoryEngine:
     def __init__(self, model: VLM2Model, *, weights: str, device: str = "cpu", dtype: str = "fp32",
-                 max_new_tokens: int = 16, number_samples: int = 16, max_question_chars: int = 1000,
+                 max_new_tokens: int = 16, number_samples: int = DEFAULT_NUMBER_SAMPLES, max_question_chars: int = 1000,
                  evidence_top_k: int = 3, backend: str = "torch", onnx_dir: str | Path | None = None,
                  onnx_provider: str = "auto", onnx_fallback: bool = False):
         """`backend` runs the per-frame hot path: "torch", or "onnx" (ONNX Runtime on an export

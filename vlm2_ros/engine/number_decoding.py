@@ -17,6 +17,8 @@ import numpy as np
 
 from .answer import parse_number
 
+DEFAULT_NUMBER_SAMPLES = 16     # answers drawn per number question (the node's model.number_samples)
+
 # VSI-Bench's relative-accuracy thresholds (evaluation/metrics.py scores with the same ones)
 MRA_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 

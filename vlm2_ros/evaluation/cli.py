@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..atomic_io import write_json_atomic
+from ..engine.number_decoding import DEFAULT_NUMBER_SAMPLES
 from ..model.dual_memory import MEMORY_MODES
 
 
@@ -21,6 +22,9 @@ def register(subparsers) -> None:
                         "dual, each its own column; default: the checkpoint's)")
     p.add_argument("--checkpoint-dir", default=None)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--number-samples", type=int, default=DEFAULT_NUMBER_SAMPLES,
+                   help="--predictor model: answers drawn per number question (minimum Bayes risk, as "
+                        "model.number_samples); 0: greedy")
     p.add_argument("--seed", type=int, default=0, help="seed of the chance baseline")
     p.add_argument("--limit", type=int, default=None, help="score only the first N questions")
     p.add_argument("--json", type=Path, default=None,
@@ -53,7 +57,8 @@ def make_predictors(args: argparse.Namespace) -> list:
             predictors.append(FrequencyPredictor())
         else:
             from .model_predictor import ModelPredictor
-            predictors += [ModelPredictor(args.preset, memory, args.device, checkpoint_dir=args.checkpoint_dir)
+            predictors += [ModelPredictor(args.preset, memory, args.device, checkpoint_dir=args.checkpoint_dir,
+                                          number_samples=args.number_samples)
                            for memory in (args.memory or [None])]
     return predictors
 

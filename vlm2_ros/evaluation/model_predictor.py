@@ -2,6 +2,8 @@
 the asking frame, then answer each question with the VSI-Bench prompt."""
 from __future__ import annotations
 
+from ..engine.number_decoding import DEFAULT_NUMBER_SAMPLES
+
 INGEST_CHUNK = 32      # frames per ingest_batch (the same memory as one by one; encoders batched)
 
 
@@ -17,10 +19,10 @@ def stream_episode(engine, episode, last_frame: int) -> None:
 
 class ModelPredictor:
     def __init__(self, preset: str = "tiny", memory: str | None = None, device: str = "cpu",
-                 checkpoint_dir: str | None = None, dtype: str = "fp32"):
+                 checkpoint_dir: str | None = None, dtype: str = "fp32", number_samples: int = DEFAULT_NUMBER_SAMPLES):
         from ..engine.engine import SpatialMemoryEngine
         self.engine = SpatialMemoryEngine.from_preset(preset, checkpoint_dir=checkpoint_dir, memory_mode=memory,
-                                                      device=device, dtype=dtype)
+                                                      device=device, dtype=dtype, number_samples=number_samples)
         self.name = f"model:{preset}" + (f":{memory}" if memory else "")
         self._loaded: tuple | None = None
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vlm2_ros.backends.runtime import BACKENDS, PROVIDER_CHOICES
+from vlm2_ros.engine.number_decoding import DEFAULT_NUMBER_SAMPLES
 from vlm2_ros.model.dual_memory import MEMORY_MODES
 from vlm2_ros.model.presets import PRESETS
 
@@ -81,7 +82,7 @@ SPECS: tuple[Spec, ...] = (
          "frames the geometry encoder attends across, L_g; 0: the checkpoint's. Per-frame cost "
          "grows with it: the Jetson profile halves it", 0, 64),
     Spec("model.max_new_tokens", 16, "longest generated answer, in tokens", 1, 4096),
-    Spec("model.number_samples", 16,
+    Spec("model.number_samples", DEFAULT_NUMBER_SAMPLES,
          "answers drawn for a number question; the value with the highest expected relative "
          "accuracy among them is the answer (minimum Bayes risk); 0: greedy like other answers", 0, 256),
     Spec("model.threads", 0,
