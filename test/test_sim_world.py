@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vlm2_ros.camera import CameraIntrinsics, validate_pose
+from vlm2_ros.camera import CameraIntrinsics, validate_pose, world_points
 from vlm2_ros.sim.api import sample_frames
 from vlm2_ros.sim.episode import Episode, EpisodeDir, write_episode
 from vlm2_ros.sim.render import Renderer
@@ -81,6 +81,21 @@ def test_render_object_depth_and_mask():
     # front face distance along the optical axis
     expected = (box.lo[0] - cam[0]) if yaw == 0.0 else (cam[0] - box.hi[0])
     assert out.depth[24, 32] == pytest.approx(expected, rel=1e-5)
+
+
+def test_world_points_put_each_pixel_on_the_surface_it_shows():
+    episode = Episode.generate(3, 20, width=64, height=48)
+    room = episode.scene.room
+    for i in (0, 10, 19):
+        out = episode.render(i)
+        points = world_points(out.depth, episode.intrinsics, episode.poses[i])       # [H,W,3]
+        assert points.shape == (48, 64, 3)
+        assert np.all(points >= -1e-3) and np.all(points <= np.array([room.width, room.depth, room.height]) + 1e-3)
+        for obj in episode.scene.objects:                 # an object's pixels lie on its box
+            on = points[out.mask == obj.id]
+            assert np.all(on >= obj.lo - 1e-3) and np.all(on <= obj.lo + np.asarray(obj.size) + 1e-3)
+    with pytest.raises(ValueError, match="intrinsics are for 64x48"):
+        world_points(np.ones((10, 10)), episode.intrinsics, episode.poses[0])
 
 
 def test_trajectory_smooth_in_free_space_and_speed_range():

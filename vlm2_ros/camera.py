@@ -49,6 +49,22 @@ class CameraIntrinsics:
         fx = 0.5 * width / math.tan(math.radians(horizontal_fov_deg) / 2)
         return cls(fx, fx, width / 2, height / 2, width, height)
 
+    def pixel_rays(self) -> np.ndarray:
+        """Camera-frame ray through every pixel centre, scaled to z = 1: [H, W, 3] float64, so a
+        pixel's 3D point is its z-depth times its ray."""
+        u, v = np.meshgrid(np.arange(self.width) + 0.5, np.arange(self.height) + 0.5)
+        return np.stack([(u - self.cx) / self.fx, (v - self.cy) / self.fy, np.ones_like(u)], -1)
+
+
+def world_points(depth: np.ndarray, intrinsics: CameraIntrinsics, pose: np.ndarray) -> np.ndarray:
+    """Back-project a z-depth image [H, W] (metres) seen with `intrinsics` from camera-to-world
+    `pose` [4, 4]: the world point of every pixel, [H, W, 3] float32."""
+    if depth.shape != (intrinsics.height, intrinsics.width):
+        raise ValueError(f"depth is {depth.shape[1]}x{depth.shape[0]}, intrinsics are for "
+                         f"{intrinsics.width}x{intrinsics.height}")
+    rays = intrinsics.pixel_rays() @ pose[:3, :3].T                                   # [H, W, 3] world
+    return (pose[:3, 3] + depth[..., None] * rays).astype(np.float32)
+
 
 def validate_pose(pose: np.ndarray) -> np.ndarray:
     """Return `pose` as float64 [4, 4] or raise ValueError naming what is wrong."""

@@ -41,10 +41,7 @@ class Renderer:
     def __init__(self, scene: Scene, intrinsics: CameraIntrinsics):
         check_resolution(intrinsics.width, intrinsics.height)
         self.scene, self.K = scene, intrinsics
-        H, W = intrinsics.height, intrinsics.width
-        u, v = np.meshgrid(np.arange(W) + 0.5, np.arange(H) + 0.5)
-        self._dirs_cam = np.stack([(u - intrinsics.cx) / intrinsics.fx, (v - intrinsics.cy) / intrinsics.fy,
-                                   np.ones_like(u)], -1).astype(np.float64)          # [H, W, 3]
+        self._dirs_cam = intrinsics.pixel_rays()                                    # [H, W, 3]
         prims = [(obj.id, p) for obj in scene.objects for p in obj.parts]
         self.kind = np.array([p.kind == "cylinder" for _, p in prims], bool)
         self.lo = np.array([p.lo for _, p in prims], np.float64).reshape(-1, 3)
