@@ -25,7 +25,7 @@ def write_config(path, **overrides):
     config = {"data": "data", "out": "run", "clip_frames": 4, "questions_per_episode": 2, "episodes_per_step": 1,
               "checkpoint_every": 2, "log_every": 1,
               "stages": [{"name": "geometry", "steps": 2, "train": ["geometry", "semantic", "fusion"],
-                          "answer_loss_weight": 0.0, "category_loss_weight": 1.0},
+                          "answer_loss_weight": 0.0, "category_loss_weight": 1.0, "position_loss_weight": 1.0},
                          {"name": "answering", "steps": 2, "train": ["fusion", "memory", "readout", "bridge"],
                           "depth_loss_weight": 0.0}]}
     config.update(overrides)
@@ -91,9 +91,10 @@ def test_two_stage_run_writes_a_checkpoint_and_resumes(data, tmp_path):
     (run / "train_state.json").write_text(json.dumps(state))
     from vlm2_ros.training.config import load_train_config
     from vlm2_ros.training.trainer import Trainer
-    probe = Trainer(load_train_config(config), resume=True, progress=False).category_probe
+    probes = Trainer(load_train_config(config), resume=True, progress=False).probes
     saved = load_file(str(run / "train_state.safetensors"))
-    assert torch.equal(probe.weight, saved["category_probe.weight"])   # the training-only probe resumes too
+    for name in ("category", "position"):                 # the training-only probes resume too
+        assert torch.equal(probes[name].weight, saved[f"probes.{name}.weight"])
     assert main(["train", "--config", str(config), "--resume"]) == 0
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows][-1] == 5
@@ -113,12 +114,13 @@ def test_fitting_one_sample_lowers_both_losses(data):
     assert metrics["loss_depth"] < first["loss_depth"] and metrics["loss_answer"] < 0.5 * first["loss_answer"]
 
 
-def test_category_stage_teaches_the_fused_tokens_what_is_where(data):
+def test_perception_stage_teaches_the_fused_tokens_what_is_where(data):
     from vlm2_ros.training.config import StageConfig, TrainConfig
     from vlm2_ros.training.trainer import Trainer
 
     stage = StageConfig("perception", steps=1, train=["semantic", "fusion", "memory"], lr=3e-3, warmup_steps=0,
-                        depth_loss_weight=0.0, answer_loss_weight=0.0, category_loss_weight=1.0)
+                        depth_loss_weight=0.0, answer_loss_weight=0.0, category_loss_weight=1.0,
+                        position_loss_weight=1.0)
     config = TrainConfig(data=str(data), out="/nonexistent-unused", clip_frames=3, episodes_per_step=1,
                          pose_probability=1.0, stages=[stage])
     trainer = Trainer(config, progress=False)
@@ -127,6 +129,42 @@ def test_category_stage_teaches_the_fused_tokens_what_is_where(data):
     assert metrics["loss_depth"] > 0 and metrics["loss_answer"] == 0        # computed, not trained
     assert metrics["loss_category"] < 0.5 * first["loss_category"]
     assert metrics["category_accuracy"] > first["category_accuracy"]
+    assert metrics["loss_position"] < 0.5 * first["loss_position"]
+    assert metrics["position_error_m"] < first["position_error_m"]
+
+
+def test_position_loss_is_skipped_on_clips_without_poses(data):
+    from vlm2_ros.training.config import StageConfig, TrainConfig
+    from vlm2_ros.training.trainer import Trainer
+
+    stage = StageConfig("perception", steps=1, train=["fusion"], depth_loss_weight=0.0, answer_loss_weight=0.0,
+                        position_loss_weight=1.0)
+    config = TrainConfig(data=str(data), out="/nonexistent-unused", clip_frames=3, episodes_per_step=1,
+                         pose_probability=0.0, stages=[stage])
+    loss, metrics = Trainer(config, progress=False).step_losses(stage)
+    assert metrics["loss_position"] == 0 and float(loss.detach()) == 0   # the points' world frame is unknown
+
+
+def test_position_loss_targets_each_class_moment_per_patch():
+    from vlm2_ros.training.trainer import class_moments, position_loss
+
+    classes = torch.zeros(1, 2, 4, dtype=torch.uint8)
+    classes[0, :, 3] = 2                                 # right patch of a 1x2 grid: half class 2
+    points = torch.zeros(1, 2, 4, 3)
+    points[..., 0] = torch.arange(4.0)                   # x = column index (metres)
+    target = class_moments(classes, points, 3, (1, 2), scale_m=2.0)       # [1,2,9]
+    # left patch: all class 0 at mean x 0.5; right: class 0 (share 1/2) at x 2, class 2 (1/2) at x 3
+    expected = torch.zeros(1, 2, 3, 3)
+    expected[0, 0, 0, 0] = 0.5 / 2
+    expected[0, 1, 0, 0] = 0.5 * 2 / 2
+    expected[0, 1, 2, 0] = 0.5 * 3 / 2
+    assert torch.allclose(target, expected.flatten(-2))
+    loss, error = position_loss(target, classes, points, (1, 2), scale_m=2.0)
+    assert float(loss) == 0 and error == 0
+    shifted = target.clone()
+    shifted[0, 0, 0] += 0.5                              # left patch's class 0 said 1 m (0.5 x scale) off in x
+    loss, error = position_loss(shifted, classes, points, (1, 2), scale_m=2.0)
+    assert abs(float(loss) - 0.125) < 1e-6 and abs(error - 0.5) < 1e-6   # mean of 1 m and 0 m
 
 
 def test_category_loss_targets_each_patch_class_share():

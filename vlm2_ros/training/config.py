@@ -29,6 +29,12 @@ class StageConfig:
     # through a linear probe that exists only during training, supervised by the rendered instance
     # masks: teaches the encoders, fusion and memory what is where before the language model reads them.
     category_loss_weight: float = 0.0
+    # Where each category is: a second training-only linear probe on the same tokens predicts, per
+    # class, the class's share times its world position in the patch (the class's first moment),
+    # from the rendered depth and pose; only on clips given poses, whose points are in the world
+    # frame. Moments average linearly, so a memory entry pooled for the language model still
+    # encodes where each category sits in it.
+    position_loss_weight: float = 0.0
     # Where the memory the questions read comes from. "clip": the sample's clip is unrolled with
     # gradients (every module can learn). "stream": built as at inference, from every frame up to
     # the question through the frozen perception and memory, once per stage; only the language
@@ -43,18 +49,19 @@ class StageConfig:
             raise TrainConfigError(f"stage {self.name!r}: unknown modules {unknown}; choose from {MODULES}")
         if self.steps < 1 or self.lr <= 0 or self.warmup_steps < 0:
             raise TrainConfigError(f"stage {self.name!r}: steps must be >= 1, lr > 0, warmup_steps >= 0")
-        weights = (self.depth_loss_weight, self.answer_loss_weight, self.category_loss_weight)
+        weights = (self.depth_loss_weight, self.answer_loss_weight, self.category_loss_weight,
+                   self.position_loss_weight)
         if min(weights) < 0 or sum(weights) == 0:
             raise TrainConfigError(f"stage {self.name!r}: loss weights must be >= 0 and not all 0")
         if (self.episodes_per_step or 1) < 1 or (self.questions_per_episode or 1) < 1:
             raise TrainConfigError(f"stage {self.name!r}: episodes_per_step and questions_per_episode must be >= 1")
         if self.memory not in MEMORY_SOURCES:
             raise TrainConfigError(f"stage {self.name!r}: memory must be one of {MEMORY_SOURCES}, got {self.memory!r}")
-        if self.memory == "stream" and (self.train != ["bridge"] or self.depth_loss_weight != 0
-                                        or self.category_loss_weight != 0 or self.answer_loss_weight == 0):
+        if self.memory == "stream" and (self.train != ["bridge"] or self.answer_loss_weight == 0 or any(
+                (self.depth_loss_weight, self.category_loss_weight, self.position_loss_weight))):
             raise TrainConfigError(f"stage {self.name!r}: memory 'stream' freezes everything before the "
-                                   "language model: train must be [bridge], depth_loss_weight and "
-                                   "category_loss_weight 0, answer_loss_weight > 0")
+                                   "language model: train must be [bridge], depth_loss_weight, "
+                                   "category_loss_weight and position_loss_weight 0, answer_loss_weight > 0")
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Episodes as training samples, cached in memory: an evenly spaced clip of frames up to the
 frame the questions are asked at, resized to the model's input, with depth, semantic classes,
-poses and stamps."""
+world points, poses and stamps."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..camera import world_points
 from ..evaluation.data import episode_dirs
 from ..evaluation.predictors import format_prompt
 from ..sim.episode import EpisodeDir
@@ -23,6 +24,7 @@ class TrainingEpisode:
     images: torch.Tensor        # [T,3,H,W] uint8 at the model's input size
     depth: torch.Tensor         # [T,H,W] float32 metres (rendered z-depth)
     classes: torch.Tensor       # [T,H,W] uint8 sim.scene.SEMANTIC_CLASSES index (rendered masks)
+    points: torch.Tensor        # [T,H,W,3] float32 world point of each pixel (rendered depth + pose)
     poses: torch.Tensor         # [T,4,4] float32 camera-to-world
     stamps_ns: torch.Tensor     # [T] int64
     frame_indices: torch.Tensor  # [T] int64, in the episode
@@ -51,9 +53,13 @@ def load_training_episode(path: Path, clip_frames: int, image_size: tuple[int, i
         depth = np.stack([cv2.resize(episode.depth(i), (w, h), interpolation=cv2.INTER_NEAREST) for i in idx])
         classes = np.stack([cv2.resize(semantic_classes(episode.scene, episode.mask(i)), (w, h),
                                        interpolation=cv2.INTER_NEAREST) for i in idx])
+        # nearest-neighbour like depth and classes, so a pixel's point and class belong together
+        points = np.stack([cv2.resize(world_points(episode.depth(i), episode.intrinsics, episode.poses[i]),
+                                      (w, h), interpolation=cv2.INTER_NEAREST) for i in idx])
         samples.append(TrainingEpisode(
             episode.episode_id, torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
-            torch.from_numpy(depth), torch.from_numpy(classes), torch.from_numpy(episode.poses[idx].astype(np.float32)),
+            torch.from_numpy(depth), torch.from_numpy(classes), torch.from_numpy(points),
+            torch.from_numpy(episode.poses[idx].astype(np.float32)),
             torch.from_numpy(episode.stamps_ns[idx].astype(np.int64)), torch.from_numpy(idx.astype(np.int64)),
             [format_prompt(q) for q in questions], [str(q["ground_truth"]) for q in questions],
             str(path), asked_at))

@@ -8,7 +8,9 @@ memory was filled, and a step costs only the language model.
 Losses: depth (mean |log d - log d*| over pixels with rendered depth) on every frame's geometry
 output; category (cross-entropy of a training-only linear probe on every fused token H_t and
 every memory token M_t, the two things the memory stores, against the share of each semantic
-class in the token's patch, from the rendered instance masks); and the answer
+class in the token's patch, from the rendered instance masks); position (squared error of a
+second training-only probe on the same tokens against each class's first moment in the patch:
+its share times its mean world position, from rendered depth and pose); and the answer
 tokens' cross-entropy. A stage names which modules learn and weighs the losses; the paper's order
 is geometry / fusion alignment first, then memory and answering.
 
@@ -45,8 +47,9 @@ from .data import TrainingEpisode, load_training_set
 
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
 STREAMED_MEMORIES = "streamed_memories.safetensors"
-PROBE_PREFIX = "category_probe."
-METRICS = ("loss_depth", "loss_category", "loss_answer", "category_accuracy")   # logged every step
+PROBE_PREFIX = "probes."
+METRICS = ("loss_depth", "loss_category", "loss_position", "loss_answer",      # logged every step
+           "category_accuracy", "position_error_m")
 
 
 def weights_digest(model: torch.nn.Module, exclude: str) -> str:
@@ -81,6 +84,31 @@ def category_loss(logits: torch.Tensor, classes: torch.Tensor, grid: tuple[int, 
     loss = -(shares * logits.log_softmax(dim=-1)).sum(dim=-1).mean()
     accuracy = (logits.argmax(dim=-1) == shares.argmax(dim=-1)).float().mean()
     return loss, float(accuracy)
+
+
+def class_moments(classes: torch.Tensor, points: torch.Tensor, num_classes: int, grid: tuple[int, int],
+                  scale_m: float) -> torch.Tensor:
+    """Per patch of `grid` and per class k: share_k * mean world position of k's pixels, in units of
+    scale_m: classes [T,H,W], points [T,H,W,3] -> [T,N,K*3]."""
+    one_hot = F.one_hot(classes.long(), num_classes).float()                        # [T,H,W,K]
+    moments = one_hot[..., :, None] * (points / scale_m)[..., None, :]              # [T,H,W,K,3]
+    return pool_to_grid(moments.flatten(-2), grid)
+
+
+def position_loss(predicted: torch.Tensor, classes: torch.Tensor, points: torch.Tensor, grid: tuple[int, int],
+                  scale_m: float) -> tuple[torch.Tensor, float]:
+    """Squared error of predicted class moments [T,N,K*3] (summed over classes and axes, mean over
+    patches) against class_moments(); and, in metres, how far the position they give for each
+    patch's majority class is from that class's true mean position in the patch."""
+    num_classes = predicted.shape[-1] // 3
+    target = class_moments(classes, points, num_classes, grid, scale_m)              # [T,N,K*3]
+    loss = (predicted - target).square().sum(dim=-1).mean()
+    shares = pool_to_grid(F.one_hot(classes.long(), num_classes).float(), grid)       # [T,N,K]
+    share, major = shares.max(dim=-1)                                                # [T,N]
+    pick = lambda m: m.unflatten(-1, (num_classes, 3)).gather(  # noqa: E731        # [T,N,3]
+        2, major[..., None, None].expand(-1, -1, 1, 3)).squeeze(2)
+    error = (pick(predicted.detach()) - pick(target)).norm(dim=-1) / share * scale_m
+    return loss, float(error.mean())
 
 
 def unroll(model: VLM2Model, episode: TrainingEpisode, use_pose: bool):
@@ -161,10 +189,13 @@ class Trainer:
             self.model, self.weights = load_model(config.preset, checkpoint_dir=config.init_checkpoint,
                                                   seed=config.seed, use_shipped=False)
         self.model.to(config.device).train()
-        # training-only head for the category loss; kept in the training state, not the checkpoint
-        self.category_probe = torch.nn.Linear(self.model.config.fusion.dim, len(SEMANTIC_CLASSES)).to(config.device)
+        # training-only heads for the category and position losses; kept in the training state,
+        # not the checkpoint
+        dim, classes = self.model.config.fusion.dim, len(SEMANTIC_CLASSES)
+        self.probes = torch.nn.ModuleDict({"category": torch.nn.Linear(dim, classes),
+                                           "position": torch.nn.Linear(dim, 3 * classes)}).to(config.device)
         if self._probe_state is not None:
-            self.category_probe.load_state_dict(self._probe_state)
+            self.probes.load_state_dict(self._probe_state)
         self.data = load_training_set(config.data, config.clip_frames, self.model.config.image_size)
         self._streamed: list[torch.Tensor] | None = None   # per sample, for "stream" stages
 
@@ -194,7 +225,7 @@ class Trainer:
     def _save_state(self, optimizer: torch.optim.Optimizer) -> None:
         state = optimizer.state_dict()
         tensors = {"torch_rng": torch.get_rng_state()}
-        tensors.update({PROBE_PREFIX + k: v.detach().cpu().contiguous() for k, v in self.category_probe.state_dict().items()})
+        tensors.update({PROBE_PREFIX + k: v.detach().cpu().contiguous() for k, v in self.probes.state_dict().items()})
         for index, moments in state["state"].items():
             for key, value in moments.items():
                 tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
@@ -229,33 +260,48 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def trainable_parameters(self, stage: StageConfig) -> list[torch.nn.Parameter]:
-        """The parameters a stage trains: its modules', and the category probe's when it weighs that loss."""
+        """The parameters a stage trains: its modules', and each probe's whose loss it weighs."""
         params = set_trainable(self.model, stage.train)
-        if stage.category_loss_weight > 0:
-            params += list(self.category_probe.parameters())
+        for name, weight in (("category", stage.category_loss_weight), ("position", stage.position_loss_weight)):
+            if weight > 0:
+                params += list(self.probes[name].parameters())
         return params
 
     def step_losses(self, stage: StageConfig) -> tuple[torch.Tensor, dict[str, float]]:
-        """The stage's weighted loss for one step, and each loss (and the probe's accuracy) as
-        numbers for the log; a loss the stage does not compute is 0."""
+        """The stage's weighted loss for one step, and each loss (and the probes' accuracy and
+        error) as numbers for the log, averaged over the samples that computed it; a loss the stage
+        does not compute is 0."""
         c = self.config
         picks = self.rng.choice(len(self.data), size=min(stage.episodes_per_step or c.episodes_per_step,
                                                           len(self.data)), replace=False)
         questions = stage.questions_per_episode or c.questions_per_episode
         if stage.memory == "stream":
             return self.streamed_answer_loss(stage, picks, questions)
-        total, sums = 0.0, dict.fromkeys(METRICS, 0.0)
+        total, sums, counts = 0.0, dict.fromkeys(METRICS, 0.0), dict.fromkeys(METRICS, 0)
+
+        def log(**values: float) -> None:
+            for key, value in values.items():
+                sums[key] += value
+                counts[key] += 1
+
         for index in picks:
             episode = self.data[int(index)]
-            stream, loss_depth, stored = unroll(self.model, episode, bool(self.rng.random() < c.pose_probability))
+            use_pose = bool(self.rng.random() < c.pose_probability)
+            stream, loss_depth, stored = unroll(self.model, episode, use_pose)
             loss = stage.depth_loss_weight * loss_depth
+            log(loss_depth=float(loss_depth.detach()))
+            per_token = len(stored) // len(episode.classes)      # H_t, and M_t with an episodic memory
+            classes = episode.classes.repeat_interleave(per_token, dim=0).to(stored.device)
             if stage.category_loss_weight > 0:
-                classes = episode.classes.repeat_interleave(len(stored) // len(episode.classes), dim=0)
-                loss_category, accuracy = category_loss(self.category_probe(stored), classes.to(stored.device),
-                                                        self.model.entry_grid)
+                loss_category, accuracy = category_loss(self.probes["category"](stored), classes, self.model.entry_grid)
                 loss = loss + stage.category_loss_weight * loss_category
-                sums["loss_category"] += float(loss_category.detach())
-                sums["category_accuracy"] += accuracy
+                log(loss_category=float(loss_category.detach()), category_accuracy=accuracy)
+            if stage.position_loss_weight > 0 and use_pose:   # without poses the tokens' frame is the window's
+                points = episode.points.repeat_interleave(per_token, dim=0).to(stored.device)
+                loss_position, error = position_loss(self.probes["position"](stored), classes, points,
+                                                     self.model.entry_grid, self.model.config.fusion.position_scale_m)
+                loss = loss + stage.position_loss_weight * loss_position
+                log(loss_position=float(loss_position.detach()), position_error_m=error)
             if stage.answer_loss_weight > 0:
                 asked = self.rng.choice(len(episode.prompts), size=min(questions, len(episode.prompts)),
                                         replace=False)
@@ -264,10 +310,9 @@ class Trainer:
                                                      [episode.prompts[i] for i in asked],
                                                      [episode.answers[i] for i in asked])
                 loss = loss + stage.answer_loss_weight * loss_answer
-                sums["loss_answer"] += float(loss_answer.detach())
+                log(loss_answer=float(loss_answer.detach()))
             total = total + loss / len(picks)
-            sums["loss_depth"] += float(loss_depth.detach())
-        return total, {k: v / len(picks) for k, v in sums.items()}
+        return total, {k: sums[k] / max(1, counts[k]) for k in METRICS}
 
     def streamed_answer_loss(self, stage: StageConfig, picks, questions: int) -> tuple[torch.Tensor, dict[str, float]]:
         """All picked samples' questions in one teacher-forced batch over their streamed memories."""
@@ -337,10 +382,11 @@ def plot_curves(log_path: Path, png: Path) -> None:
     rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()] if log_path.exists() else []
     if not rows:
         return
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
-    for ax, key, title in ((axes[0], "loss_depth", "depth: mean |log d - log d*|"),
-                           (axes[1], "loss_category", "patch category: cross-entropy"),
-                           (axes[2], "loss_answer", "answer tokens: cross-entropy")):
+    panels = (("loss_depth", "depth: mean |log d - log d*|"), ("loss_category", "patch category: cross-entropy"),
+              ("position_error_m", "patch category position: error (m)"),
+              ("loss_answer", "answer tokens: cross-entropy"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8))
+    for ax, (key, title) in zip(axes, panels):
         for stage in dict.fromkeys(r["stage"] for r in rows):
             points = [(r["step"], r.get(key, 0.0)) for r in rows if r["stage"] == stage]
             if any(value for _, value in points):      # a loss the stage does not compute is logged as 0
