@@ -199,7 +199,7 @@ def test_frozen_language_model_still_trains_the_projector(tiny_dir):
 
 def test_default_bridge_is_the_embedded_tiny_lm():
     bridge = LanguageBridge(LanguageBridgeConfig())
-    assert bridge.hidden_size == 256 and bridge.projector.residual
+    assert bridge.hidden_size == 256 and bridge.projector.residual     # old checkpoints: not standardised
     assert 3e6 < sum(p.numel() for p in bridge.parameters()) < 4e6
     out = bridge.generate(torch.randn(1, 12, 256), "How many lamp(s) are in this room?", max_new_tokens=2)
     assert out.memory_relevance.shape == (12,)
@@ -207,6 +207,27 @@ def test_default_bridge_is_the_embedded_tiny_lm():
                 dict(dtype="int8"), dict(system_prompt=" "), dict(checkpoint_dir="/x", tiny_lm={"seed": 1})):
         with pytest.raises(ValueError):
             LanguageBridgeConfig(**bad)
+
+
+def test_standardized_memory_keeps_small_scene_differences_apart():
+    from vlm2_ros.model.language_bridge import MemoryProjector
+
+    torch.manual_seed(0)
+    offset = 17.0 * torch.nn.functional.normalize(torch.randn(32), dim=0)        # shared by every token
+    tokens = offset + 0.2 * torch.randn(8, 20, 32)                               # [E,M,C] scenes differ by ~1 %
+    plain, standardized = MemoryProjector(32, 32, 32), MemoryProjector(32, 32, 32, standardize=True)
+    assert plain.residual and not standardized.residual
+
+    def spread(projector):          # how far apart two scenes' projected tokens are, relative to their size
+        out = projector(tokens)
+        return float((out[0] - out[1]).norm(dim=-1).mean() / out.norm(dim=-1).mean())
+
+    with torch.no_grad():
+        assert spread(plain) < 0.15                         # the offset swamps the scenes
+        standardized.standardize.momentum = None            # cumulative statistics: exact after one batch
+        standardized.train()(tokens)                        # running statistics from a training batch
+        assert spread(standardized.eval()) > 0.5
+    assert "standardize.running_mean" in dict(standardized.named_buffers())     # saved with the weights
 
 
 def test_bfloat16_language_model_on_cpu(tiny_dir):

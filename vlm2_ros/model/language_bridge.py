@@ -27,7 +27,12 @@ Positions:
 Trained parts: the projector always; the language model unless freeze_language_model.
 Projector: Linear -> GELU -> Linear; when C_in equals the LM hidden size it is residual
 (x + MLP(x), last layer zero-initialised), so tokens that are already in the LM's embedding space
-(the HF semantic encoders' output) are read as they are from the first step.
+(the HF semantic encoders' output) are read as they are from the first step. With
+standardize_memory, each channel is first standardised by running statistics (batch norm without
+affine terms) and the projector is never residual: for memory tokens that are not in the LM's
+embedding space and whose scene-to-scene differences are small beside one offset they all share
+(the tiny model's: norm ~18 against its word embeddings' ~0.5, differences ~1 % of it), which
+the LM's RMSNorm would otherwise pass on as nearly the same vector at every memory position.
 
 memory_relevance (for citing evidence): at every generated answer token, the final-layer (post
 final norm) hidden state h at the position that predicts it is compared with the final-layer
@@ -69,6 +74,7 @@ class LanguageBridgeConfig:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     dtype: str = "float32"                   # the LM's weights (projector stays float32)
     freeze_language_model: bool = False
+    standardize_memory: bool = False         # per-channel running standardisation before the projector
     tiny_lm: dict = field(default_factory=dict)   # checkpoint_dir None: build_tiny_language_model kwargs
 
     def __post_init__(self) -> None:
@@ -110,9 +116,11 @@ class PromptBatch:
 
 
 class MemoryProjector(nn.Module):
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int):
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, standardize: bool = False):
         super().__init__()
-        self.residual = in_dim == out_dim
+        # running mean / variance per channel: batch statistics while training, fixed at inference
+        self.standardize = nn.BatchNorm1d(in_dim, affine=False) if standardize else None
+        self.residual = in_dim == out_dim and not standardize
         self.fc1 = nn.Linear(in_dim, hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, out_dim)
         if self.residual:
@@ -120,6 +128,9 @@ class MemoryProjector(nn.Module):
             nn.init.zeros_(self.fc2.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x [...,C_in] -> [...,d]
+        if self.standardize is not None:
+            x = self.standardize(x.reshape(-1, x.shape[-1])).view_as(x)
         y = self.fc2(F.gelu(self.fc1(x)))
         return x + y if self.residual else y
 
@@ -150,7 +161,7 @@ class LanguageBridge(nn.Module):
         self._rope_index = language.rope_index if config.kind == "qwen2_5_vl" else None
         self.hidden_size = language.hidden_size
         self.projector = MemoryProjector(config.memory_dim, config.projector_hidden_dim or self.hidden_size,
-                                         self.hidden_size)
+                                         self.hidden_size, standardize=config.standardize_memory)
         if config.freeze_language_model:
             self.decoder.requires_grad_(False)
             self.lm_head.requires_grad_(False)

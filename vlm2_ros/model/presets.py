@@ -38,7 +38,8 @@ def tiny_config(memory_mode: str = "dual", **_) -> VLM2Config:
         semantic=SemanticEncoderConfig.tiny(),
         fusion=FusionConfig(dim=dim, geometry_dim=GeometryEncoderConfig.tiny().output_dim, num_heads=4),
         memory=DualMemoryConfig(dim=dim, num_heads=4, mode=memory_mode),
-        bridge=LanguageBridgeConfig(kind="causal_lm", memory_dim=dim, memory_entry_grid=(2, 2)),
+        bridge=LanguageBridgeConfig(kind="causal_lm", memory_dim=dim, memory_entry_grid=(2, 2),
+                                    standardize_memory=True),
     )
 
 
