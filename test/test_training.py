@@ -98,6 +98,14 @@ def test_two_stage_run_writes_a_checkpoint_and_resumes(data, tmp_path):
     assert main(["train", "--config", str(config), "--resume"]) == 0
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows][-1] == 5
+    # a run written before the position probe (category probe only, as "category_probe.*") resumes
+    from safetensors.torch import save_file
+    state = load_file(str(run / "train_state.safetensors"))
+    old = {k.replace("probes.category.", "category_probe."): v for k, v in state.items()
+           if not k.startswith("probes.position.")}
+    save_file(old, str(run / "train_state.safetensors"))
+    probes = Trainer(load_train_config(config), resume=True, progress=False).probes
+    assert torch.equal(probes["category"].weight, old["category_probe.weight"])
 
 
 def test_fitting_one_sample_lowers_both_losses(data):
@@ -239,3 +247,26 @@ def test_stream_stage_memory_is_the_inference_memory_and_training_lowers_the_los
 def test_stream_stage_settings_are_validated(tmp_path, stage):
     with pytest.raises(TrainConfigError, match="memory"):
         load_train_config(write_config(tmp_path / "c.yaml", stages=[stage]))
+
+
+def test_memory_reliance_compares_own_and_another_scenes_memory(data, tmp_path, capsys):
+    from vlm2_ros.training.config import load_train_config
+    from vlm2_ros.training.trainer import Trainer
+
+    (tmp_path / "data").symlink_to(data)
+    config = write_config(tmp_path / "train.yaml", stages=[{"name": "a", "steps": 1, "train": ["bridge"],
+                                                            "depth_loss_weight": 0.0}])
+    with pytest.raises(SystemExit, match="no training run"):
+        main(["train", "--config", str(config), "--memory-reliance"])
+    assert main(["train", "--config", str(config)]) == 0
+    assert main(["train", "--config", str(config), "--memory-reliance", "2"]) == 0
+    rows = json.loads((tmp_path / "run" / "memory_reliance.json").read_text())
+    questions = sum(len(s.prompts) for s in Trainer(load_train_config(config), resume=True, progress=False).data)
+    assert rows["all"]["questions"] == questions == sum(r["questions"] for t, r in rows.items() if t != "all")
+    assert rows["all"]["own"] != rows["all"]["other"]            # two scenes' memories: different losses
+    assert "| all |" in capsys.readouterr().out
+    # a language model that never sees the memory loses the same with either
+    trainer = Trainer(load_train_config(config), resume=True, progress=False)
+    trainer.model.bridge.projector.forward = lambda x: torch.zeros(*x.shape[:-1], trainer.model.bridge.hidden_size)
+    row = trainer.memory_reliance(samples=2)["all"]
+    assert row["own"] == row["other"]

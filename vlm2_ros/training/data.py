@@ -30,6 +30,7 @@ class TrainingEpisode:
     frame_indices: torch.Tensor  # [T] int64, in the episode
     prompts: list[str]          # questions as the model reads them (VSI-Bench prompt)
     answers: list[str]          # ground truth as answer text
+    tasks: list[str]            # each question's question_type
     path: str                   # the episode directory (every frame, for streamed memories)
     asked_at: int               # frame index the questions are asked at
 
@@ -62,6 +63,7 @@ def load_training_episode(path: Path, clip_frames: int, image_size: tuple[int, i
             torch.from_numpy(episode.poses[idx].astype(np.float32)),
             torch.from_numpy(episode.stamps_ns[idx].astype(np.int64)), torch.from_numpy(idx.astype(np.int64)),
             [format_prompt(q) for q in questions], [str(q["ground_truth"]) for q in questions],
+            [str(q["question_type"]) for q in questions],
             str(path), asked_at))
     return samples
 

@@ -194,8 +194,11 @@ class Trainer:
         dim, classes = self.model.config.fusion.dim, len(SEMANTIC_CLASSES)
         self.probes = torch.nn.ModuleDict({"category": torch.nn.Linear(dim, classes),
                                            "position": torch.nn.Linear(dim, 3 * classes)}).to(config.device)
-        if self._probe_state is not None:
-            self.probes.load_state_dict(self._probe_state)
+        if self._probe_state is not None:   # a run from before the position probe starts that one fresh
+            missing, unexpected = self.probes.load_state_dict(self._probe_state, strict=False)
+            if unexpected or any(not k.startswith("position.") for k in missing):
+                raise ValueError(f"{self.out}: training state has probe tensors {unexpected} it should not, "
+                                 f"or lacks {missing}")
         self.data = load_training_set(config.data, config.clip_frames, self.model.config.image_size)
         self._streamed: list[torch.Tensor] | None = None   # per sample, for "stream" stages
 
@@ -221,6 +224,28 @@ class Trainer:
                           metadata={"weights": digest, "samples": str(len(self.data))})
         return self._streamed
 
+    def memory_reliance(self, samples: int = 60) -> dict[str, dict[str, float]]:
+        """Does the language model read the memory? Per question type, the mean teacher-forced
+        answer loss of up to `samples` training samples' questions over their own streamed memory
+        and over the memory of the next picked sample (another scene). Equal losses: the answers
+        come from the question alone. Rows {type: {own, other, questions}} and "all"."""
+        memories = self.stream_memories()
+        picks = np.random.default_rng(self.config.seed).choice(len(self.data), min(samples, len(self.data)),
+                                                                replace=False)
+        losses: dict[str, list[tuple[float, float]]] = {}
+        self.model.eval()
+        with torch.no_grad():
+            for own, other in zip(picks, np.roll(picks, 1)):
+                sample = self.data[int(own)]
+                for prompt, answer, task in zip(sample.prompts, sample.answers, sample.tasks):
+                    pair = tuple(float(self.model.bridge.loss_per_memory(memories[int(m)], [[prompt]], [[answer]]))
+                                 for m in (own, other))
+                    losses.setdefault(task, []).append(pair)
+                    losses.setdefault("all", []).append(pair)
+        self.model.train()
+        return {task: {"own": float(np.mean([a for a, _ in rows])), "other": float(np.mean([b for _, b in rows])),
+                       "questions": len(rows)} for task, rows in sorted(losses.items())}
+
     # ------------------------------------------------------------------ state
     def _save_state(self, optimizer: torch.optim.Optimizer) -> None:
         state = optimizer.state_dict()
@@ -241,6 +266,8 @@ class Trainer:
         self.stage_index, self.stage_step, self.global_step = meta["stage_index"], meta["stage_step"], meta["global_step"]
         self.rng.bit_generator.state = meta["numpy_rng"]
         torch.set_rng_state(tensors.pop("torch_rng"))
+        for key in [k for k in tensors if k.startswith("category_probe.")]:   # runs from before the position probe
+            tensors[PROBE_PREFIX + "category." + key.removeprefix("category_probe.")] = tensors.pop(key)
         self._probe_state = {k[len(PROBE_PREFIX):]: tensors.pop(k) for k in list(tensors)
                              if k.startswith(PROBE_PREFIX)} or None
         moments: dict[int, dict] = {}
@@ -388,11 +415,13 @@ def plot_curves(log_path: Path, png: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8))
     for ax, (key, title) in zip(axes, panels):
         for stage in dict.fromkeys(r["stage"] for r in rows):
-            points = [(r["step"], r.get(key, 0.0)) for r in rows if r["stage"] == stage]
-            if any(value for _, value in points):      # a loss the stage does not compute is logged as 0
+            # a loss a step did not compute is logged as 0 (the position loss skips clips without poses)
+            points = [(r["step"], r[key]) for r in rows if r["stage"] == stage and r.get(key)]
+            if points:
                 ax.plot(*zip(*points), label=stage)
         ax.set(xlabel="step", title=title)
-        ax.legend(fontsize=8)
+        if ax.lines:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_file(png) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
