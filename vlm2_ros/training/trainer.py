@@ -76,11 +76,16 @@ def depth_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (predicted.clamp_min(1e-3).log() - target.clamp_min(1e-3).log()).abs()[valid].mean()
 
 
+def class_shares(classes: torch.Tensor, num_classes: int, grid: tuple[int, int]) -> torch.Tensor:
+    """The share of each class among each patch's pixels: classes [T,H,W] -> [T,N,K]."""
+    return pool_to_grid(F.one_hot(classes.long(), num_classes).float(), grid)
+
+
 def category_loss(logits: torch.Tensor, classes: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, float]:
     """Soft-label cross-entropy of per-patch class logits [T,N,K] against the share of each class
     among the patch's pixels (classes [T,H,W], N = grid h*w); and the accuracy of the logits'
     argmax on each patch's majority class."""
-    shares = pool_to_grid(F.one_hot(classes.long(), logits.shape[-1]).float(), grid)   # [T,N,K]
+    shares = class_shares(classes, logits.shape[-1], grid)                              # [T,N,K]
     loss = -(shares * logits.log_softmax(dim=-1)).sum(dim=-1).mean()
     accuracy = (logits.argmax(dim=-1) == shares.argmax(dim=-1)).float().mean()
     return loss, float(accuracy)
@@ -103,8 +108,7 @@ def position_loss(predicted: torch.Tensor, classes: torch.Tensor, points: torch.
     num_classes = predicted.shape[-1] // 3
     target = class_moments(classes, points, num_classes, grid, scale_m)              # [T,N,K*3]
     loss = (predicted - target).square().sum(dim=-1).mean()
-    shares = pool_to_grid(F.one_hot(classes.long(), num_classes).float(), grid)       # [T,N,K]
-    share, major = shares.max(dim=-1)                                                # [T,N]
+    share, major = class_shares(classes, num_classes, grid).max(dim=-1)              # [T,N]
     pick = lambda m: m.unflatten(-1, (num_classes, 3)).gather(  # noqa: E731        # [T,N,3]
         2, major[..., None, None].expand(-1, -1, 1, 3)).squeeze(2)
     error = (pick(predicted.detach()) - pick(target)).norm(dim=-1) / share * scale_m
