@@ -270,3 +270,30 @@ def test_memory_reliance_compares_own_and_another_scenes_memory(data, tmp_path, 
     trainer.model.bridge.projector.forward = lambda x: torch.zeros(*x.shape[:-1], trainer.model.bridge.hidden_size)
     row = trainer.memory_reliance(samples=2)["all"]
     assert row["own"] == row["other"]
+
+
+def test_room_size_probe_finds_the_room_in_the_memory_when_it_is_there(data, tmp_path):
+    import dataclasses
+
+    from vlm2_ros.training.config import load_train_config
+    from vlm2_ros.training.trainer import Trainer
+
+    (tmp_path / "data").symlink_to(data)
+    config = write_config(tmp_path / "train.yaml", stages=[{"name": "a", "steps": 1, "train": ["bridge"],
+                                                            "depth_loss_weight": 0.0}])
+    assert main(["train", "--config", str(config)]) == 0
+    with pytest.raises(SystemExit, match="the probe needs at least 5"):   # the fixture asks 2 room sizes
+        main(["train", "--config", str(config), "--room-size-probe"])
+    trainer = Trainer(load_train_config(config), resume=True, progress=False)
+    areas = np.linspace(9.0, 90.0, 20)
+    template = trainer.data[0]
+    trainer.data = [dataclasses.replace(template, answers=[f"{a:.1f}"], tasks=["room_size_estimation"])
+                    for a in areas]
+    noise = torch.Generator().manual_seed(0)
+    trainer._streamed = [torch.randn(1, 8, 4, generator=noise) for _ in areas]
+    blind = trainer.room_size_probe(folds=5, ridge=1.0)
+    for memory, area in zip(trainer._streamed, areas):
+        memory[..., 0] = float(np.log(area))                     # the memory says how large the room is
+    seeing = trainer.room_size_probe(folds=5, ridge=1.0)
+    assert seeing["samples"] == blind["samples"] == 20 and seeing["mean_mra"] == blind["mean_mra"]
+    assert seeing["probe_mra"] > 0.9 > blind["probe_mra"] and seeing["log_correlation"] > 0.99

@@ -1,5 +1,6 @@
 """`vlm2 train --config FILE [--resume]`: train a preset on a data set (see training/config.py).
-`--memory-reliance`: measure whether the run's language model reads its memory (no training)."""
+`--memory-reliance` and `--room-size-probe` train nothing: they measure a finished run (does its
+language model read its memory; does its memory hold the room's extent)."""
 from __future__ import annotations
 
 import argparse
@@ -11,10 +12,15 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train VLM2 on synthetic-world episodes (config file)")
     p.add_argument("--config", type=Path, required=True, help="YAML training config (e.g. config/train_tiny.yaml)")
     p.add_argument("--resume", action="store_true", help="continue the run in the config's out directory")
-    p.add_argument("--memory-reliance", type=int, nargs="?", const=60, metavar="SAMPLES",
-                   help="do not train: answer loss of the run's model on SAMPLES (default 60) training "
-                        "samples' questions with their own memory vs another scene's, per question type; "
-                        "writes memory_reliance.json in the run directory")
+    diagnose = p.add_mutually_exclusive_group()
+    diagnose.add_argument("--memory-reliance", type=int, nargs="?", const=60, metavar="SAMPLES",
+                          help="do not train: answer loss of the run's model on SAMPLES (default 60) training "
+                               "samples' questions with their own memory vs another scene's, per question "
+                               "type; writes memory_reliance.json in the run directory")
+    diagnose.add_argument("--room-size-probe", action="store_true",
+                          help="do not train: 5-fold cross-validated ridge probe from the run's streamed "
+                               "memories to the room area (mean relative accuracy, beside the mean answer); "
+                               "writes room_size_probe.json in the run directory")
     p.set_defaults(func=train_command)
 
 
@@ -29,8 +35,8 @@ def train_command(args: argparse.Namespace) -> int:
     if not Path(config.data).is_dir():
         raise SystemExit(f"vlm2 train: data directory {config.data} does not exist; write one with "
                          f"`vlm2 sim dataset --seed 1 --episodes 40 --frames 300 --out {config.data}`")
-    if args.memory_reliance is not None:
-        return memory_reliance_command(config, args.memory_reliance)
+    if args.memory_reliance is not None or args.room_size_probe:
+        return diagnose_command(config, args.memory_reliance, args.room_size_probe)
     try:
         checkpoint = Trainer(config, resume=args.resume).run()
     except FileExistsError as e:
@@ -40,15 +46,24 @@ def train_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def memory_reliance_command(config, samples: int) -> int:
+def diagnose_command(config, reliance_samples: int | None, room_size_probe: bool) -> int:
     from ..atomic_io import write_json_atomic
     from .trainer import STATE_JSON, Trainer
 
-    if samples < 1:
+    if reliance_samples is not None and reliance_samples < 1:
         raise SystemExit("vlm2 train: --memory-reliance needs at least 1 sample")
     if not (Path(config.out) / STATE_JSON).is_file():
         raise SystemExit(f"vlm2 train: {config.out} holds no training run to measure")
-    rows = Trainer(config, resume=True).memory_reliance(samples)
+    trainer = Trainer(config, resume=True)
+    if room_size_probe:
+        try:
+            result = trainer.room_size_probe()
+        except ValueError as e:
+            raise SystemExit(f"vlm2 train: {e}") from None
+        write_json_atomic(Path(config.out) / "room_size_probe.json", result)
+        print(json.dumps(result, indent=2))
+        return 0
+    rows = trainer.memory_reliance(reliance_samples)
     write_json_atomic(Path(config.out) / "memory_reliance.json", rows)
     print("| question type | questions | loss, own memory | loss, another scene's |\n|---|---|---|---|")
     for task, row in rows.items():

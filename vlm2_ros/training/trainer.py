@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from ..atomic_io import atomic_file, write_json_atomic
 from ..engine.engine import SpatialMemoryEngine
+from ..engine.number_decoding import relative_accuracy
 from ..evaluation.model_predictor import stream_episode
 from ..model.checkpoint import load_checkpoint, load_model, save_checkpoint
 from ..model.fusion import pool_to_grid
@@ -249,6 +250,35 @@ class Trainer:
         self.model.train()
         return {task: {"own": float(np.mean([a for a, _ in rows])), "other": float(np.mean([b for _, b in rows])),
                        "questions": len(rows)} for task, rows in sorted(losses.items())}
+
+    def room_size_probe(self, folds: int = 5, ridge: float = 100.0) -> dict[str, float]:
+        """Does the memory hold the room's extent? A ridge regression from each sample's streamed
+        memory (mean, max and min over its tokens) to the log of its room-size answer, scored by
+        k-fold cross-validation as VSI-Bench scores numbers (mean relative accuracy), beside always
+        answering the training folds' mean. Needs a room-size question in at least `folds` samples."""
+        features, areas = [], []
+        for sample, memory in zip(self.data, self.stream_memories()):
+            answers = [float(a) for a, task in zip(sample.answers, sample.tasks) if task == "room_size_estimation"]
+            if answers:
+                tokens = memory[0].float()                                              # [M,C]
+                features.append(torch.cat([tokens.mean(0), tokens.amax(0), tokens.amin(0)]).numpy())
+                areas.append(answers[0])
+        if len(areas) < folds:
+            raise ValueError(f"{len(areas)} samples ask the room size; the probe needs at least {folds}")
+        x, y = np.asarray(features, np.float64), np.log(np.asarray(areas))
+        order = np.random.default_rng(self.config.seed).permutation(len(y))
+        probe, mean = np.zeros(len(y)), np.zeros(len(y))
+        for test in np.array_split(order, folds):
+            train = np.setdiff1d(order, test)
+            mu, sd = x[train].mean(0), x[train].std(0) + 1e-6
+            a = (x[train] - mu) / sd
+            w = np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ (y[train] - y[train].mean()))
+            probe[test] = ((x[test] - mu) / sd) @ w + y[train].mean()
+            mean[test] = y[train].mean()
+        truth = np.exp(y)
+        score = lambda log_area: float(relative_accuracy(np.exp(log_area), truth).diagonal().mean())  # noqa: E731
+        return {"samples": len(y), "probe_mra": score(probe), "mean_mra": score(mean),
+                "log_correlation": float(np.corrcoef(probe, y)[0, 1])}
 
     # ------------------------------------------------------------------ state
     def _save_state(self, optimizer: torch.optim.Optimizer) -> None:
