@@ -51,8 +51,34 @@ def test_clip_ends_at_the_question_frame():
     assert clip_indices(2, 8).tolist() == [0, 1, 2]
 
 
+def test_questions_per_task_asks_more_at_the_same_frame(data):
+    from vlm2_ros.training.data import load_training_set
+
+    stored = load_training_set(data, clip_frames=4, image_size=(48, 64))
+    more = load_training_set(data, clip_frames=4, image_size=(48, 64), questions_per_task=3)
+    for a, b in zip(stored, more, strict=True):
+        assert (a.episode_id, a.asked_at) == (b.episode_id, b.asked_at)     # same memory to stream
+        assert torch.equal(a.images, b.images)
+        assert len(b.prompts) > len(a.prompts) and len(b.prompts) == len(b.answers) == len(b.tasks)
+        assert set(a.tasks) <= set(b.tasks)
+
+
+def test_balanced_picks_take_every_task_in_turn():
+    from vlm2_ros.training.trainer import pick_questions
+
+    tasks = ["direction"] * 12 + ["distance"] * 3 + ["room_size"]
+    rng = np.random.default_rng(0)
+    for count in (3, 7, 16, 40):
+        picked = pick_questions(tasks, count, rng, balanced=True)
+        assert len(picked) == len(set(picked)) == min(count, len(tasks))
+        shares = [sum(tasks[i] == t for i in picked) for t in ("direction", "distance", "room_size")]
+        assert shares == {3: [1, 1, 1], 7: [3, 3, 1], 16: [12, 3, 1], 40: [12, 3, 1]}[count]
+    assert len(set(pick_questions(tasks, 5, rng, balanced=False))) == 5
+
+
 @pytest.mark.parametrize("change, message", [
     ({"stages": []}, "at least one stage"),
+    ({"questions_per_task": 0}, "questions_per_task"),
     ({"stages": [{"name": "x", "steps": 1, "train": ["wings"]}]}, "unknown modules"),
     ({"learning_rate": 1.0}, "unknown keys"),
     ({"pose_probability": 2.0}, "pose_probability"),
@@ -220,18 +246,21 @@ def test_stream_stage_memory_is_the_inference_memory_and_training_lowers_the_los
     expected = trainer.model.read_memory(engine.stream).tokens
     assert torch.allclose(trainer.stream_memories()[0], expected, atol=1e-5)
     assert not trainer.stream_memories()[0].is_inference()
-    # kept in the run directory for --resume, keyed by the weights before the bridge
+    # kept in the run directory for --resume, per sample, keyed by the weights before the bridge:
+    # a run on more episodes streams only those it adds
     import vlm2_ros.training.trainer as trainer_module
     calls = []
     monkeypatch.setattr(trainer_module, "streamed_memory", lambda engine, e: calls.append(e) or expected.clone())
     again = Trainer(config, progress=False)
-    again.data = again.data[:1]
-    assert torch.equal(again.stream_memories()[0], trainer.stream_memories()[0]) and not calls
+    assert len(again.data) == 2
+    assert torch.equal(again.stream_memories()[0], trainer.stream_memories()[0])
+    assert [e.stream_key for e in calls] == [again.data[1].stream_key]
     with torch.no_grad():
         next(again.model.fusion.parameters()).add_(1.0)
+    calls.clear()
     again._streamed = None
     again.stream_memories()
-    assert len(calls) == 1             # other weights: streamed again
+    assert len(calls) == 2             # other weights: streamed again
     trainer.model.train()
     first, metrics = fit(trainer, stage, steps=10)
     assert metrics["loss_depth"] == 0.0 and metrics["loss_answer"] < 0.5 * first["loss_answer"]

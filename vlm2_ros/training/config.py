@@ -42,6 +42,9 @@ class StageConfig:
     memory: str = "clip"
     episodes_per_step: int | None = None    # None: the run's setting (a "stream" step is cheap: take more)
     questions_per_episode: int | None = None
+    # Pick each episode's questions task by task, so that every task weighs the same in the answer
+    # loss whatever the data set's mix (it asks one room size per episode, up to 48 directions).
+    balance_tasks: bool = False
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.train if m not in MODULES]
@@ -73,6 +76,10 @@ class TrainConfig:
     init_checkpoint: str | None = None      # start from these weights (default: the preset's init)
     clip_frames: int = 16                   # frames per episode the stream is unrolled over
     questions_per_episode: int = 4
+    # Generate each episode's questions again from its scene, this many per task, at the frame the
+    # data set asks them (None: the data set's questions). More questions on the same frames cost
+    # nothing to render or stream and give each memory more to answer.
+    questions_per_task: int | None = None
     episodes_per_step: int = 2
     pose_probability: float = 0.5           # share of clips given the camera poses (else predicted)
     weight_decay: float = 0.01
@@ -89,6 +96,8 @@ class TrainConfig:
             raise TrainConfigError("stages: at least one stage")
         if self.clip_frames < 2 or self.questions_per_episode < 1 or self.episodes_per_step < 1:
             raise TrainConfigError("clip_frames must be >= 2, questions_per_episode and episodes_per_step >= 1")
+        if self.questions_per_task is not None and self.questions_per_task < 1:
+            raise TrainConfigError(f"questions_per_task must be >= 1, got {self.questions_per_task}")
         if not 0 <= self.pose_probability <= 1:
             raise TrainConfigError(f"pose_probability must be in [0, 1], got {self.pose_probability}")
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import hashlib
+
 import cv2
 import numpy as np
 import torch
@@ -15,6 +17,7 @@ from ..camera import world_points
 from ..evaluation.data import episode_dirs
 from ..evaluation.predictors import format_prompt
 from ..sim.episode import EpisodeDir
+from ..sim.questions import Balancer, generate_questions
 from ..sim.scene import semantic_classes
 
 
@@ -33,6 +36,7 @@ class TrainingEpisode:
     tasks: list[str]            # each question's question_type
     path: str                   # the episode directory (every frame, for streamed memories)
     asked_at: int               # frame index the questions are asked at
+    stream_key: str             # which frames a streamed memory holds: the episode's content and asked_at
 
 
 def clip_indices(asked_at: int, clip_frames: int) -> np.ndarray:
@@ -40,13 +44,31 @@ def clip_indices(asked_at: int, clip_frames: int) -> np.ndarray:
     return np.unique(np.linspace(0, asked_at, num=min(clip_frames, asked_at + 1)).round().astype(int))
 
 
-def load_training_episode(path: Path, clip_frames: int, image_size: tuple[int, int]) -> list[TrainingEpisode]:
-    """One sample per question frame of the episode (the generator asks at one frame per episode)."""
+def episode_digest(path: Path) -> str:
+    """Names a rendered episode by its content (metadata and scene), not its directory: the same
+    episode in another copy of a data set, or in a larger one from the same seed, has the same digest."""
+    h = hashlib.sha256()
+    for name in ("episode.json", "scene.json"):
+        h.update((path / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def load_training_episode(path: Path, clip_frames: int, image_size: tuple[int, int],
+                          questions_per_task: int | None = None,
+                          balancer: Balancer | None = None) -> list[TrainingEpisode]:
+    """One sample per question frame of the episode (the generator asks at one frame per episode).
+    With `questions_per_task`, the questions are generated again from the episode's scene at the
+    same frame, that many per task (the frames, and so the memory they stream into, are unchanged);
+    `balancer` is then the data set's shared answer balancer."""
     episode = EpisodeDir(path)
     h, w = image_size
     by_frame: dict[int, list[dict]] = {}
     for q in episode.questions():
         by_frame.setdefault(int(q.get("frame_index", len(episode) - 1)), []).append(q)
+    if questions_per_task is not None:
+        by_frame = {asked_at: generate_questions(episode, questions_per_task, frame_index=asked_at, balancer=balancer)
+                    for asked_at in by_frame}
+    digest = episode_digest(Path(path))
     samples = []
     for asked_at, questions in sorted(by_frame.items()):
         idx = clip_indices(asked_at, clip_frames)
@@ -64,15 +86,17 @@ def load_training_episode(path: Path, clip_frames: int, image_size: tuple[int, i
             torch.from_numpy(episode.stamps_ns[idx].astype(np.int64)), torch.from_numpy(idx.astype(np.int64)),
             [format_prompt(q) for q in questions], [str(q["ground_truth"]) for q in questions],
             [str(q["question_type"]) for q in questions],
-            str(path), asked_at))
+            str(path), asked_at, f"{digest}@{asked_at}"))
     return samples
 
 
-def load_training_set(data: str | Path, clip_frames: int, image_size: tuple[int, int]) -> list[TrainingEpisode]:
+def load_training_set(data: str | Path, clip_frames: int, image_size: tuple[int, int],
+                      questions_per_task: int | None = None) -> list[TrainingEpisode]:
     paths = episode_dirs(data)
     if not paths:
         raise ValueError(f"{data}: no episode directories (write some with `vlm2 sim dataset`)")
+    balancer = Balancer()
     samples = []
     for path in tqdm(paths, desc="loading episodes", unit="episode"):
-        samples += load_training_episode(path, clip_frames, image_size)
+        samples += load_training_episode(path, clip_frames, image_size, questions_per_task, balancer)
     return samples

@@ -48,6 +48,7 @@ from .data import TrainingEpisode, load_training_set
 
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
 STREAMED_MEMORIES = "streamed_memories.safetensors"
+STREAM_SAVE_EVERY = 50          # streamed samples between saves of the memory cache
 PROBE_PREFIX = "probes."
 METRICS = ("loss_depth", "loss_category", "loss_position", "loss_answer",      # logged every step
            "category_accuracy", "position_error_m")
@@ -131,6 +132,22 @@ def unroll(model: VLM2Model, episode: TrainingEpisode, use_pose: bool):
     return stream, torch.stack(losses).mean(), torch.cat(stored)
 
 
+def pick_questions(tasks: list[str], count: int, rng: np.random.Generator, balanced: bool) -> list[int]:
+    """Indices of `count` distinct questions (all if fewer). Balanced: task by task in a random
+    order, a random unused question of each in turn, so that a task the data set asks rarely
+    (one room size per episode) weighs as much as one it asks often."""
+    if not balanced:
+        return rng.choice(len(tasks), size=min(count, len(tasks)), replace=False).tolist()
+    pools: dict[str, list[int]] = {}
+    for index in rng.permutation(len(tasks)).tolist():
+        pools.setdefault(tasks[index], []).append(index)
+    order = [pools[t] for t in rng.permutation(sorted(pools))]
+    picked: list[int] = []
+    while len(picked) < min(count, len(tasks)):
+        picked += [pool.pop() for pool in order if pool][:count - len(picked)]
+    return picked
+
+
 def streamed_memory(engine: SpatialMemoryEngine, episode: TrainingEpisode) -> torch.Tensor:
     """The memory tokens [1,M,C] the model reads at the sample's question, built exactly as at
     inference: every frame up to the question, with its pose and intrinsics, through the engine."""
@@ -204,29 +221,39 @@ class Trainer:
             if unexpected or any(not k.startswith("position.") for k in missing):
                 raise ValueError(f"{self.out}: training state has probe tensors {unexpected} it should not, "
                                  f"or lacks {missing}")
-        self.data = load_training_set(config.data, config.clip_frames, self.model.config.image_size)
+        self.data = load_training_set(config.data, config.clip_frames, self.model.config.image_size,
+                                      config.questions_per_task)
         self._streamed: list[torch.Tensor] | None = None   # per sample, for "stream" stages
 
     def stream_memories(self) -> list[torch.Tensor]:
         """Every sample's inference-time memory under the current weights, computed once at the
-        first "stream" stage (those stages freeze everything before the bridge) and kept in the run
-        directory (keyed by the weights' digest) so that --resume does not stream it again."""
+        first "stream" stage (those stages freeze everything before the bridge). Kept in the run
+        directory under each sample's stream_key, valid for the weights' digest: --resume streams
+        nothing again, and a run on a larger data set streams only the episodes it adds."""
         if self._streamed is None:
             cache = self.out / STREAMED_MEMORIES
             digest = weights_digest(self.model, exclude="bridge.")
-            if cache.is_file():
-                tensors, meta = load_file(str(cache)), safe_open_metadata(cache)
-                if meta.get("weights") == digest and int(meta.get("samples", -1)) == len(self.data):
-                    self._streamed = [tensors[f"sample.{i}"] for i in range(len(self.data))]
-                    return self._streamed
-            engine = SpatialMemoryEngine(self.model, weights=self.weights, device=self.config.device)
-            self._streamed = [streamed_memory(engine, e) for e in
-                              tqdm(self.data, desc="streaming memories", unit="sample", disable=not self.progress)]
-            self.model.train()       # the engine put the shared model in eval mode
-            self.out.mkdir(parents=True, exist_ok=True)
-            with atomic_file(cache) as tmp:
-                save_file({f"sample.{i}": t.contiguous() for i, t in enumerate(self._streamed)}, str(tmp),
-                          metadata={"weights": digest, "samples": str(len(self.data))})
+            cached: dict[str, torch.Tensor] = {}
+            if cache.is_file() and safe_open_metadata(cache).get("weights") == digest:
+                cached = load_file(str(cache))
+            keys = {e.stream_key for e in self.data}
+            cached = {k: t for k, t in cached.items() if k in keys}
+
+            def save() -> None:
+                self.out.mkdir(parents=True, exist_ok=True)
+                with atomic_file(cache) as tmp:
+                    save_file({k: t.contiguous() for k, t in cached.items()}, str(tmp), metadata={"weights": digest})
+
+            missing = [e for e in self.data if e.stream_key not in cached]
+            if missing:
+                engine = SpatialMemoryEngine(self.model, weights=self.weights, device=self.config.device)
+                for done, episode in enumerate(tqdm(missing, desc="streaming memories", unit="sample",
+                                                    disable=not self.progress), start=1):
+                    cached[episode.stream_key] = streamed_memory(engine, episode)
+                    if done % STREAM_SAVE_EVERY == 0 or done == len(missing):   # an interrupted run keeps these
+                        save()
+                self.model.train()       # the engine put the shared model in eval mode
+            self._streamed = [cached[e.stream_key] for e in self.data]
         return self._streamed
 
     def memory_reliance(self, samples: int = 60) -> dict[str, dict[str, float]]:
@@ -364,8 +391,7 @@ class Trainer:
                 loss = loss + stage.position_loss_weight * loss_position
                 log(loss_position=float(loss_position.detach()), position_error_m=error)
             if stage.answer_loss_weight > 0:
-                asked = self.rng.choice(len(episode.prompts), size=min(questions, len(episode.prompts)),
-                                        replace=False)
+                asked = pick_questions(episode.tasks, questions, self.rng, stage.balance_tasks)
                 tokens = self.model.read_memory(stream).tokens                          # [1,M,C]
                 loss_answer = self.model.bridge.loss(tokens.expand(len(asked), -1, -1),
                                                      [episode.prompts[i] for i in asked],
@@ -381,7 +407,7 @@ class Trainer:
         tokens, prompts, answers = [], [], []
         for index in picks:
             episode = self.data[int(index)]
-            asked = self.rng.choice(len(episode.prompts), size=min(questions, len(episode.prompts)), replace=False)
+            asked = pick_questions(episode.tasks, questions, self.rng, stage.balance_tasks)
             tokens.append(memories[int(index)])
             prompts.append([episode.prompts[i] for i in asked])
             answers.append([episode.answers[i] for i in asked])
