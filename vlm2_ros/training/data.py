@@ -3,10 +3,9 @@ frame the questions are asked at, resized to the model's input, with depth, sema
 world points, poses and stamps."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-
-import hashlib
 
 import cv2
 import numpy as np
@@ -68,7 +67,7 @@ def load_training_episode(path: Path, clip_frames: int, image_size: tuple[int, i
     if questions_per_task is not None:
         by_frame = {asked_at: generate_questions(episode, questions_per_task, frame_index=asked_at, balancer=balancer)
                     for asked_at in by_frame}
-    digest = episode_digest(Path(path))
+    digest = episode_digest(episode.path)
     samples = []
     for asked_at, questions in sorted(by_frame.items()):
         idx = clip_indices(asked_at, clip_frames)
