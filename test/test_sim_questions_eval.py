@@ -11,7 +11,7 @@ from vlm2_ros.evaluation.evaluate import evaluate, format_table, plot_report
 from vlm2_ros.evaluation.metrics import aggregate, mean_relative_accuracy, score_answer
 from vlm2_ros.evaluation.predictors import ChancePredictor, FrequencyPredictor, format_prompt
 from vlm2_ros.sim.episode import Episode, write_episode
-from vlm2_ros.sim.questions import MC_TASKS, TASKS, Balancer, QuestionGenerator, generate_questions
+from vlm2_ros.sim.questions import MC_TASKS, MEMORY_TASKS, TASKS, Balancer, QuestionGenerator, generate_questions
 from vlm2_ros.sim.scene import generate_scene
 
 
@@ -94,6 +94,51 @@ def test_answers_match_the_scene(synthetic_set):
             target, *cands = (objs[i] for i in r["object_ids"])
             best = min(cands, key=lambda c: _box_distance_bruteforce(target, c))
             assert r["answer_value"] == best.category
+
+
+def _compass(record: dict) -> str:
+    return next(d for d in ("east", "west", "north", "south")
+                if f"furthest {d}" in record["question"] or f"the {d} on" in record["question"])
+
+
+def test_memory_questions_are_answered_by_the_scene_alone():
+    """The training-only memory questions: exact answers, flat letters, nothing given away by the
+    question, and the VSI questions before them unchanged."""
+    bal, recs = Balancer(), []
+    for s in range(40):
+        sc = generate_scene(s)
+        vis = {o.id: (3 * k, 3 * k + 10, 5) for k, o in enumerate(sc.objects)}
+        make = lambda balancer: QuestionGenerator(sc, vis, np.arange(100) * 10**8, episode_id=f"e{s}",  # noqa: E731
+                                                  seed=s, balancer=balancer)
+        plain, extended = make(Balancer()).generate(2), make(Balancer()).generate(2, memory_per_task=2)
+        assert extended[:len(plain)] == plain
+        mine = [r for r in make(bal).generate(0, memory_per_task=2) if r["question_type"] in MEMORY_TASKS]
+        for r in mine:
+            options = [o.split(". ", 1)[1] for o in r["options"]]
+            assert r["options"]["ABCD".index(r["ground_truth"])].endswith(r["answer_value"])
+            assert len(options) == len(set(options)) == 4
+            if r["question_type"] == "memory_object_extreme":
+                picks = [next(x for x in sc.objects if x.id == i) for i in r["object_ids"]]
+                axis, sign = {"east": (0, 1), "west": (0, -1), "north": (1, 1), "south": (1, -1)}[_compass(r)]
+                best = max(picks, key=lambda x: sign * x.center[axis])
+                assert r["answer_value"] == best.category and sorted(options) == sorted(x.category for x in picks)
+                assert all(c in r["question"] for c in options)
+            else:
+                (o,) = (x for x in sc.objects if x.id == r["object_ids"][0])
+                east, north = o.center[0] > sc.room.width / 2, o.center[1] > sc.room.depth / 2
+                assert r["answer_value"] == ("north" if north else "south") + "-" + ("east" if east else "west")
+                assert f" {o.category}" in r["question"] and sc.count(o.category) == 1
+        recs += mine
+    assert {r["question_type"] for r in recs} == set(MEMORY_TASKS) and not set(MEMORY_TASKS) & set(TASKS)
+    for task in MEMORY_TASKS:
+        rows = [r for r in recs if r["question_type"] == task]
+        letters = np.bincount(["ABCD".index(r["ground_truth"]) for r in rows], minlength=4)
+        assert len(rows) >= 40 and letters.max() - letters.min() <= 1
+    # answer classes as flat as the scenes allow: the quarter asked for, the direction asked along
+    for task, answer_class in (("memory_object_quadrant", lambda r: r["answer_value"]),
+                               ("memory_object_extreme", _compass)):
+        counts = np.unique([answer_class(r) for r in recs if r["question_type"] == task], return_counts=True)[1]
+        assert len(counts) == 4 and counts.min() >= 0.75 * counts.max()
 
 
 def test_blind_baselines_stay_near_chance(synthetic_set):

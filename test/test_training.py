@@ -9,6 +9,7 @@ import yaml
 from safetensors.torch import load_file
 
 from vlm2_ros.cli import main
+from vlm2_ros.sim.questions import MEMORY_TASKS
 from vlm2_ros.training.config import TrainConfigError, load_train_config
 from vlm2_ros.training.data import clip_indices
 
@@ -61,6 +62,11 @@ def test_questions_per_task_asks_more_at_the_same_frame(data):
         assert torch.equal(a.images, b.images)
         assert len(b.prompts) > len(a.prompts) and len(b.prompts) == len(b.answers) == len(b.tasks)
         assert set(a.tasks) <= set(b.tasks)
+    with_memory = load_training_set(data, clip_frames=4, image_size=(48, 64), questions_per_task=3,
+                                    memory_questions_per_task=2)
+    for b, c in zip(more, with_memory, strict=True):
+        assert c.prompts[:len(b.prompts)] == b.prompts and c.answers[:len(b.answers)] == b.answers
+        assert set(c.tasks) - set(b.tasks) <= set(MEMORY_TASKS) and len(c.tasks) > len(b.tasks)
 
 
 def test_balanced_picks_take_every_task_in_turn():
@@ -79,6 +85,8 @@ def test_balanced_picks_take_every_task_in_turn():
 @pytest.mark.parametrize("change, message", [
     ({"stages": []}, "at least one stage"),
     ({"questions_per_task": 0}, "questions_per_task"),
+    ({"memory_questions_per_task": -1}, "memory_questions_per_task"),
+    ({"memory_questions_per_task": 2}, "needs questions_per_task"),
     ({"stages": [{"name": "x", "steps": 1, "train": ["wings"]}]}, "unknown modules"),
     ({"learning_rate": 1.0}, "unknown keys"),
     ({"pose_probability": 2.0}, "pose_probability"),

@@ -26,7 +26,15 @@ MC_TASKS = ("object_rel_distance", "object_rel_direction_easy", "object_rel_dire
             "object_rel_direction_hard", "route_planning", "obj_appearance_order")
 NA_TASKS = ("object_counting", "object_abs_distance", "object_size_estimation", "room_size_estimation")
 TASKS = NA_TASKS + MC_TASKS
+# Training-only questions whose answer is nowhere in the question: only what the memory holds
+# tells the options apart. They teach the language model to look a category up in memory (and
+# where it sits) before the VSI tasks ask it to combine such look-ups. Never in an evaluation set.
+MEMORY_TASKS = ("memory_object_quadrant", "memory_object_extreme")
 LETTERS = "ABCD"
+QUADRANTS = ("north-east", "north-west", "south-east", "south-west")
+QUADRANT_MARGIN = 0.1       # share of the room's side around its centre lines that is ambiguous
+COMPASS = {"east": (0, 1), "west": (0, -1), "north": (1, 1), "south": (1, -1)}   # world axis, sign
+EXTREME_MARGIN = 0.5        # metres between the furthest object and the next one along the axis
 
 TEMPLATES = {
     "object_counting": ["How many {cat}(s) are in this room?",
@@ -70,6 +78,13 @@ TEMPLATES = {
         "What will be the first-time appearance order of the following categories in the video: {cats}?",
         "In which order do these categories first appear in the video: {cats}?",
         "Order these categories by when they are first seen in the video: {cats}."],
+    "memory_object_quadrant": [
+        "On the map (x east, y north), in which quarter of the room is the {a}: north-east, north-west, "
+        "south-east or south-west?",
+        "Which quarter of the room holds the {a} on the map: north-east, north-west, south-east or south-west?"],
+    "memory_object_extreme": [
+        "On the map (x east, y north), which of these objects is furthest {d}: {opts}?",
+        "Of {opts}, which object lies furthest to the {d} on the map (x east, y north)?"],
 }
 
 DIRECTION_CLASSES = {
@@ -305,9 +320,48 @@ class QuestionGenerator:
             self._mc("obj_appearance_order", q, ", ".join(order), [", ".join(p) for p in wrong], ids)
             made += 1
 
-    def generate(self, per_task: int = 2) -> list[dict]:
-        if per_task < 0:
-            raise ValueError(f"per_task must be >= 0, got {per_task}")
+    def object_extreme(self, n: int) -> None:
+        u = self.unique
+        if len(u) < 4:
+            return
+        by_class: dict[str, list] = {d: [] for d in COMPASS}
+        for _ in range(30 * n):
+            picks = [u[i] for i in self.rng.choice(len(u), 4, replace=False)]
+            for direction, (axis, sign) in COMPASS.items():
+                ranked = sorted(picks, key=lambda o: -sign * o.center[axis])
+                if sign * (ranked[0].center[axis] - ranked[1].center[axis]) >= EXTREME_MARGIN:
+                    by_class[direction].append((ranked[0], picks))
+        for _ in range(n):
+            avail = [d for d in COMPASS if by_class[d]]
+            if not avail:
+                return
+            k = self.balancer.pick("memory_object_extreme", "class", avail, self.rng)
+            best, picks = by_class[k].pop(int(self.rng.integers(len(by_class[k]))))
+            q = self._template("memory_object_extreme").format(d=k, opts=", ".join(o.category for o in picks))
+            self._mc("memory_object_extreme", q, best.category, [o.category for o in picks if o is not best],
+                     [o.id for o in picks])
+
+    def object_quadrant(self, n: int) -> None:
+        room = self.scene.room
+        by_class: dict[str, list[SceneObject]] = {q: [] for q in QUADRANTS}
+        for o in self.unique:
+            dx, dy = o.center[0] - room.width / 2, o.center[1] - room.depth / 2
+            if abs(dx) > QUADRANT_MARGIN * room.width and abs(dy) > QUADRANT_MARGIN * room.depth:
+                by_class[("north" if dy > 0 else "south") + "-" + ("east" if dx > 0 else "west")].append(o)
+        for _ in range(n):
+            avail = [q for q in QUADRANTS if by_class[q]]
+            if not avail:
+                return
+            k = self.balancer.pick("memory_object_quadrant", "class", avail, self.rng)
+            o = by_class[k].pop(int(self.rng.integers(len(by_class[k]))))
+            q = self._template("memory_object_quadrant").format(a=o.category)
+            self._mc("memory_object_quadrant", q, k, [x for x in QUADRANTS if x != k], (o.id,))
+
+    def generate(self, per_task: int = 2, memory_per_task: int = 0) -> list[dict]:
+        """`per_task` questions of each VSI task (one room size), then `memory_per_task` of each
+        training-only MEMORY_TASKS (after the others, so they do not change them)."""
+        if per_task < 0 or memory_per_task < 0:
+            raise ValueError(f"per_task and memory_per_task must be >= 0, got {per_task}, {memory_per_task}")
         self.counting(per_task)
         self.abs_distance(per_task)
         self.size(per_task)
@@ -317,14 +371,17 @@ class QuestionGenerator:
             self.rel_direction(task, per_task)
         self.route(per_task)
         self.appearance_order(per_task)
+        self.object_quadrant(memory_per_task)
+        self.object_extreme(memory_per_task)
         return self.records
 
 
 def generate_questions(episode, per_task: int = 2, frame_index: int | None = None,
-                       balancer: Balancer | None = None) -> list[dict]:
-    """Questions for an Episode (or EpisodeDir): asked at `frame_index` (default: the last frame)."""
+                       balancer: Balancer | None = None, memory_per_task: int = 0) -> list[dict]:
+    """Questions for an Episode (or EpisodeDir): asked at `frame_index` (default: the last frame);
+    `memory_per_task` adds the training-only MEMORY_TASKS."""
     spec_seed = episode.spec.seed if hasattr(episode, "spec") else int(episode.meta["seed"])
     ep_id = episode.spec.episode_id if hasattr(episode, "spec") else episode.episode_id
     return QuestionGenerator(episode.scene, episode.visibility(), episode.stamps_ns, episode_id=ep_id,
                              seed=spec_seed, frame_index=frame_index,
-                             balancer=balancer).generate(per_task)
+                             balancer=balancer).generate(per_task, memory_per_task)

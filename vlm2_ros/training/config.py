@@ -80,6 +80,9 @@ class TrainConfig:
     # data set asks them (None: the data set's questions). More questions on the same frames cost
     # nothing to render or stream and give each memory more to answer.
     questions_per_task: int | None = None
+    # With questions_per_task: this many of each training-only question that only the memory can
+    # answer (sim.questions.MEMORY_TASKS: which category was seen, where in the room an object is).
+    memory_questions_per_task: int = 0
     episodes_per_step: int = 2
     pose_probability: float = 0.5           # share of clips given the camera poses (else predicted)
     weight_decay: float = 0.01
@@ -98,6 +101,11 @@ class TrainConfig:
             raise TrainConfigError("clip_frames must be >= 2, questions_per_episode and episodes_per_step >= 1")
         if self.questions_per_task is not None and self.questions_per_task < 1:
             raise TrainConfigError(f"questions_per_task must be >= 1, got {self.questions_per_task}")
+        if self.memory_questions_per_task < 0:
+            raise TrainConfigError(f"memory_questions_per_task must be >= 0, got {self.memory_questions_per_task}")
+        if self.memory_questions_per_task and self.questions_per_task is None:
+            raise TrainConfigError("memory_questions_per_task needs questions_per_task: memory questions are "
+                                   "generated with the others from each episode's scene")
         if not 0 <= self.pose_probability <= 1:
             raise TrainConfigError(f"pose_probability must be in [0, 1], got {self.pose_probability}")
 

@@ -54,18 +54,21 @@ def episode_digest(path: Path) -> str:
 
 def load_training_episode(path: Path, clip_frames: int, image_size: tuple[int, int],
                           questions_per_task: int | None = None,
-                          balancer: Balancer | None = None) -> list[TrainingEpisode]:
+                          balancer: Balancer | None = None,
+                          memory_questions_per_task: int = 0) -> list[TrainingEpisode]:
     """One sample per question frame of the episode (the generator asks at one frame per episode).
     With `questions_per_task`, the questions are generated again from the episode's scene at the
-    same frame, that many per task (the frames, and so the memory they stream into, are unchanged);
-    `balancer` is then the data set's shared answer balancer."""
+    same frame, that many per task (the frames, and so the memory they stream into, are unchanged),
+    plus `memory_questions_per_task` of each training-only MEMORY_TASKS; `balancer` is then the data
+    set's shared answer balancer."""
     episode = EpisodeDir(path)
     h, w = image_size
     by_frame: dict[int, list[dict]] = {}
     for q in episode.questions():
         by_frame.setdefault(int(q.get("frame_index", len(episode) - 1)), []).append(q)
     if questions_per_task is not None:
-        by_frame = {asked_at: generate_questions(episode, questions_per_task, frame_index=asked_at, balancer=balancer)
+        by_frame = {asked_at: generate_questions(episode, questions_per_task, frame_index=asked_at, balancer=balancer,
+                                                      memory_per_task=memory_questions_per_task)
                     for asked_at in by_frame}
     digest = episode_digest(episode.path)
     samples = []
@@ -90,12 +93,14 @@ def load_training_episode(path: Path, clip_frames: int, image_size: tuple[int, i
 
 
 def load_training_set(data: str | Path, clip_frames: int, image_size: tuple[int, int],
-                      questions_per_task: int | None = None) -> list[TrainingEpisode]:
+                      questions_per_task: int | None = None,
+                      memory_questions_per_task: int = 0) -> list[TrainingEpisode]:
     paths = episode_dirs(data)
     if not paths:
         raise ValueError(f"{data}: no episode directories (write some with `vlm2 sim dataset`)")
     balancer = Balancer()
     samples = []
     for path in tqdm(paths, desc="loading episodes", unit="episode"):
-        samples += load_training_episode(path, clip_frames, image_size, questions_per_task, balancer)
+        samples += load_training_episode(path, clip_frames, image_size, questions_per_task, balancer,
+                                         memory_questions_per_task)
     return samples

@@ -222,7 +222,7 @@ class Trainer:
                 raise ValueError(f"{self.out}: training state has probe tensors {unexpected} it should not, "
                                  f"or lacks {missing}")
         self.data = load_training_set(config.data, config.clip_frames, self.model.config.image_size,
-                                      config.questions_per_task)
+                                      config.questions_per_task, config.memory_questions_per_task)
         self._streamed: list[torch.Tensor] | None = None   # per sample, for "stream" stages
 
     def stream_memories(self) -> list[torch.Tensor]:
