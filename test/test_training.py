@@ -1,5 +1,6 @@
 """`vlm2 train`: config validation, a two-stage run that writes a loadable checkpoint, its log and
 plot, resume continuing where it stopped, and the losses going down when fitting one sample."""
+import dataclasses
 import json
 
 import numpy as np
@@ -263,6 +264,12 @@ def test_stream_stage_memory_is_the_inference_memory_and_training_lowers_the_los
     assert len(again.data) == 2
     assert torch.equal(again.stream_memories()[0], trainer.stream_memories()[0])
     assert [e.stream_key for e in calls] == [again.data[1].stream_key]
+    # streaming another data set's episode keeps the entries it does not use
+    other = Trainer(config, progress=False)
+    other.data = [dataclasses.replace(other.data[1], stream_key="another-episode@7")]
+    other.stream_memories()
+    assert set(load_file(str(tmp_path / "run" / "streamed_memories.safetensors"))) == {
+        e.stream_key for e in again.data} | {"another-episode@7"}
     with torch.no_grad():
         next(again.model.fusion.parameters()).add_(1.0)
     calls.clear()

@@ -229,15 +229,14 @@ class Trainer:
         """Every sample's inference-time memory under the current weights, computed once at the
         first "stream" stage (those stages freeze everything before the bridge). Kept in the run
         directory under each sample's stream_key, valid for the weights' digest: --resume streams
-        nothing again, and a run on a larger data set streams only the episodes it adds."""
+        nothing again, a run on a larger data set streams only the episodes it adds, and measuring
+        the run on another data set (--memory-reliance) adds its episodes beside the others."""
         if self._streamed is None:
             cache = self.out / STREAMED_MEMORIES
             digest = weights_digest(self.model, exclude="bridge.")
             cached: dict[str, torch.Tensor] = {}
             if cache.is_file() and safe_open_metadata(cache).get("weights") == digest:
-                cached = load_file(str(cache))
-            keys = {e.stream_key for e in self.data}
-            cached = {k: t for k, t in cached.items() if k in keys}
+                cached = load_file(str(cache))     # other data sets' entries stay: same weights, same memories
 
             def save() -> None:
                 self.out.mkdir(parents=True, exist_ok=True)
