@@ -276,6 +276,11 @@ def test_stream_stage_memory_is_the_inference_memory_and_training_lowers_the_los
     again._streamed = None
     again.stream_memories()
     assert len(calls) == 2             # other weights: streamed again
+    from vlm2_ros.training.trainer import memory_digest
+    digest = memory_digest(again.model)
+    again.model.config.readout_grid = (3, 4)
+    assert memory_digest(again.model) != digest      # so is another memory layout with the same weights
+    again.model.config.readout_grid = (2, 2)
     trainer.model.train()
     first, metrics = fit(trainer, stage, steps=10)
     assert metrics["loss_depth"] == 0.0 and metrics["loss_answer"] < 0.5 * first["loss_answer"]

@@ -54,11 +54,14 @@ METRICS = ("loss_depth", "loss_category", "loss_position", "loss_answer",      #
            "category_accuracy", "position_error_m")
 
 
-def weights_digest(model: torch.nn.Module, exclude: str) -> str:
-    """sha256 over the parameters and buffers whose names do not start with `exclude`."""
+def memory_digest(model: VLM2Model) -> str:
+    """What a streamed memory depends on: sha256 over the model's config and its parameters and
+    buffers, all but the language bridge's (the memory sizes and readout grid are config, not weights)."""
     digest = hashlib.sha256()
+    config = {k: v for k, v in model.config.to_dict().items() if k != "bridge"}
+    digest.update(json.dumps(config, sort_keys=True).encode())
     for name, tensor in sorted(model.state_dict().items()):
-        if not name.startswith(exclude):
+        if not name.startswith("bridge."):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
@@ -228,20 +231,21 @@ class Trainer:
     def stream_memories(self) -> list[torch.Tensor]:
         """Every sample's inference-time memory under the current weights, computed once at the
         first "stream" stage (those stages freeze everything before the bridge). Kept in the run
-        directory under each sample's stream_key, valid for the weights' digest: --resume streams
+        directory under each sample's stream_key, valid for memory_digest: --resume streams
         nothing again, a run on a larger data set streams only the episodes it adds, and measuring
         the run on another data set (--memory-reliance) adds its episodes beside the others."""
         if self._streamed is None:
             cache = self.out / STREAMED_MEMORIES
-            digest = weights_digest(self.model, exclude="bridge.")
+            digest = memory_digest(self.model)
             cached: dict[str, torch.Tensor] = {}
-            if cache.is_file() and safe_open_metadata(cache).get("weights") == digest:
+            if cache.is_file() and safe_open_metadata(cache).get("memory_digest") == digest:
                 cached = load_file(str(cache))     # other data sets' entries stay: same weights, same memories
 
             def save() -> None:
                 self.out.mkdir(parents=True, exist_ok=True)
                 with atomic_file(cache) as tmp:
-                    save_file({k: t.contiguous() for k, t in cached.items()}, str(tmp), metadata={"weights": digest})
+                    save_file({k: t.contiguous() for k, t in cached.items()}, str(tmp),
+                              metadata={"memory_digest": digest})
 
             missing = [e for e in self.data if e.stream_key not in cached]
             if missing:
