@@ -314,11 +314,16 @@ def test_memory_reliance_compares_own_and_another_scenes_memory(data, tmp_path, 
     assert rows["all"]["questions"] == questions == sum(r["questions"] for t, r in rows.items() if t != "all")
     assert rows["all"]["own"] != rows["all"]["other"]            # two scenes' memories: different losses
     assert "| all |" in capsys.readouterr().out
+    choices = {t for s in Trainer(load_train_config(config), resume=True, progress=False).data
+               for t, a in zip(s.tasks, s.answers) if a in ("A", "B", "C", "D")}
+    assert choices and {t for t, r in rows.items() if "own_accuracy" in r} == choices
+    assert all(0 <= r[k] <= 1 for r in rows.values() for k in ("own_accuracy", "other_accuracy") if k in r)
     # a language model that never sees the memory loses the same with either
     trainer = Trainer(load_train_config(config), resume=True, progress=False)
     trainer.model.bridge.projector.forward = lambda x: torch.zeros(*x.shape[:-1], trainer.model.bridge.hidden_size)
-    row = trainer.memory_reliance(samples=2)["all"]
-    assert row["own"] == row["other"]
+    rows = trainer.memory_reliance(samples=2)
+    assert rows["all"]["own"] == rows["all"]["other"]
+    assert all(r["own_accuracy"] == r["other_accuracy"] for r in rows.values() if "own_accuracy" in r)
 
 
 def test_room_size_probe_finds_the_room_in_the_memory_when_it_is_there(data, tmp_path):

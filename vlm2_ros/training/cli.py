@@ -65,7 +65,10 @@ def diagnose_command(config, reliance_samples: int | None, room_size_probe: bool
         return 0
     rows = trainer.memory_reliance(reliance_samples)
     write_json_atomic(Path(config.out) / "memory_reliance.json", rows)
-    print("| question type | questions | loss, own memory | loss, another scene's |\n|---|---|---|---|")
+    print("| question type | questions | loss, own memory | loss, another scene's | accuracy, own | accuracy, "
+          "another's |\n|---|---|---|---|---|---|")
     for task, row in rows.items():
-        print(f"| {task} | {row['questions']} | {row['own']:.3f} | {row['other']:.3f} |")
+        accuracy = (f"{100 * row['own_accuracy']:.1f} | {100 * row['other_accuracy']:.1f}" if "own_accuracy" in row
+                    else "- | -")
+        print(f"| {task} | {row['questions']} | {row['own']:.3f} | {row['other']:.3f} | {accuracy} |")
     return 0

@@ -42,6 +42,7 @@ from ..model.fusion import pool_to_grid
 from ..model.provenance import Provenance
 from ..model.vlm2 import VLM2Model
 from ..sim.episode import EpisodeDir
+from ..sim.questions import LETTERS
 from ..sim.scene import SEMANTIC_CLASSES
 from .config import MODULES, StageConfig, TrainConfig
 from .data import TrainingEpisode, load_training_set
@@ -261,25 +262,39 @@ class Trainer:
 
     def memory_reliance(self, samples: int = 60) -> dict[str, dict[str, float]]:
         """Does the language model read the memory? Per question type, the mean teacher-forced
-        answer loss of up to `samples` training samples' questions over their own streamed memory
-        and over the memory of the next picked sample (another scene). Equal losses: the answers
-        come from the question alone. Rows {type: {own, other, questions}} and "all"."""
+        answer loss of up to `samples` samples' questions over their own streamed memory and over
+        the memory of the next picked sample (another scene). Equal losses: the answers come from
+        the question alone. For multiple-choice types also the accuracy of the letter the model
+        ranks first (A-D) with each memory. Rows {type: {own, other, questions[, own_accuracy,
+        other_accuracy]}} and "all"."""
         memories = self.stream_memories()
         picks = np.random.default_rng(self.config.seed).choice(len(self.data), min(samples, len(self.data)),
                                                                 replace=False)
+        bridge = self.model.bridge
+        letter_ids = torch.tensor([bridge.answer_ids(letter)[0] for letter in LETTERS])
+        first_letter = lambda memory, prompt: LETTERS[int(  # noqa: E731
+            bridge.next_token_logits(memory, [prompt])[0, letter_ids].argmax())]
         losses: dict[str, list[tuple[float, float]]] = {}
+        hits: dict[str, list[tuple[bool, bool]]] = {}
         self.model.eval()
         with torch.no_grad():
             for own, other in zip(picks, np.roll(picks, 1)):
                 sample = self.data[int(own)]
                 for prompt, answer, task in zip(sample.prompts, sample.answers, sample.tasks):
-                    pair = tuple(float(self.model.bridge.loss_per_memory(memories[int(m)], [[prompt]], [[answer]]))
+                    pair = tuple(float(bridge.loss_per_memory(memories[int(m)], [[prompt]], [[answer]]))
                                  for m in (own, other))
-                    losses.setdefault(task, []).append(pair)
-                    losses.setdefault("all", []).append(pair)
+                    for key in (task, "all"):
+                        losses.setdefault(key, []).append(pair)
+                    if answer in tuple(LETTERS):
+                        hits.setdefault(task, []).append(tuple(first_letter(memories[int(m)], prompt) == answer
+                                                               for m in (own, other)))
         self.model.train()
-        return {task: {"own": float(np.mean([a for a, _ in rows])), "other": float(np.mean([b for _, b in rows])),
-                       "questions": len(rows)} for task, rows in sorted(losses.items())}
+        rows = {task: {"own": float(np.mean([a for a, _ in pairs])), "other": float(np.mean([b for _, b in pairs])),
+                       "questions": len(pairs)} for task, pairs in sorted(losses.items())}
+        for task, pairs in hits.items():
+            rows[task].update(own_accuracy=float(np.mean([a for a, _ in pairs])),
+                              other_accuracy=float(np.mean([b for _, b in pairs])))
+        return rows
 
     def room_size_probe(self, folds: int = 5, ridge: float = 100.0) -> dict[str, float]:
         """Does the memory hold the room's extent? A ridge regression from each sample's streamed
