@@ -163,7 +163,7 @@ def test_perception_stage_teaches_the_fused_tokens_what_is_where(data):
 
     stage = StageConfig("perception", steps=1, train=["semantic", "fusion", "memory"], lr=3e-3, warmup_steps=0,
                         depth_loss_weight=0.0, answer_loss_weight=0.0, category_loss_weight=1.0,
-                        position_loss_weight=1.0)
+                        position_loss_weight=1.0, point_loss_weight=1.0)
     config = TrainConfig(data=str(data), out="/nonexistent-unused", clip_frames=3, episodes_per_step=1,
                          pose_probability=1.0, stages=[stage])
     trainer = Trainer(config, progress=False)
@@ -174,6 +174,8 @@ def test_perception_stage_teaches_the_fused_tokens_what_is_where(data):
     assert metrics["category_accuracy"] > first["category_accuracy"]
     assert metrics["loss_position"] < 0.5 * first["loss_position"]
     assert metrics["position_error_m"] < first["position_error_m"]
+    assert metrics["loss_point"] < 0.5 * first["loss_point"]
+    assert metrics["point_error_m"] < first["point_error_m"]
 
 
 def test_position_loss_is_skipped_on_clips_without_poses(data):
@@ -181,11 +183,11 @@ def test_position_loss_is_skipped_on_clips_without_poses(data):
     from vlm2_ros.training.trainer import Trainer
 
     stage = StageConfig("perception", steps=1, train=["fusion"], depth_loss_weight=0.0, answer_loss_weight=0.0,
-                        position_loss_weight=1.0)
+                        position_loss_weight=1.0, point_loss_weight=1.0)
     config = TrainConfig(data=str(data), out="/nonexistent-unused", clip_frames=3, episodes_per_step=1,
                          pose_probability=0.0, stages=[stage])
     loss, metrics = Trainer(config, progress=False).step_losses(stage)
-    assert metrics["loss_position"] == 0 and float(loss.detach()) == 0   # the points' world frame is unknown
+    assert metrics["loss_position"] == metrics["loss_point"] == 0 and float(loss.detach()) == 0   # frame unknown
 
 
 def test_position_loss_targets_each_class_moment_per_patch():
@@ -208,6 +210,46 @@ def test_position_loss_targets_each_class_moment_per_patch():
     shifted[0, 0, 0] += 0.5                              # left patch's class 0 said 1 m (0.5 x scale) off in x
     loss, error = position_loss(shifted, classes, points, (1, 2), scale_m=2.0)
     assert abs(float(loss) - 0.125) < 1e-6 and abs(error - 0.5) < 1e-6   # mean of 1 m and 0 m
+
+
+def test_point_loss_targets_each_patch_mean_world_point():
+    from vlm2_ros.training.trainer import point_loss
+
+    points = torch.zeros(1, 2, 4, 3)
+    points[..., 0] = torch.arange(4.0)                   # x = column index (metres)
+    points[..., 2] = 1.0
+    target = torch.tensor([[[0.5, 0.0, 1.0], [2.5, 0.0, 1.0]]]) / 2.0       # 1x2 grid, scale 2 m
+    loss, error = point_loss(target, points, (1, 2), scale_m=2.0)
+    assert float(loss) == 0 and error == 0
+    shifted = target.clone()
+    shifted[0, 1, 1] += 0.5                              # right patch said 1 m off in y
+    loss, error = point_loss(shifted, points, (1, 2), scale_m=2.0)
+    assert abs(float(loss) - 0.125) < 1e-6 and abs(error - 0.5) < 1e-6   # mean of 0 m and 1 m
+
+
+def test_window_stage_trains_depth_on_consecutive_frames_of_the_whole_episode(data, monkeypatch):
+    from vlm2_ros.training import trainer as trainer_module
+    from vlm2_ros.training.config import StageConfig, TrainConfig
+    from vlm2_ros.training.trainer import Trainer
+
+    stage = StageConfig("geometry", steps=1, train=["geometry"], lr=3e-3, warmup_steps=0, answer_loss_weight=0.0,
+                        memory="window", episodes_per_step=2)
+    config = TrainConfig(data=str(data), out="/nonexistent-unused", clip_frames=3, stages=[stage])
+    trainer = Trainer(config, progress=False)
+    windows = []
+    load_frames = trainer_module.load_frames
+    monkeypatch.setattr(trainer_module, "load_frames",
+                        lambda episode, indices, size: windows.append(list(indices)) or load_frames(episode, indices, size))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    first, metrics = fit(trainer, stage, steps=10)
+    length = trainer.model.config.geometry_window
+    assert len(windows) == 20 and all(w == list(range(w[0], w[0] + length)) for w in windows)
+    # anywhere in the 12-frame episodes, not only up to the question frame
+    assert min(w[0] for w in windows) >= 0 and max(w[-1] for w in windows) <= 11 and len({w[0] for w in windows}) > 2
+    assert metrics["loss_depth"] < first["loss_depth"]
+    assert all(v == 0 for k, v in metrics.items() if k != "loss_depth")
+    changed = {k.split(".")[0] for k, v in trainer.model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"geometry"}
 
 
 def test_category_loss_targets_each_patch_class_share():
@@ -287,13 +329,19 @@ def test_stream_stage_memory_is_the_inference_memory_and_training_lowers_the_los
 
 
 @pytest.mark.parametrize("stage", [
+    {"name": "s", "steps": 1, "train": ["geometry", "fusion"], "answer_loss_weight": 0.0, "memory": "window"},
+    {"name": "s", "steps": 1, "train": ["geometry"], "memory": "window"},
+    {"name": "s", "steps": 1, "train": ["geometry"], "answer_loss_weight": 0.0, "point_loss_weight": 1.0,
+     "memory": "window"},
+    {"name": "s", "steps": 1, "train": ["geometry"], "depth_loss_weight": 0.0, "answer_loss_weight": 0.0,
+     "category_loss_weight": 1.0, "memory": "window"},
     {"name": "s", "steps": 1, "train": ["bridge", "fusion"], "depth_loss_weight": 0.0, "memory": "stream"},
     {"name": "s", "steps": 1, "train": ["bridge"], "memory": "stream"},
     {"name": "s", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "memory": "video"},
     {"name": "s", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "category_loss_weight": 1.0,
      "memory": "stream"},
 ])
-def test_stream_stage_settings_are_validated(tmp_path, stage):
+def test_stream_and_window_stage_settings_are_validated(tmp_path, stage):
     with pytest.raises(TrainConfigError, match="memory"):
         load_train_config(write_config(tmp_path / "c.yaml", stages=[stage]))
 
@@ -351,3 +399,46 @@ def test_room_size_probe_finds_the_room_in_the_memory_when_it_is_there(data, tmp
     seeing = trainer.room_size_probe(folds=5, ridge=1.0)
     assert seeing["samples"] == blind["samples"] == 20 and seeing["mean_mra"] == blind["mean_mra"]
     assert seeing["probe_mra"] > 0.9 > blind["probe_mra"] and seeing["log_correlation"] > 0.99
+
+
+@pytest.mark.parametrize("reader", ["point", "position"])
+def test_position_probe_reads_where_each_object_is(data, tmp_path, reader):
+    from vlm2_ros.sim.episode import EpisodeDir
+    from vlm2_ros.sim.scene import SEMANTIC_CLASSES
+    from vlm2_ros.training.config import load_train_config
+    from vlm2_ros.training.trainer import Trainer
+
+    (tmp_path / "data").symlink_to(data)
+    untrained = write_config(tmp_path / "a.yaml", out="a", stages=[{"name": "a", "steps": 1, "train": ["bridge"],
+                                                                     "depth_loss_weight": 0.0}])
+    assert main(["train", "--config", str(untrained)]) == 0
+    with pytest.raises(SystemExit, match="has not trained the category probe"):
+        main(["train", "--config", str(untrained), "--position-probe", "1"])
+    config = write_config(tmp_path / "b.yaml", out="b", pose_probability=1.0, stages=[
+        {"name": "p", "steps": 1, "train": ["fusion"], "depth_loss_weight": 0.0, "answer_loss_weight": 0.0,
+         "category_loss_weight": 1.0, f"{reader}_loss_weight": 1.0}])
+    assert main(["train", "--config", str(config)]) == 0
+    assert main(["train", "--config", str(config), "--position-probe", "2"]) == 0
+    result = json.loads((tmp_path / "b" / "position_probe.json").read_text())
+    assert result["episodes"] == 2 and result["reader"] == reader and result["depth_error"] > 0
+    assert set(result["grids"]) == {"6x8", "2x2"}
+    # Probes that say every token shows one object, at its centre: the reader finds exactly it.
+    trainer = Trainer(load_train_config(config), resume=True, progress=False)
+    scene = EpisodeDir(trainer.data[0].path).scene
+    target = scene.unique_objects()[0]
+    k, scale = SEMANTIC_CLASSES.index(target.category), trainer.model.config.fusion.position_scale_m
+    with torch.no_grad():
+        for probe in trainer.probes.values():
+            probe.weight.zero_()
+            probe.bias.zero_()
+        trainer.probes["category"].bias[k] = 20.0
+        centre = torch.tensor(target.center) / scale
+        trainer.probes["point"].bias.copy_(centre)
+        trainer.probes["position"].bias.view(-1, 3)[k] = centre      # share ~1: the moment is the point
+    result = trainer.position_probe(episodes=1)
+    room = scene.room
+    for row in result["grids"].values():
+        assert row["objects"] == len(scene.unique_objects()) and row["located"] == 1
+        assert row["median_error_m"] < 1e-3 and row["max_object_share"] > 0.99
+        assert abs(row["room_centre_median_error_m"] - float(np.hypot(room.width / 2 - target.center[0],
+                                                                      room.depth / 2 - target.center[1]))) < 1e-6

@@ -1,6 +1,7 @@
 """`vlm2 train --config FILE [--resume]`: train a preset on a data set (see training/config.py).
-`--memory-reliance` and `--room-size-probe` train nothing: they measure a finished run (does its
-language model read its memory; does its memory hold the room's extent)."""
+`--memory-reliance`, `--room-size-probe` and `--position-probe` train nothing: they measure a finished
+run (does its language model read its memory; does its memory hold the room's extent; does it hold
+where each object is)."""
 from __future__ import annotations
 
 import argparse
@@ -21,6 +22,11 @@ def register(subparsers) -> None:
                           help="do not train: 5-fold cross-validated ridge probe from the run's streamed "
                                "memories to the room area (mean relative accuracy, beside the mean answer); "
                                "writes room_size_probe.json in the run directory")
+    diagnose.add_argument("--position-probe", type=int, nargs="?", const=8, metavar="EPISODES",
+                          help="do not train: stream EPISODES (default 8) of the config's episodes and read "
+                               "where each object is from the memory with the run's category and point "
+                               "probes, at the entry grid and the readout grid; with the depth error of the "
+                               "geometry windows; writes position_probe.json in the run directory")
     p.set_defaults(func=train_command)
 
 
@@ -35,8 +41,8 @@ def train_command(args: argparse.Namespace) -> int:
     if not Path(config.data).is_dir():
         raise SystemExit(f"vlm2 train: data directory {config.data} does not exist; write one with "
                          f"`vlm2 sim dataset --seed 1 --episodes 40 --frames 300 --out {config.data}`")
-    if args.memory_reliance is not None or args.room_size_probe:
-        return diagnose_command(config, args.memory_reliance, args.room_size_probe)
+    if args.memory_reliance is not None or args.room_size_probe or args.position_probe is not None:
+        return diagnose_command(config, args.memory_reliance, args.room_size_probe, args.position_probe)
     try:
         checkpoint = Trainer(config, resume=args.resume).run()
     except FileExistsError as e:
@@ -46,15 +52,33 @@ def train_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def diagnose_command(config, reliance_samples: int | None, room_size_probe: bool) -> int:
+def diagnose_command(config, reliance_samples: int | None, room_size_probe: bool,
+                     position_episodes: int | None = None) -> int:
     from ..atomic_io import write_json_atomic
     from .trainer import STATE_JSON, Trainer
 
     if reliance_samples is not None and reliance_samples < 1:
         raise SystemExit("vlm2 train: --memory-reliance needs at least 1 sample")
+    if position_episodes is not None and position_episodes < 1:
+        raise SystemExit("vlm2 train: --position-probe needs at least 1 episode")
     if not (Path(config.out) / STATE_JSON).is_file():
         raise SystemExit(f"vlm2 train: {config.out} holds no training run to measure")
     trainer = Trainer(config, resume=True)
+    if position_episodes is not None:
+        try:
+            result = trainer.position_probe(position_episodes)
+        except ValueError as e:
+            raise SystemExit(f"vlm2 train: {e}") from None
+        write_json_atomic(Path(config.out) / "position_probe.json", result)
+        print(f"{result['episodes']} episodes, {result['reader']} probe; depth error of the geometry windows "
+              f"(mean |log d - log d*|): {result['depth_error']:.3f}")
+        print("| memory grid | objects located | median error (m) | guessing the room centre (m) | "
+              "largest object share |\n|---|---|---|---|---|")
+        meters = lambda value: "-" if value is None else f"{value:.2f}"  # noqa: E731
+        for grid, row in result["grids"].items():
+            print(f"| {grid} | {row['located']} of {row['objects']} | {meters(row['median_error_m'])} | "
+                  f"{meters(row['room_centre_median_error_m'])} | {row['max_object_share']:.2f} |")
+        return 0
     if room_size_probe:
         try:
             result = trainer.room_size_probe()

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 MODULES = ("geometry", "semantic", "fusion", "memory", "readout", "bridge")
-MEMORY_SOURCES = ("clip", "stream")
+MEMORY_SOURCES = ("clip", "stream", "window")
 
 
 class TrainConfigError(ValueError):
@@ -35,12 +35,22 @@ class StageConfig:
     # frame. Moments average linearly, so a memory entry pooled for the language model still
     # encodes where each category sits in it.
     position_loss_weight: float = 0.0
+    # Where each token is: a third training-only linear probe on the same tokens predicts the mean
+    # world point of the token's patch, from the rendered depth and pose (clips given poses only).
+    # With the category probe, every token then says what it shows and where; a reader finds a
+    # category's position by weighing its tokens' points by their share of it (an attention can do
+    # that; a class moment needs the share divided out of a linear map, which one token cannot do).
+    point_loss_weight: float = 0.0
     # Where the memory the questions read comes from. "clip": the sample's clip is unrolled with
     # gradients (every module can learn). "stream": built as at inference, from every frame up to
     # the question through the frozen perception and memory, once per stage; only the language
-    # bridge learns, and a step costs the language model alone.
+    # bridge learns, and a step costs the language model alone. "window": no memory and no
+    # questions: random windows of geometry_window consecutive frames from anywhere in the
+    # episodes (as the engine decodes them) through the geometry encoder, depth loss only; a step
+    # costs one window decode per episode, so the encoder sees far more frames than clips give it.
     memory: str = "clip"
-    episodes_per_step: int | None = None    # None: the run's setting (a "stream" step is cheap: take more)
+    episodes_per_step: int | None = None    # None: the run's setting (a "stream" step is cheap: take more;
+                                            # a "window" step takes one window from each)
     questions_per_episode: int | None = None
     # Pick each episode's questions task by task, so that every task weighs the same in the answer
     # loss whatever the data set's mix (it asks one room size per episode, up to 48 directions).
@@ -53,18 +63,24 @@ class StageConfig:
         if self.steps < 1 or self.lr <= 0 or self.warmup_steps < 0:
             raise TrainConfigError(f"stage {self.name!r}: steps must be >= 1, lr > 0, warmup_steps >= 0")
         weights = (self.depth_loss_weight, self.answer_loss_weight, self.category_loss_weight,
-                   self.position_loss_weight)
+                   self.position_loss_weight, self.point_loss_weight)
         if min(weights) < 0 or sum(weights) == 0:
             raise TrainConfigError(f"stage {self.name!r}: loss weights must be >= 0 and not all 0")
         if (self.episodes_per_step or 1) < 1 or (self.questions_per_episode or 1) < 1:
             raise TrainConfigError(f"stage {self.name!r}: episodes_per_step and questions_per_episode must be >= 1")
         if self.memory not in MEMORY_SOURCES:
             raise TrainConfigError(f"stage {self.name!r}: memory must be one of {MEMORY_SOURCES}, got {self.memory!r}")
+        probes = (self.category_loss_weight, self.position_loss_weight, self.point_loss_weight)
         if self.memory == "stream" and (self.train != ["bridge"] or self.answer_loss_weight == 0 or any(
-                (self.depth_loss_weight, self.category_loss_weight, self.position_loss_weight))):
+                (self.depth_loss_weight, *probes))):
             raise TrainConfigError(f"stage {self.name!r}: memory 'stream' freezes everything before the "
-                                   "language model: train must be [bridge], depth_loss_weight, "
-                                   "category_loss_weight and position_loss_weight 0, answer_loss_weight > 0")
+                                   "language model: train must be [bridge], depth_loss_weight, category_loss_weight, "
+                                   "position_loss_weight and point_loss_weight 0, answer_loss_weight > 0")
+        if self.memory == "window" and (self.train != ["geometry"] or self.depth_loss_weight == 0 or any(
+                (self.answer_loss_weight, *probes))):
+            raise TrainConfigError(f"stage {self.name!r}: memory 'window' runs the geometry encoder alone: "
+                                   "train must be [geometry], depth_loss_weight > 0, answer_loss_weight, "
+                                   "category_loss_weight, position_loss_weight and point_loss_weight 0")
 
 
 @dataclass

@@ -43,6 +43,15 @@ def clip_indices(asked_at: int, clip_frames: int) -> np.ndarray:
     return np.unique(np.linspace(0, asked_at, num=min(clip_frames, asked_at + 1)).round().astype(int))
 
 
+def load_frames(episode: EpisodeDir, indices, image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames `indices` of an episode at the model's input size (H, W): images [T,3,H,W] uint8 and
+    rendered depth [T,H,W] float32 metres (nearest-neighbour, so no depth blends two surfaces)."""
+    h, w = image_size
+    images = np.stack([cv2.resize(episode.frame(i), (w, h), interpolation=cv2.INTER_AREA) for i in indices])
+    depth = np.stack([cv2.resize(episode.depth(i), (w, h), interpolation=cv2.INTER_NEAREST) for i in indices])
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(depth)
+
+
 def episode_digest(path: Path) -> str:
     """Names a rendered episode by its content (metadata and scene), not its directory: the same
     episode in another copy of a data set, or in a larger one from the same seed, has the same digest."""
@@ -74,16 +83,14 @@ def load_training_episode(path: Path, clip_frames: int, image_size: tuple[int, i
     samples = []
     for asked_at, questions in sorted(by_frame.items()):
         idx = clip_indices(asked_at, clip_frames)
-        images = np.stack([cv2.resize(episode.frame(i), (w, h), interpolation=cv2.INTER_AREA) for i in idx])
-        depth = np.stack([cv2.resize(episode.depth(i), (w, h), interpolation=cv2.INTER_NEAREST) for i in idx])
+        images, depth = load_frames(episode, idx, image_size)
         classes = np.stack([cv2.resize(semantic_classes(episode.scene, episode.mask(i)), (w, h),
                                        interpolation=cv2.INTER_NEAREST) for i in idx])
         # nearest-neighbour like depth and classes, so a pixel's point and class belong together
         points = np.stack([cv2.resize(world_points(episode.depth(i), episode.intrinsics, episode.poses[i]),
                                       (w, h), interpolation=cv2.INTER_NEAREST) for i in idx])
         samples.append(TrainingEpisode(
-            episode.episode_id, torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
-            torch.from_numpy(depth), torch.from_numpy(classes), torch.from_numpy(points),
+            episode.episode_id, images, depth, torch.from_numpy(classes), torch.from_numpy(points),
             torch.from_numpy(episode.poses[idx].astype(np.float32)),
             torch.from_numpy(episode.stamps_ns[idx].astype(np.int64)), torch.from_numpy(idx.astype(np.int64)),
             [format_prompt(q) for q in questions], [str(q["ground_truth"]) for q in questions],

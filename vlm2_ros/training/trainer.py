@@ -45,14 +45,15 @@ from ..sim.episode import EpisodeDir
 from ..sim.questions import LETTERS
 from ..sim.scene import SEMANTIC_CLASSES
 from .config import MODULES, StageConfig, TrainConfig
-from .data import TrainingEpisode, load_training_set
+from .data import TrainingEpisode, load_frames, load_training_set
 
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
 STREAMED_MEMORIES = "streamed_memories.safetensors"
 STREAM_SAVE_EVERY = 50          # streamed samples between saves of the memory cache
 PROBE_PREFIX = "probes."
-METRICS = ("loss_depth", "loss_category", "loss_position", "loss_answer",      # logged every step
-           "category_accuracy", "position_error_m")
+METRICS = ("loss_depth", "loss_category", "loss_position", "loss_point", "loss_answer",   # logged every step
+           "category_accuracy", "position_error_m", "point_error_m")
+PROBES = ("category", "position", "point")     # training-only heads, each with its stage loss weight
 
 
 def memory_digest(model: VLM2Model) -> str:
@@ -119,6 +120,16 @@ def position_loss(predicted: torch.Tensor, classes: torch.Tensor, points: torch.
         2, major[..., None, None].expand(-1, -1, 1, 3)).squeeze(2)
     error = (pick(predicted.detach()) - pick(target)).norm(dim=-1) / share * scale_m
     return loss, float(error.mean())
+
+
+def point_loss(predicted: torch.Tensor, points: torch.Tensor, grid: tuple[int, int],
+               scale_m: float) -> tuple[torch.Tensor, float]:
+    """Squared error (summed over axes, mean over patches) of predicted patch points [T,N,3], in
+    units of scale_m, against the mean world point of each patch of `grid` (points [T,H,W,3]); and
+    the mean distance between the two in metres."""
+    target = pool_to_grid(points / scale_m, grid)                                     # [T,N,3]
+    loss = (predicted - target).square().sum(dim=-1).mean()
+    return loss, float((predicted.detach() - target).norm(dim=-1).mean() * scale_m)
 
 
 def unroll(model: VLM2Model, episode: TrainingEpisode, use_pose: bool):
@@ -219,15 +230,17 @@ class Trainer:
         # not the checkpoint
         dim, classes = self.model.config.fusion.dim, len(SEMANTIC_CLASSES)
         self.probes = torch.nn.ModuleDict({"category": torch.nn.Linear(dim, classes),
-                                           "position": torch.nn.Linear(dim, 3 * classes)}).to(config.device)
-        if self._probe_state is not None:   # a run from before the position probe starts that one fresh
+                                           "position": torch.nn.Linear(dim, 3 * classes),
+                                           "point": torch.nn.Linear(dim, 3)}).to(config.device)
+        if self._probe_state is not None:   # a run from before the position or point probe starts those fresh
             missing, unexpected = self.probes.load_state_dict(self._probe_state, strict=False)
-            if unexpected or any(not k.startswith("position.") for k in missing):
+            if unexpected or any(not k.startswith(("position.", "point.")) for k in missing):
                 raise ValueError(f"{self.out}: training state has probe tensors {unexpected} it should not, "
                                  f"or lacks {missing}")
         self.data = load_training_set(config.data, config.clip_frames, self.model.config.image_size,
                                       config.questions_per_task, config.memory_questions_per_task)
         self._streamed: list[torch.Tensor] | None = None   # per sample, for "stream" stages
+        self._episodes: dict[str, EpisodeDir] = {}            # opened on demand, for "window" stages
 
     def stream_memories(self) -> list[torch.Tensor]:
         """Every sample's inference-time memory under the current weights, computed once at the
@@ -325,6 +338,81 @@ class Trainer:
         return {"samples": len(y), "probe_mra": score(probe), "mean_mra": score(mean),
                 "log_correlation": float(np.corrcoef(probe, y)[0, 1])}
 
+    def trained_probes(self) -> list[str]:
+        """The probes a stage of this run has trained so far (their loss weight > 0)."""
+        run = self.config.stages[:self.stage_index + 1]
+        return [name for name in PROBES if any(getattr(stage, f"{name}_loss_weight") > 0 for stage in run)]
+
+    def position_probe(self, episodes: int = 8, min_share: float = 0.3) -> dict:
+        """Does the memory hold where each object is, in a form a reader could use? Each of the
+        first `episodes` episodes is streamed as at inference up to its question frame; the run's
+        own probes then read every memory token (at the entry grid, and pooled to the readout grid
+        the language model sees): the category probe gives each token's share of each category, and
+        the point probe its world point (or, for runs trained with the class-moment probe instead,
+        the moment divided by the share). A category's position is the share-weighted mean over the
+        tokens where its share is at least `min_share`. Scored on the objects that are the only one
+        of their category (floor-plane distance to the object's centre), beside guessing the room's
+        centre; and the depth error (mean |log d - log d*|) of the newest frame of the geometry
+        windows the engine decodes, every 20 frames of the same streams."""
+        trained = self.trained_probes()
+        reader = "point" if "point" in trained else "position" if "position" in trained else None
+        if "category" not in trained or reader is None:
+            raise ValueError("the run has not trained the category probe and the point (or class-moment) "
+                             "probe; a stage with category_loss_weight and point_loss_weight > 0 trains them")
+        first_samples: dict[str, TrainingEpisode] = {}
+        for sample in self.data:
+            first_samples.setdefault(sample.path, sample)
+        picked = list(first_samples.values())[:episodes]
+        engine = SpatialMemoryEngine(self.model, weights=self.weights, device=self.config.device)
+        scale, hs_ws, classes = self.model.config.fusion.position_scale_m, self.model.entry_grid, SEMANTIC_CLASSES
+        grids = {f"{hs_ws[0]}x{hs_ws[1]}": None, "x".join(map(str, self.model.config.readout_grid)): self.model.readout}
+        rows = {name: {"objects": 0, "errors": [], "room_centre_errors": [], "max_object_share": []} for name in grids}
+        depth_errors = []
+        with torch.no_grad():
+            for sample in tqdm(picked, desc="position probe", unit="episode", disable=not self.progress):
+                episode = EpisodeDir(sample.path)
+                stream_episode(engine, episode, sample.asked_at)
+                memory = engine.stream.memory
+                entries = torch.cat([memory.episodic.tokens, memory.working.tokens], dim=1).float()   # [1,E,N,C]
+                scene, room = episode.scene, episode.scene.room
+                for name, readout in grids.items():
+                    tokens = (readout.pool(entries) if readout is not None else entries).flatten(0, 2)  # [M,C]
+                    shares = self.probes["category"](tokens).softmax(dim=-1)                         # [M,K]
+                    row = rows[name]
+                    row["max_object_share"].append(float(shares[:, 1:].max()))
+                    points = self.probes["point"](tokens) * scale if reader == "point" else None          # [M,3]
+                    for obj in scene.unique_objects():
+                        k = classes.index(obj.category)
+                        weight = shares[:, k] * (shares[:, k] >= min_share)                           # [M]
+                        row["objects"] += 1
+                        if float(weight.sum()) == 0:
+                            continue
+                        if points is not None:
+                            where = points
+                        else:
+                            moments = self.probes["position"](tokens).unflatten(-1, (-1, 3))[:, k] * scale
+                            where = moments / shares[:, k, None].clamp_min(1e-6)
+                        found = (weight[:, None] * where).sum(dim=0) / weight.sum()
+                        row["errors"].append(float(np.linalg.norm(found[:2].numpy() - np.asarray(obj.center[:2]))))
+                        row["room_centre_errors"].append(float(np.linalg.norm(
+                            np.asarray([room.width / 2, room.depth / 2]) - np.asarray(obj.center[:2]))))
+                length = self.model.config.geometry_window
+                for end in range(length - 1, sample.asked_at + 1, 20):
+                    images, depth = load_frames(episode, range(end - length + 1, end + 1), self.model.config.image_size)
+                    geometry = self.model.geometry
+                    tokens = geometry.encode_frames(images.to(self.config.device).float() / 255.0)
+                    out = geometry.decode_window(tokens[None], self.model.geometry_grid, newest_only=True)
+                    depth_errors.append(float(depth_loss(out.depth[:, -1], depth[-1:].to(self.config.device))))
+        self.model.train()
+        median = lambda values: float(np.median(values)) if values else None  # noqa: E731
+        return {"episodes": len(picked), "reader": reader, "min_share": min_share,
+                "depth_error": float(np.mean(depth_errors)) if depth_errors else None,
+                "grids": {name: {"objects": row["objects"], "located": len(row["errors"]),
+                                 "median_error_m": median(row["errors"]),
+                                 "room_centre_median_error_m": median(row["room_centre_errors"]),
+                                 "max_object_share": float(np.mean(row["max_object_share"]))}
+                          for name, row in rows.items()}}
+
     # ------------------------------------------------------------------ state
     def _save_state(self, optimizer: torch.optim.Optimizer) -> None:
         state = optimizer.state_dict()
@@ -368,8 +456,8 @@ class Trainer:
     def trainable_parameters(self, stage: StageConfig) -> list[torch.nn.Parameter]:
         """The parameters a stage trains: its modules', and each probe's whose loss it weighs."""
         params = set_trainable(self.model, stage.train)
-        for name, weight in (("category", stage.category_loss_weight), ("position", stage.position_loss_weight)):
-            if weight > 0:
+        for name in PROBES:
+            if getattr(stage, f"{name}_loss_weight") > 0:
                 params += list(self.probes[name].parameters())
         return params
 
@@ -383,6 +471,8 @@ class Trainer:
         questions = stage.questions_per_episode or c.questions_per_episode
         if stage.memory == "stream":
             return self.streamed_answer_loss(stage, picks, questions)
+        if stage.memory == "window":
+            return self.window_depth_loss(stage, picks)
         total, sums, counts = 0.0, dict.fromkeys(METRICS, 0.0), dict.fromkeys(METRICS, 0)
 
         def log(**values: float) -> None:
@@ -408,6 +498,12 @@ class Trainer:
                                                      self.model.entry_grid, self.model.config.fusion.position_scale_m)
                 loss = loss + stage.position_loss_weight * loss_position
                 log(loss_position=float(loss_position.detach()), position_error_m=error)
+            if stage.point_loss_weight > 0 and use_pose:
+                points = episode.points.repeat_interleave(per_token, dim=0).to(stored.device)
+                loss_point, error = point_loss(self.probes["point"](stored), points, self.model.entry_grid,
+                                               self.model.config.fusion.position_scale_m)
+                loss = loss + stage.point_loss_weight * loss_point
+                log(loss_point=float(loss_point.detach()), point_error_m=error)
             if stage.answer_loss_weight > 0:
                 asked = pick_questions(episode.tasks, questions, self.rng, stage.balance_tasks)
                 tokens = self.model.read_memory(stream).tokens                          # [1,M,C]
@@ -418,6 +514,27 @@ class Trainer:
                 log(loss_answer=float(loss_answer.detach()))
             total = total + loss / len(picks)
         return total, {k: sums[k] / max(1, counts[k]) for k in METRICS}
+
+    def window_depth_loss(self, stage: StageConfig, picks) -> tuple[torch.Tensor, dict[str, float]]:
+        """Depth loss over every frame of one random window of geometry_window consecutive frames
+        from each picked sample's episode (anywhere in it), decoded together as the engine does."""
+        length, device = self.model.config.geometry_window, self.config.device
+        images, depth = [], []
+        for index in picks:
+            path = self.data[int(index)].path
+            episode = self._episodes.setdefault(path, EpisodeDir(path))
+            start = int(self.rng.integers(max(1, len(episode) - length + 1)))
+            frames = load_frames(episode, range(start, min(start + length, len(episode))), self.model.config.image_size)
+            images.append(frames[0])
+            depth.append(frames[1])
+        count = min(len(i) for i in images)          # an episode shorter than the window shortens them all
+        images = torch.stack([i[-count:] for i in images]).to(device).float() / 255.0   # [B,L,3,H,W]
+        depth = torch.stack([d[-count:] for d in depth]).to(device)                      # [B,L,H,W]
+        geometry = self.model.geometry
+        tokens = geometry.encode_frames(images.flatten(0, 1))                            # [B*L,P,D]
+        out = geometry.decode_window(tokens.unflatten(0, images.shape[:2]), self.model.geometry_grid)
+        loss = depth_loss(out.depth.flatten(0, 1), depth.flatten(0, 1))
+        return stage.depth_loss_weight * loss, {**dict.fromkeys(METRICS, 0.0), "loss_depth": float(loss.detach())}
 
     def streamed_answer_loss(self, stage: StageConfig, picks, questions: int) -> tuple[torch.Tensor, dict[str, float]]:
         """All picked samples' questions in one teacher-forced batch over their streamed memories."""
@@ -489,6 +606,7 @@ def plot_curves(log_path: Path, png: Path) -> None:
         return
     panels = (("loss_depth", "depth: mean |log d - log d*|"), ("loss_category", "patch category: cross-entropy"),
               ("position_error_m", "patch category position: error (m)"),
+              ("point_error_m", "patch world point: error (m)"),
               ("loss_answer", "answer tokens: cross-entropy"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8))
     for ax, (key, title) in zip(axes, panels):
