@@ -142,6 +142,19 @@ def test_missing_key_is_named(tmp_path, tiny_model_factory):
         load_checkpoint(directory)
 
 
+def test_objectness_readout_round_trips_and_config_changes_build_fresh_models_only(tmp_path):
+    model, weights = load_model("tiny", seed=1, use_shipped=False, config_changes={"readout_pool": "objectness"})
+    assert model.config.readout_pool == "objectness" and model.readout.objectness is not None
+    save_checkpoint(model, tmp_path / "ckpt")
+    loaded, _ = load_checkpoint(tmp_path / "ckpt")
+    assert loaded.config.readout_pool == "objectness"
+    assert_same(run(model), run(loaded))
+    with pytest.raises(ValueError, match="apply to a fresh model"):
+        load_model("tiny", checkpoint_dir=tmp_path / "ckpt", config_changes={"readout_pool": "mean"})
+    with pytest.raises(ValueError, match="readout_pool"):
+        load_model("tiny", use_shipped=False, config_changes={"readout_pool": "max"})
+
+
 def test_load_model_without_checkpoint_reports_untrained_weights():
     model, weights = load_model("tiny", seed=3, use_shipped=False)
     assert weights == "untrained(seed=3)" and model.config.preset == "tiny"

@@ -143,3 +143,30 @@ def test_memory_step_is_differentiable_for_training():
         memory, state, _ = dm(torch.randn(2, 3, 8, requires_grad=True), state, prov(i, b=2))
     (state.episodic.tokens.sum() + memory.sum()).backward()
     assert dm.gate.fc1.weight.grad is not None and torch.isfinite(dm.gate.fc1.weight.grad).all()
+
+
+def test_objectness_readout_gives_each_cell_its_most_object_like_token_unblended():
+    from vlm2_ros.model.memory_readout import MemoryReadout
+
+    readout = MemoryReadout(4, (6, 8), (2, 2), pool="objectness")
+    with torch.no_grad():                            # the score: channel 0
+        readout.objectness.weight.copy_(torch.tensor([[1.0, 0, 0, 0]]))
+        readout.objectness.bias.zero_()
+    tokens = torch.zeros(1, 2, 48, 4)                # [B,n,hs*ws,C]
+    tokens[0, 1, 4 * 8 + 6] = torch.tensor([5.0, 7, 0, 0])   # entry 1, row 4, column 6: cell (1, 1)
+    tokens[0, 1, 5 * 8 + 7] = torch.tensor([4.0, 1, 1, 1])   # same cell, lower score
+    tokens[0, 0, 0 * 8 + 3] = torch.tensor([2.0, 0, 9, 0])   # entry 0, row 0, column 3: cell (0, 0)
+    pooled = readout.pool(tokens)                    # [1,2,4,4]
+    assert torch.equal(pooled[0, 1, 3], tokens[0, 1, 4 * 8 + 6]) and torch.equal(pooled[0, 0, 0], tokens[0, 0, 3])
+    assert torch.equal(pooled[0, 0, 3], torch.zeros(4))           # a cell of plain tokens gives one of them
+    mean = MemoryReadout(4, (6, 8), (2, 2)).pool(tokens)
+    assert torch.allclose(mean[0, 1, 3], (tokens[0, 1, 4 * 8 + 6] + tokens[0, 1, 5 * 8 + 7]) / 12)   # blended
+
+
+def test_objectness_readout_needs_whole_cells_and_a_known_pool():
+    from vlm2_ros.model.memory_readout import MemoryReadout
+
+    with pytest.raises(ValueError, match="whole cells"):
+        MemoryReadout(4, (6, 8), (4, 3), pool="objectness")
+    with pytest.raises(ValueError, match="readout_pool"):
+        MemoryReadout(4, (6, 8), (2, 2), pool="max")

@@ -91,6 +91,10 @@ def test_balanced_picks_take_every_task_in_turn():
     ({"stages": [{"name": "x", "steps": 1, "train": ["wings"]}]}, "unknown modules"),
     ({"learning_rate": 1.0}, "unknown keys"),
     ({"pose_probability": 2.0}, "pose_probability"),
+    ({"model": {"readout_grd": [3, 4]}}, "unknown model config fields"),
+    ({"model": {"readout_pool": "objectness"}, "init_checkpoint": "ckpt"}, "from its initialisation"),
+    ({"stages": [{"name": "x", "steps": 1, "train": ["semantic"], "objectness_loss_weight": 1.0}]},
+     "add readout to train"),
 ])
 def test_bad_configs_name_the_problem(tmp_path, change, message):
     with pytest.raises(TrainConfigError, match=message):
@@ -225,6 +229,37 @@ def test_point_loss_targets_each_patch_mean_world_point():
     shifted[0, 1, 1] += 0.5                              # right patch said 1 m off in y
     loss, error = point_loss(shifted, points, (1, 2), scale_m=2.0)
     assert abs(float(loss) - 0.125) < 1e-6 and abs(error - 0.5) < 1e-6   # mean of 0 m and 1 m
+
+
+def test_objectness_loss_targets_each_patch_object_share():
+    from vlm2_ros.training.trainer import objectness_loss
+
+    classes = torch.zeros(1, 2, 4, dtype=torch.uint8)
+    classes[0, :, 3] = 2                                 # right patch of a 1x2 grid: half an object
+    sure = torch.tensor([[-20.0, 0.0]])                  # left: surely room; right: even odds
+    assert abs(float(objectness_loss(sure, classes, (1, 2))) - np.log(2) / 2) < 1e-6
+    assert float(objectness_loss(-sure, classes, (1, 2))) > 9
+
+
+def test_objectness_stage_needs_the_objectness_readout_and_teaches_its_score(data, tmp_path):
+    from vlm2_ros.training.config import StageConfig, TrainConfig
+    from vlm2_ros.training.trainer import Trainer
+
+    (tmp_path / "data").symlink_to(data)
+    stage = {"name": "p", "steps": 1, "train": ["readout"], "depth_loss_weight": 0.0, "answer_loss_weight": 0.0,
+             "objectness_loss_weight": 1.0}
+    with pytest.raises(SystemExit, match="readout_pool: objectness"):
+        main(["train", "--config", str(write_config(tmp_path / "c.yaml", stages=[stage]))])
+    stage = StageConfig(**{**stage, "lr": 3e-2, "warmup_steps": 0})
+    config = TrainConfig(data=str(data), out="/nonexistent-unused", clip_frames=3, episodes_per_step=1,
+                         model={"readout_pool": "objectness"}, stages=[stage])
+    trainer = Trainer(config, progress=False)
+    trainer.data = trainer.data[:1]
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    first, metrics = fit(trainer, stage, steps=15)
+    assert metrics["loss_objectness"] < 0.8 * first["loss_objectness"]
+    changed = {k for k, v in trainer.model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"readout.objectness.weight", "readout.objectness.bias"}
 
 
 def test_window_stage_trains_depth_on_consecutive_frames_of_the_whole_episode(data, monkeypatch):

@@ -174,14 +174,18 @@ def load_checkpoint(directory: str | Path, overrides: MemoryOverrides | None = N
 
 def load_model(preset: str = "tiny", *, checkpoint_dir: str | Path | None = None,
                overrides: MemoryOverrides | None = None, backbone_dir: str | None = None,
-               geometry_dir: str | None = None, seed: int = 0, use_shipped: bool = True) -> tuple[VLM2Model, str]:
+               geometry_dir: str | None = None, seed: int = 0, use_shipped: bool = True,
+               config_changes: dict | None = None) -> tuple[VLM2Model, str]:
     """The model for a preset: the given checkpoint, else the one shipped with the package (unless
     use_shipped is False: training from scratch), else (backbones from their directories and)
-    freshly initialised VLM² weights, reported as such."""
+    freshly initialised VLM² weights, reported as such. config_changes (VLM2Config fields) apply
+    to a fresh model only: stored weights were trained with their own config."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     directory = checkpoint_dir or (shipped_checkpoint(preset) if use_shipped else None)
     if directory is not None:
+        if config_changes:
+            raise ValueError(f"config changes {sorted(config_changes)} apply to a fresh model, not to {directory}")
         model, weights = load_checkpoint(directory, overrides)
         if model.config.preset != preset:
             raise CheckpointError(f"{directory} holds preset {model.config.preset!r}, not {preset!r}")
@@ -189,6 +193,8 @@ def load_model(preset: str = "tiny", *, checkpoint_dir: str | Path | None = None
     torch.manual_seed(seed)
     config = preset_config(preset, **({"backbone_dir": backbone_dir, "geometry_dir": geometry_dir}
                                       if PRESETS[preset].needs_backbones else {}))
+    if config_changes:
+        config = dataclasses.replace(config, **config_changes)                # re-validates
     if overrides is not None:
         config = overrides.apply(config)
     return build_model(config), f"untrained(seed={seed})"

@@ -35,6 +35,7 @@ class VLM2Config:
     image_size: tuple[int, int] = (84, 112)     # (H, W) fed to both encoders
     geometry_window: int = 8                    # L_g frames attended across by the geometry decoder
     readout_grid: tuple[int, int] = (2, 2)      # tokens per memory entry given to the LM
+    readout_pool: str = "mean"                  # how an entry's patches become them (memory_readout.POOLS)
     geometry: GeometryEncoderConfig = field(default_factory=GeometryEncoderConfig.tiny)
     geometry_checkpoint: str | None = None      # local pi3 / VGGT weights; None: weights live in the VLM2 checkpoint
     semantic: SemanticEncoderConfig = field(default_factory=SemanticEncoderConfig)
@@ -103,7 +104,7 @@ class VLM2Model(nn.Module):
         self.memory = DualMemory(config.memory)
         self.entry_grid = semantic.grid_size(*config.image_size)
         self.geometry_grid = geometry.patch_grid(*config.image_size)
-        self.readout = MemoryReadout(config.fusion.dim, self.entry_grid, config.readout_grid)
+        self.readout = MemoryReadout(config.fusion.dim, self.entry_grid, config.readout_grid, config.readout_pool)
         self.bridge = bridge
 
     @property

@@ -45,7 +45,7 @@ def train_command(args: argparse.Namespace) -> int:
         return diagnose_command(config, args.memory_reliance, args.room_size_probe, args.position_probe)
     try:
         checkpoint = Trainer(config, resume=args.resume).run()
-    except FileExistsError as e:
+    except (FileExistsError, TrainConfigError) as e:
         raise SystemExit(f"vlm2 train: {e}") from None
     print(json.dumps({"checkpoint": str(checkpoint), "log": str(Path(config.out) / "log.jsonl"),
                       "curves": str(Path(config.out) / "curves.png")}, indent=2))

@@ -41,6 +41,10 @@ class StageConfig:
     # category's position by weighing its tokens' points by their share of it (an attention can do
     # that; a class moment needs the share divided out of a linear map, which one token cannot do).
     point_loss_weight: float = 0.0
+    # The readout's objectness score (model readout_pool "objectness", a part of the model, trained
+    # with the "readout" module): binary cross-entropy against the share of each token's patch
+    # that is an object rather than the room shell, from the rendered masks.
+    objectness_loss_weight: float = 0.0
     # Where the memory the questions read comes from. "clip": the sample's clip is unrolled with
     # gradients (every module can learn). "stream": built as at inference, from every frame up to
     # the question through the frozen perception and memory, once per stage; only the language
@@ -63,24 +67,30 @@ class StageConfig:
         if self.steps < 1 or self.lr <= 0 or self.warmup_steps < 0:
             raise TrainConfigError(f"stage {self.name!r}: steps must be >= 1, lr > 0, warmup_steps >= 0")
         weights = (self.depth_loss_weight, self.answer_loss_weight, self.category_loss_weight,
-                   self.position_loss_weight, self.point_loss_weight)
+                   self.position_loss_weight, self.point_loss_weight, self.objectness_loss_weight)
         if min(weights) < 0 or sum(weights) == 0:
             raise TrainConfigError(f"stage {self.name!r}: loss weights must be >= 0 and not all 0")
         if (self.episodes_per_step or 1) < 1 or (self.questions_per_episode or 1) < 1:
             raise TrainConfigError(f"stage {self.name!r}: episodes_per_step and questions_per_episode must be >= 1")
         if self.memory not in MEMORY_SOURCES:
             raise TrainConfigError(f"stage {self.name!r}: memory must be one of {MEMORY_SOURCES}, got {self.memory!r}")
-        probes = (self.category_loss_weight, self.position_loss_weight, self.point_loss_weight)
+        probes = (self.category_loss_weight, self.position_loss_weight, self.point_loss_weight,
+                  self.objectness_loss_weight)
         if self.memory == "stream" and (self.train != ["bridge"] or self.answer_loss_weight == 0 or any(
                 (self.depth_loss_weight, *probes))):
             raise TrainConfigError(f"stage {self.name!r}: memory 'stream' freezes everything before the "
                                    "language model: train must be [bridge], depth_loss_weight, category_loss_weight, "
-                                   "position_loss_weight and point_loss_weight 0, answer_loss_weight > 0")
+                                   "position_loss_weight, point_loss_weight and objectness_loss_weight 0, "
+                                   "answer_loss_weight > 0")
         if self.memory == "window" and (self.train != ["geometry"] or self.depth_loss_weight == 0 or any(
                 (self.answer_loss_weight, *probes))):
             raise TrainConfigError(f"stage {self.name!r}: memory 'window' runs the geometry encoder alone: "
                                    "train must be [geometry], depth_loss_weight > 0, answer_loss_weight, "
-                                   "category_loss_weight, position_loss_weight and point_loss_weight 0")
+                                   "category_loss_weight, position_loss_weight, point_loss_weight and "
+                                   "objectness_loss_weight 0")
+        if self.objectness_loss_weight > 0 and "readout" not in self.train:
+            raise TrainConfigError(f"stage {self.name!r}: objectness_loss_weight trains the readout's score: "
+                                   "add readout to train")
 
 
 @dataclass
@@ -90,6 +100,9 @@ class TrainConfig:
     stages: list[StageConfig]
     preset: str = "tiny"
     init_checkpoint: str | None = None      # start from these weights (default: the preset's init)
+    # Model config fields (VLM2Config) changed from the preset's, for a run from the preset's
+    # initialisation, e.g. {readout_pool: objectness}. The checkpoint records the result.
+    model: dict = field(default_factory=dict)
     clip_frames: int = 16                   # frames per episode the stream is unrolled over
     questions_per_episode: int = 4
     # Generate each episode's questions again from its scene, this many per task, at the frame the
@@ -123,6 +136,13 @@ class TrainConfig:
         if self.memory_questions_per_task and self.questions_per_task is None:
             raise TrainConfigError("memory_questions_per_task needs questions_per_task: memory questions are "
                                    "generated with the others from each episode's scene")
+        from ..model.vlm2 import VLM2Config
+        unknown = sorted(set(self.model) - {f.name for f in dataclasses.fields(VLM2Config)})
+        if unknown:
+            raise TrainConfigError(f"model: unknown model config fields {unknown}")
+        if self.model and self.init_checkpoint:
+            raise TrainConfigError("model changes the preset's config for a run from its initialisation; "
+                                   "init_checkpoint's weights were trained with its own config")
         if not 0 <= self.pose_probability <= 1:
             raise TrainConfigError(f"pose_probability must be in [0, 1], got {self.pose_probability}")
 

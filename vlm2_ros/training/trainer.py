@@ -44,15 +44,15 @@ from ..model.vlm2 import VLM2Model
 from ..sim.episode import EpisodeDir
 from ..sim.questions import LETTERS
 from ..sim.scene import SEMANTIC_CLASSES
-from .config import MODULES, StageConfig, TrainConfig
+from .config import MODULES, StageConfig, TrainConfig, TrainConfigError
 from .data import TrainingEpisode, load_frames, load_training_set
 
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
 STREAMED_MEMORIES = "streamed_memories.safetensors"
 STREAM_SAVE_EVERY = 50          # streamed samples between saves of the memory cache
 PROBE_PREFIX = "probes."
-METRICS = ("loss_depth", "loss_category", "loss_position", "loss_point", "loss_answer",   # logged every step
-           "category_accuracy", "position_error_m", "point_error_m")
+METRICS = ("loss_depth", "loss_category", "loss_position", "loss_point", "loss_objectness",   # logged every step
+           "loss_answer", "category_accuracy", "position_error_m", "point_error_m")
 PROBES = ("category", "position", "point")     # training-only heads, each with its stage loss weight
 
 
@@ -130,6 +130,13 @@ def point_loss(predicted: torch.Tensor, points: torch.Tensor, grid: tuple[int, i
     target = pool_to_grid(points / scale_m, grid)                                     # [T,N,3]
     loss = (predicted - target).square().sum(dim=-1).mean()
     return loss, float((predicted.detach() - target).norm(dim=-1).mean() * scale_m)
+
+
+def objectness_loss(logits: torch.Tensor, classes: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Binary cross-entropy of per-patch objectness logits [T,N] against the share of each patch
+    of `grid` that is not the room shell (class 0; classes [T,H,W])."""
+    room = class_shares(classes, len(SEMANTIC_CLASSES), grid)[..., 0]           # [T,N]
+    return F.binary_cross_entropy_with_logits(logits, 1.0 - room)
 
 
 def unroll(model: VLM2Model, episode: TrainingEpisode, use_pose: bool):
@@ -224,7 +231,10 @@ class Trainer:
             # from the preset's fresh initialisation unless init_checkpoint says otherwise, never
             # silently from the weights shipped in the package
             self.model, self.weights = load_model(config.preset, checkpoint_dir=config.init_checkpoint,
-                                                  seed=config.seed, use_shipped=False)
+                                                  seed=config.seed, use_shipped=False, config_changes=config.model)
+        if self.model.readout.objectness is None and any(s.objectness_loss_weight > 0 for s in config.stages):
+            raise TrainConfigError("objectness_loss_weight trains the readout's objectness score, and this model "
+                                   "pools its memory by the mean: set model: {readout_pool: objectness}")
         self.model.to(config.device).train()
         # training-only heads for the category and position losses; kept in the training state,
         # not the checkpoint
@@ -504,6 +514,11 @@ class Trainer:
                                                self.model.config.fusion.position_scale_m)
                 loss = loss + stage.point_loss_weight * loss_point
                 log(loss_point=float(loss_point.detach()), point_error_m=error)
+            if stage.objectness_loss_weight > 0:
+                loss_objectness = objectness_loss(self.model.readout.objectness(stored).squeeze(-1), classes,
+                                                  self.model.entry_grid)
+                loss = loss + stage.objectness_loss_weight * loss_objectness
+                log(loss_objectness=float(loss_objectness.detach()))
             if stage.answer_loss_weight > 0:
                 asked = pick_questions(episode.tasks, questions, self.rng, stage.balance_tasks)
                 tokens = self.model.read_memory(stream).tokens                          # [1,M,C]
@@ -607,9 +622,10 @@ def plot_curves(log_path: Path, png: Path) -> None:
     panels = (("loss_depth", "depth: mean |log d - log d*|"), ("loss_category", "patch category: cross-entropy"),
               ("position_error_m", "patch category position: error (m)"),
               ("point_error_m", "patch world point: error (m)"),
+              ("loss_objectness", "readout objectness: cross-entropy"),
               ("loss_answer", "answer tokens: cross-entropy"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8))
-    for ax, (key, title) in zip(axes, panels):
+    fig, axes = plt.subplots(2, 3, figsize=(15, 7.6))
+    for ax, (key, title) in zip(axes.flat, panels):
         for stage in dict.fromkeys(r["stage"] for r in rows):
             # a loss a step did not compute is logged as 0 (the position loss skips clips without poses)
             points = [(r["step"], r[key]) for r in rows if r["stage"] == stage and r.get(key)]
