@@ -436,8 +436,8 @@ def test_room_size_probe_finds_the_room_in_the_memory_when_it_is_there(data, tmp
     assert seeing["probe_mra"] > 0.9 > blind["probe_mra"] and seeing["log_correlation"] > 0.99
 
 
-@pytest.mark.parametrize("reader", ["point", "position"])
-def test_position_probe_reads_where_each_object_is(data, tmp_path, reader):
+@pytest.mark.parametrize("reader, pool", [("point", "objectness"), ("position", "mean")])
+def test_position_probe_reads_where_each_object_is(data, tmp_path, reader, pool):
     from vlm2_ros.sim.episode import EpisodeDir
     from vlm2_ros.sim.scene import SEMANTIC_CLASSES
     from vlm2_ros.training.config import load_train_config
@@ -449,14 +449,14 @@ def test_position_probe_reads_where_each_object_is(data, tmp_path, reader):
     assert main(["train", "--config", str(untrained)]) == 0
     with pytest.raises(SystemExit, match="has not trained the category probe"):
         main(["train", "--config", str(untrained), "--position-probe", "1"])
-    config = write_config(tmp_path / "b.yaml", out="b", pose_probability=1.0, stages=[
+    config = write_config(tmp_path / "b.yaml", out="b", pose_probability=1.0, model={"readout_pool": pool}, stages=[
         {"name": "p", "steps": 1, "train": ["fusion"], "depth_loss_weight": 0.0, "answer_loss_weight": 0.0,
          "category_loss_weight": 1.0, f"{reader}_loss_weight": 1.0}])
     assert main(["train", "--config", str(config)]) == 0
     assert main(["train", "--config", str(config), "--position-probe", "2"]) == 0
     result = json.loads((tmp_path / "b" / "position_probe.json").read_text())
     assert result["episodes"] == 2 and result["reader"] == reader and result["depth_error"] > 0
-    assert set(result["grids"]) == {"6x8", "2x2"}
+    assert set(result["grids"]) == {"6x8", "2x2 mean"} | ({"2x2 objectness"} if pool == "objectness" else set())
     # Probes that say every token shows one object, at its centre: the reader finds exactly it.
     trainer = Trainer(load_train_config(config), resume=True, progress=False)
     scene = EpisodeDir(trainer.data[0].path).scene

@@ -25,8 +25,9 @@ def register(subparsers) -> None:
     diagnose.add_argument("--position-probe", type=int, nargs="?", const=8, metavar="EPISODES",
                           help="do not train: stream EPISODES (default 8) of the config's episodes and read "
                                "where each object is from the memory with the run's category and point "
-                               "probes, at the entry grid and the readout grid; with the depth error of the "
-                               "geometry windows; writes position_probe.json in the run directory")
+                               "probes, at the entry grid and the readout grid (mean pool, and the model's "
+                               "own); with the depth error of the geometry windows; writes "
+                               "position_probe.json in the run directory")
     p.set_defaults(func=train_command)
 
 

@@ -39,6 +39,7 @@ from ..engine.number_decoding import relative_accuracy
 from ..evaluation.model_predictor import stream_episode
 from ..model.checkpoint import load_checkpoint, load_model, save_checkpoint
 from ..model.fusion import pool_to_grid
+from ..model.memory_readout import MemoryReadout
 from ..model.provenance import Provenance
 from ..model.vlm2 import VLM2Model
 from ..sim.episode import EpisodeDir
@@ -357,7 +358,7 @@ class Trainer:
         """Does the memory hold where each object is, in a form a reader could use? Each of the
         first `episodes` episodes is streamed as at inference up to its question frame; the run's
         own probes then read every memory token (at the entry grid, and pooled to the readout grid
-        the language model sees): the category probe gives each token's share of each category, and
+        the language model reads, by the mean and by the model's own pool): the category probe gives each token's share of each category, and
         the point probe its world point (or, for runs trained with the class-moment probe instead,
         the moment divided by the share). A category's position is the share-weighted mean over the
         tokens where its share is at least `min_share`. Scored on the objects that are the only one
@@ -375,7 +376,11 @@ class Trainer:
         picked = list(first_samples.values())[:episodes]
         engine = SpatialMemoryEngine(self.model, weights=self.weights, device=self.config.device)
         scale, hs_ws, classes = self.model.config.fusion.position_scale_m, self.model.entry_grid, SEMANTIC_CLASSES
-        grids = {f"{hs_ws[0]}x{hs_ws[1]}": None, "x".join(map(str, self.model.config.readout_grid)): self.model.readout}
+        readout_grid = "x".join(map(str, self.model.config.readout_grid))
+        mean_pool = MemoryReadout(self.model.config.fusion.dim, hs_ws, self.model.config.readout_grid).pool
+        grids = {f"{hs_ws[0]}x{hs_ws[1]}": lambda entries: entries, f"{readout_grid} mean": mean_pool}
+        if self.model.readout.pool_kind != "mean":       # what the language model reads, beside the mean
+            grids[f"{readout_grid} {self.model.readout.pool_kind}"] = self.model.readout.pool
         rows = {name: {"objects": 0, "errors": [], "room_centre_errors": [], "max_object_share": []} for name in grids}
         depth_errors = []
         with torch.no_grad():
@@ -385,8 +390,8 @@ class Trainer:
                 memory = engine.stream.memory
                 entries = torch.cat([memory.episodic.tokens, memory.working.tokens], dim=1).float()   # [1,E,N,C]
                 scene, room = episode.scene, episode.scene.room
-                for name, readout in grids.items():
-                    tokens = (readout.pool(entries) if readout is not None else entries).flatten(0, 2)  # [M,C]
+                for name, pool in grids.items():
+                    tokens = pool(entries).flatten(0, 2)                                              # [M,C]
                     shares = self.probes["category"](tokens).softmax(dim=-1)                         # [M,K]
                     row = rows[name]
                     row["max_object_share"].append(float(shares[:, 1:].max()))
