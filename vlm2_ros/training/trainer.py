@@ -639,6 +639,9 @@ def plot_curves(log_path: Path, png: Path) -> None:
         ax.set(xlabel="step", title=title)
         if ax.lines:
             ax.legend(fontsize=8)
+        else:                        # a loss no stage of this run weighs
+            ax.text(0.5, 0.5, "not in this run", ha="center", va="center", transform=ax.transAxes, color="grey")
+            ax.set(xticks=[], yticks=[])
     fig.tight_layout()
     with atomic_file(png) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
