@@ -29,6 +29,14 @@ SOURCE_NAMES = ("working", "episodic")
 POOLS = ("mean", "objectness")
 
 
+def mean_pool(tokens: torch.Tensor, entry_grid: tuple[int, int], readout_grid: tuple[int, int]) -> torch.Tensor:
+    """Each entry's patch tokens averaged over the cells of the readout grid: [B,n,hs*ws,C] -> [B,n,gh*gw,C]."""
+    b, n, _, c = tokens.shape
+    grid = tokens.reshape(b * n, *entry_grid, c).permute(0, 3, 1, 2)      # [B*n,C,hs,ws]
+    pooled = F.adaptive_avg_pool2d(grid, readout_grid)                     # [B*n,C,gh,gw]
+    return pooled.flatten(2).transpose(1, 2).reshape(b, n, -1, c)
+
+
 @dataclass(frozen=True)
 class ReadoutTokens:
     tokens: torch.Tensor        # [B,M,C], M = entries * gh * gw
@@ -47,7 +55,6 @@ class MemoryReadout(nn.Module):
         if pool == "objectness" and any(e % g for e, g in zip(self.entry_grid, self.readout_grid)):
             raise ValueError(f"readout_pool 'objectness' needs the entry grid {self.entry_grid} to split "
                              f"into whole cells of the readout grid {self.readout_grid}")
-        self.pool_kind = pool
         self.source_embedding = nn.Embedding(2, dim)
         self.objectness = nn.Linear(dim, 1) if pool == "objectness" else None   # logit: the token shows an object
 
@@ -56,11 +63,9 @@ class MemoryReadout(nn.Module):
         b, n, _, c = tokens.shape
         if n == 0:                  # a memory without entries (e.g. no episodic memory in mode "none")
             return tokens.new_zeros(b, 0, self.readout_grid[0] * self.readout_grid[1], c)
-        (hs, ws), (gh, gw) = self.entry_grid, self.readout_grid
         if self.objectness is None:
-            grid = tokens.reshape(b * n, hs, ws, c).permute(0, 3, 1, 2)   # [B*n,C,hs,ws]
-            pooled = F.adaptive_avg_pool2d(grid, self.readout_grid)       # [B*n,C,gh,gw]
-            return pooled.flatten(2).transpose(1, 2).reshape(b, n, -1, c)
+            return mean_pool(tokens, self.entry_grid, self.readout_grid)
+        (hs, ws), (gh, gw) = self.entry_grid, self.readout_grid
         cells = tokens.reshape(b, n, gh, hs // gh, gw, ws // gw, c).transpose(3, 4)   # [B,n,gh,gw,ch,cw,C]
         cells = cells.flatten(4, 5)                                       # [B,n,gh,gw,ch*cw,C]
         best = self.objectness(cells).argmax(dim=-2, keepdim=True)       # [B,n,gh,gw,1,1]

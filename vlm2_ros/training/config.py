@@ -9,6 +9,14 @@ import yaml
 
 MODULES = ("geometry", "semantic", "fusion", "memory", "readout", "bridge")
 MEMORY_SOURCES = ("clip", "stream", "window")
+LOSS_WEIGHTS = ("depth_loss_weight", "answer_loss_weight", "category_loss_weight", "position_loss_weight",
+                "point_loss_weight", "objectness_loss_weight")
+# Memory sources that train one module on one loss: (train, the loss weight that must be > 0 while
+# every other is 0, why).
+SINGLE_PURPOSE_SOURCES = {
+    "stream": (["bridge"], "answer_loss_weight", "freezes everything before the language model"),
+    "window": (["geometry"], "depth_loss_weight", "runs the geometry encoder alone"),
+}
 
 
 class TrainConfigError(ValueError):
@@ -66,28 +74,19 @@ class StageConfig:
             raise TrainConfigError(f"stage {self.name!r}: unknown modules {unknown}; choose from {MODULES}")
         if self.steps < 1 or self.lr <= 0 or self.warmup_steps < 0:
             raise TrainConfigError(f"stage {self.name!r}: steps must be >= 1, lr > 0, warmup_steps >= 0")
-        weights = (self.depth_loss_weight, self.answer_loss_weight, self.category_loss_weight,
-                   self.position_loss_weight, self.point_loss_weight, self.objectness_loss_weight)
-        if min(weights) < 0 or sum(weights) == 0:
+        weights = {name: getattr(self, name) for name in LOSS_WEIGHTS}
+        if min(weights.values()) < 0 or sum(weights.values()) == 0:
             raise TrainConfigError(f"stage {self.name!r}: loss weights must be >= 0 and not all 0")
         if (self.episodes_per_step or 1) < 1 or (self.questions_per_episode or 1) < 1:
             raise TrainConfigError(f"stage {self.name!r}: episodes_per_step and questions_per_episode must be >= 1")
         if self.memory not in MEMORY_SOURCES:
             raise TrainConfigError(f"stage {self.name!r}: memory must be one of {MEMORY_SOURCES}, got {self.memory!r}")
-        probes = (self.category_loss_weight, self.position_loss_weight, self.point_loss_weight,
-                  self.objectness_loss_weight)
-        if self.memory == "stream" and (self.train != ["bridge"] or self.answer_loss_weight == 0 or any(
-                (self.depth_loss_weight, *probes))):
-            raise TrainConfigError(f"stage {self.name!r}: memory 'stream' freezes everything before the "
-                                   "language model: train must be [bridge], depth_loss_weight, category_loss_weight, "
-                                   "position_loss_weight, point_loss_weight and objectness_loss_weight 0, "
-                                   "answer_loss_weight > 0")
-        if self.memory == "window" and (self.train != ["geometry"] or self.depth_loss_weight == 0 or any(
-                (self.answer_loss_weight, *probes))):
-            raise TrainConfigError(f"stage {self.name!r}: memory 'window' runs the geometry encoder alone: "
-                                   "train must be [geometry], depth_loss_weight > 0, answer_loss_weight, "
-                                   "category_loss_weight, position_loss_weight, point_loss_weight and "
-                                   "objectness_loss_weight 0")
+        if self.memory in SINGLE_PURPOSE_SOURCES:
+            modules, loss, why = SINGLE_PURPOSE_SOURCES[self.memory]
+            others = [name for name in LOSS_WEIGHTS if name != loss]
+            if self.train != modules or weights[loss] == 0 or any(weights[name] for name in others):
+                raise TrainConfigError(f"stage {self.name!r}: memory {self.memory!r} {why}: train must be "
+                                       f"{modules}, {loss} > 0 and {', '.join(others)} 0")
         if self.objectness_loss_weight > 0 and "readout" not in self.train:
             raise TrainConfigError(f"stage {self.name!r}: objectness_loss_weight trains the readout's score: "
                                    "add readout to train")

@@ -39,7 +39,7 @@ from ..engine.number_decoding import relative_accuracy
 from ..evaluation.model_predictor import stream_episode
 from ..model.checkpoint import load_checkpoint, load_model, save_checkpoint
 from ..model.fusion import pool_to_grid
-from ..model.memory_readout import MemoryReadout
+from ..model.memory_readout import mean_pool
 from ..model.provenance import Provenance
 from ..model.vlm2 import VLM2Model
 from ..sim.episode import EpisodeDir
@@ -237,7 +237,7 @@ class Trainer:
             raise TrainConfigError("objectness_loss_weight trains the readout's objectness score, and this model "
                                    "pools its memory by the mean: set model: {readout_pool: objectness}")
         self.model.to(config.device).train()
-        # training-only heads for the category and position losses; kept in the training state,
+        # training-only heads for the category, position and point losses; kept in the training state,
         # not the checkpoint
         dim, classes = self.model.config.fusion.dim, len(SEMANTIC_CLASSES)
         self.probes = torch.nn.ModuleDict({"category": torch.nn.Linear(dim, classes),
@@ -358,9 +358,9 @@ class Trainer:
         """Does the memory hold where each object is, in a form a reader could use? Each of the
         first `episodes` episodes is streamed as at inference up to its question frame; the run's
         own probes then read every memory token (at the entry grid, and pooled to the readout grid
-        the language model reads, by the mean and by the model's own pool): the category probe gives each token's share of each category, and
-        the point probe its world point (or, for runs trained with the class-moment probe instead,
-        the moment divided by the share). A category's position is the share-weighted mean over the
+        the language model reads, by the mean and by the model's own pool): the category probe
+        gives each token's share of each category, and the point probe its world point (or, for
+        runs trained with the class-moment probe instead, the moment divided by the share). A category's position is the share-weighted mean over the
         tokens where its share is at least `min_share`. Scored on the objects that are the only one
         of their category (floor-plane distance to the object's centre), beside guessing the room's
         centre; and the depth error (mean |log d - log d*|) of the newest frame of the geometry
@@ -376,11 +376,12 @@ class Trainer:
         picked = list(first_samples.values())[:episodes]
         engine = SpatialMemoryEngine(self.model, weights=self.weights, device=self.config.device)
         scale, hs_ws, classes = self.model.config.fusion.position_scale_m, self.model.entry_grid, SEMANTIC_CLASSES
-        readout_grid = "x".join(map(str, self.model.config.readout_grid))
-        mean_pool = MemoryReadout(self.model.config.fusion.dim, hs_ws, self.model.config.readout_grid).pool
-        grids = {f"{hs_ws[0]}x{hs_ws[1]}": lambda entries: entries, f"{readout_grid} mean": mean_pool}
-        if self.model.readout.pool_kind != "mean":       # what the language model reads, beside the mean
-            grids[f"{readout_grid} {self.model.readout.pool_kind}"] = self.model.readout.pool
+        grid, pool_kind = self.model.config.readout_grid, self.model.config.readout_pool
+        readout_grid = "x".join(map(str, grid))
+        grids = {f"{hs_ws[0]}x{hs_ws[1]}": lambda entries: entries,
+                 f"{readout_grid} mean": lambda entries: mean_pool(entries, hs_ws, grid)}
+        if pool_kind != "mean":                          # what the language model reads, beside the mean
+            grids[f"{readout_grid} {pool_kind}"] = self.model.readout.pool
         rows = {name: {"objects": 0, "errors": [], "room_centre_errors": [], "max_object_share": []} for name in grids}
         depth_errors = []
         with torch.no_grad():
@@ -411,10 +412,9 @@ class Trainer:
                         row["errors"].append(float(np.linalg.norm(found[:2].numpy() - np.asarray(obj.center[:2]))))
                         row["room_centre_errors"].append(float(np.linalg.norm(
                             np.asarray([room.width / 2, room.depth / 2]) - np.asarray(obj.center[:2]))))
-                length = self.model.config.geometry_window
+                length, geometry = self.model.config.geometry_window, self.model.geometry
                 for end in range(length - 1, sample.asked_at + 1, 20):
                     images, depth = load_frames(episode, range(end - length + 1, end + 1), self.model.config.image_size)
-                    geometry = self.model.geometry
                     tokens = geometry.encode_frames(images.to(self.config.device).float() / 255.0)
                     out = geometry.decode_window(tokens[None], self.model.geometry_grid, newest_only=True)
                     depth_errors.append(float(depth_loss(out.depth[:, -1], depth[-1:].to(self.config.device))))
