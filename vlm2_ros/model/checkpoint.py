@@ -178,7 +178,8 @@ def load_model(preset: str = "tiny", *, checkpoint_dir: str | Path | None = None
                config_changes: dict | None = None) -> tuple[VLM2Model, str]:
     """The model for a preset: the given checkpoint, else the one shipped with the package (unless
     use_shipped is False: training from scratch), else (backbones from their directories and)
-    freshly initialised VLM² weights, reported as such. config_changes (VLM2Config fields) apply
+    freshly initialised VLM² weights (an EfficientNet semantic encoder from its packaged ImageNet
+    weights), reported as such. config_changes (VLM2Config fields) apply
     to a fresh model only: stored weights were trained with their own config."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
@@ -197,4 +198,6 @@ def load_model(preset: str = "tiny", *, checkpoint_dir: str | Path | None = None
         config = dataclasses.replace(config, **config_changes)                # re-validates
     if overrides is not None:
         config = overrides.apply(config)
-    return build_model(config), f"untrained(seed={seed})"
+    model = build_model(config)
+    model.semantic.load_pretrained_weights()
+    return model, f"untrained(seed={seed})"

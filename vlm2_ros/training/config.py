@@ -99,6 +99,10 @@ class TrainConfig:
     stages: list[StageConfig]
     preset: str = "tiny"
     init_checkpoint: str | None = None      # start from these weights (default: the preset's init)
+    # With init_checkpoint: take only these modules (MODULES) from it; the rest start from the
+    # preset's initialisation, with `model` changes, e.g. a trained geometry encoder under a new
+    # semantic encoder.
+    init_modules: list[str] = field(default_factory=list)
     # Model config fields (VLM2Config) changed from the preset's, for a run from the preset's
     # initialisation, e.g. {readout_pool: objectness}. The checkpoint records the result.
     model: dict = field(default_factory=dict)
@@ -139,9 +143,15 @@ class TrainConfig:
         unknown = sorted(set(self.model) - {f.name for f in dataclasses.fields(VLM2Config)})
         if unknown:
             raise TrainConfigError(f"model: unknown model config fields {unknown}")
-        if self.model and self.init_checkpoint:
+        unknown = [m for m in self.init_modules if m not in MODULES]
+        if unknown:
+            raise TrainConfigError(f"init_modules: unknown modules {unknown}; choose from {MODULES}")
+        if self.init_modules and not self.init_checkpoint:
+            raise TrainConfigError("init_modules names what to take from init_checkpoint; set init_checkpoint")
+        if self.model and self.init_checkpoint and not self.init_modules:
             raise TrainConfigError("model changes the preset's config for a run from its initialisation; "
-                                   "init_checkpoint's weights were trained with its own config")
+                                   "init_checkpoint's weights were trained with its own config (take some "
+                                   "of its modules with init_modules)")
         if not 0 <= self.pose_probability <= 1:
             raise TrainConfigError(f"pose_probability must be in [0, 1], got {self.pose_probability}")
 

@@ -179,17 +179,41 @@ def streamed_memory(engine: SpatialMemoryEngine, episode: TrainingEpisode) -> to
         return engine.model.read_memory(engine.stream).tokens.clone()   # a normal (not inference) tensor
 
 
-def set_trainable(model: VLM2Model, modules: list[str]) -> list[torch.nn.Parameter]:
+def model_parts(model: VLM2Model) -> dict[str, torch.nn.Module]:
+    """The model's modules by the names training configs use (MODULES)."""
     parts = {"geometry": model.geometry, "semantic": model.semantic, "fusion": model.fusion,
              "memory": model.memory, "readout": model.readout, "bridge": model.bridge}
     assert set(parts) == set(MODULES)
+    return parts
+
+
+def set_trainable(model: VLM2Model, modules: list[str]) -> list[torch.nn.Parameter]:
+    parts = model_parts(model)
     model.requires_grad_(False)
     for name in modules:
         parts[name].requires_grad_(True)
     if "bridge" in modules and model.bridge.config.freeze_language_model:
         model.bridge.decoder.requires_grad_(False)     # a real backbone LM stays frozen
         model.bridge.lm_head.requires_grad_(False)
+    frozen = model.semantic.frozen_backbone()
+    if "semantic" in modules and frozen is not None:
+        frozen.requires_grad_(False)                   # a pretrained CNN: only its projector learns
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def copy_modules(source: VLM2Model, target: VLM2Model, modules: list[str]) -> None:
+    """Copy the weights of `modules` from source into target; their configs and every tensor's
+    shape must agree (TrainConfigError names what does not)."""
+    for name in modules:
+        # every module but the readout has a config of its name in VLM2Config
+        theirs, ours = getattr(source.config, name, None), getattr(target.config, name, None)
+        if theirs != ours:
+            raise TrainConfigError(f"init_modules: {name!r} of init_checkpoint has another config than this "
+                                   f"run's model:\n  {theirs}\n  {ours}")
+        try:
+            model_parts(target)[name].load_state_dict(model_parts(source)[name].state_dict())
+        except RuntimeError as e:
+            raise TrainConfigError(f"init_modules: cannot copy {name!r} from init_checkpoint ({e})") from None
 
 
 def data_set_record(data: str | Path) -> dict | None:
@@ -231,8 +255,17 @@ class Trainer:
         else:
             # from the preset's fresh initialisation unless init_checkpoint says otherwise, never
             # silently from the weights shipped in the package
-            self.model, self.weights = load_model(config.preset, checkpoint_dir=config.init_checkpoint,
-                                                  seed=config.seed, use_shipped=False, config_changes=config.model)
+            if config.init_modules:
+                # the preset's fresh model (with config.model), then the named modules from init_checkpoint
+                self.model, fresh = load_model(config.preset, seed=config.seed, use_shipped=False,
+                                               config_changes=config.model)
+                source, source_weights = load_checkpoint(config.init_checkpoint)
+                copy_modules(source, self.model, config.init_modules)
+                self.weights = f"{fresh}+{','.join(config.init_modules)} from {source_weights}"
+            else:
+                self.model, self.weights = load_model(config.preset, checkpoint_dir=config.init_checkpoint,
+                                                      seed=config.seed, use_shipped=False,
+                                                      config_changes=config.model)
         if self.model.readout.objectness is None and any(s.objectness_loss_weight > 0 for s in config.stages):
             raise TrainConfigError("objectness_loss_weight trains the readout's objectness score, and this model "
                                    "pools its memory by the mean: set model: {readout_pool: objectness}")
