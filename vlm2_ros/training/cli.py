@@ -74,11 +74,12 @@ def diagnose_command(config, reliance_samples: int | None, room_size_probe: bool
         print(f"{result['episodes']} episodes, {result['reader']} probe; depth error of the geometry windows "
               f"(mean |log d - log d*|): {result['depth_error']:.3f}")
         print("| memory grid | objects located | median error (m) | guessing the room centre (m) | "
-              "largest object share |\n|---|---|---|---|---|")
+              "recognised (share >= 0.5) | median best share |\n|---|---|---|---|---|---|")
         meters = lambda value: "-" if value is None else f"{value:.2f}"  # noqa: E731
         for grid, row in result["grids"].items():
             print(f"| {grid} | {row['located']} of {row['objects']} | {meters(row['median_error_m'])} | "
-                  f"{meters(row['room_centre_median_error_m'])} | {row['max_object_share']:.2f} |")
+                  f"{meters(row['room_centre_median_error_m'])} | {row['recognised']} | "
+                  f"{row['median_best_share']:.2f} |")
         return 0
     if room_size_probe:
         try:

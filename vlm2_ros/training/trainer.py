@@ -393,11 +393,14 @@ class Trainer:
         own probes then read every memory token (at the entry grid, and pooled to the readout grid
         the language model reads, by the mean and by the model's own pool): the category probe
         gives each token's share of each category, and the point probe its world point (or, for
-        runs trained with the class-moment probe instead, the moment divided by the share). A category's position is the share-weighted mean over the
-        tokens where its share is at least `min_share`. Scored on the objects that are the only one
-        of their category (floor-plane distance to the object's centre), beside guessing the room's
-        centre; and the depth error (mean |log d - log d*|) of the newest frame of the geometry
-        windows the engine decodes, every 20 frames of the same streams."""
+        runs trained with the class-moment probe instead, the moment divided by the share).
+        A category's position is the share-weighted mean over the tokens where its share is at
+        least `min_share`. Scored on the objects that are the only one of their category
+        (floor-plane distance to the object's centre), beside guessing the room's centre.
+        Recognition: per object, the largest share any token gives its category (the median over
+        objects, and how many objects some token gives at least 0.5). And the depth error
+        (mean |log d - log d*|) of the newest frame of the geometry windows the engine decodes,
+        every 20 frames of the same streams."""
         trained = self.trained_probes()
         reader = "point" if "point" in trained else "position" if "position" in trained else None
         if "category" not in trained or reader is None:
@@ -415,7 +418,7 @@ class Trainer:
                  f"{readout_grid} mean": lambda entries: mean_pool(entries, hs_ws, grid)}
         if pool_kind != "mean":                          # what the language model reads, beside the mean
             grids[f"{readout_grid} {pool_kind}"] = self.model.readout.pool
-        rows = {name: {"objects": 0, "errors": [], "room_centre_errors": [], "max_object_share": []} for name in grids}
+        rows = {name: {"objects": 0, "errors": [], "room_centre_errors": [], "best_shares": []} for name in grids}
         depth_errors = []
         with torch.no_grad():
             for sample in tqdm(picked, desc="position probe", unit="episode", disable=not self.progress):
@@ -428,12 +431,12 @@ class Trainer:
                     tokens = pool(entries).flatten(0, 2)                                              # [M,C]
                     shares = self.probes["category"](tokens).softmax(dim=-1)                         # [M,K]
                     row = rows[name]
-                    row["max_object_share"].append(float(shares[:, 1:].max()))
                     points = self.probes["point"](tokens) * scale if reader == "point" else None          # [M,3]
                     for obj in scene.unique_objects():
                         k = classes.index(obj.category)
                         weight = shares[:, k] * (shares[:, k] >= min_share)                           # [M]
                         row["objects"] += 1
+                        row["best_shares"].append(float(shares[:, k].max()))     # is it recognised at all?
                         if float(weight.sum()) == 0:
                             continue
                         if points is not None:
@@ -458,7 +461,8 @@ class Trainer:
                 "grids": {name: {"objects": row["objects"], "located": len(row["errors"]),
                                  "median_error_m": median(row["errors"]),
                                  "room_centre_median_error_m": median(row["room_centre_errors"]),
-                                 "max_object_share": float(np.mean(row["max_object_share"]))}
+                                 "median_best_share": median(row["best_shares"]),
+                                 "recognised": int(sum(share >= 0.5 for share in row["best_shares"]))}
                           for name, row in rows.items()}}
 
     # ------------------------------------------------------------------ state
