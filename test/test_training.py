@@ -534,3 +534,14 @@ def test_init_modules_take_a_trained_module_under_a_new_semantic_encoder(data, t
     config = dataclasses.replace(config, init_modules=["semantic"])
     with pytest.raises(TrainConfigError, match="another config"):
         Trainer(config, progress=False)
+
+
+def test_the_recipe_config_is_valid():
+    from pathlib import Path
+
+    from vlm2_ros.model.vlm2 import VLM2Config
+
+    recipe = Path(__file__).resolve().parent.parent / "config" / "train_tiny.yaml"
+    config = load_train_config(recipe)
+    assert [s.name for s in config.stages] == ["geometry", "perception", "answering"]
+    VLM2Config(**config.model)                            # its model changes make a valid config
