@@ -28,10 +28,6 @@ STEM_CHANNELS = 32
 BN_EPS = 1e-3
 
 
-def stage_channels(stage: int) -> int:
-    return STAGES[stage - 1][4]
-
-
 def stage_stride(stage: int) -> int:
     stride = 2
     for _, _, s, _, _ in STAGES[:stage]:
@@ -82,7 +78,6 @@ class EfficientNetLite0(nn.Module):
         super().__init__()
         if not 1 <= stage <= len(STAGES):
             raise ValueError(f"EfficientNet-Lite0 stage must be 1..{len(STAGES)}, got {stage}")
-        self.stage = stage
         self._conv_stem = SameConv2d(3, STEM_CHANNELS, 3, 2, bias=False)
         self._bn0 = nn.BatchNorm2d(STEM_CHANNELS, eps=BN_EPS)
         blocks, in_ch = [], STEM_CHANNELS
@@ -113,14 +108,15 @@ def packaged_weights_path() -> Path:
     return path
 
 
-def load_pretrained(model: EfficientNetLite0, path: str | Path | None = None) -> EfficientNetLite0:
-    """Copy the ImageNet weights (a tensors-only state dict, read with weights_only) into `model`:
-    every parameter and BN statistic it has must be in the file; the unused head is skipped."""
-    state = torch.load(path or packaged_weights_path(), map_location="cpu", weights_only=True)
+def load_pretrained(model: EfficientNetLite0) -> EfficientNetLite0:
+    """Copy the packaged ImageNet weights (a tensors-only state dict, read with weights_only) into
+    `model`: every parameter and BN statistic it has must be in the file; the unused head is skipped."""
+    path = packaged_weights_path()
+    state = torch.load(path, map_location="cpu", weights_only=True)
     wanted = model.state_dict()
     missing = [k for k in wanted if k not in state]
     if missing:
-        raise ValueError(f"{path or WEIGHTS_PACKAGE} lacks {len(missing)} EfficientNet-Lite0 tensors, "
+        raise ValueError(f"{path} lacks {len(missing)} EfficientNet-Lite0 tensors, "
                          f"e.g. {missing[:3]}")
     wrong = [k for k in wanted if state[k].shape != wanted[k].shape]
     if wrong:

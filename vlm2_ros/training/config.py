@@ -23,6 +23,12 @@ class TrainConfigError(ValueError):
     """The training config is invalid; the message names the key."""
 
 
+def check_modules(names: list[str], where: str) -> None:
+    unknown = [m for m in names if m not in MODULES]
+    if unknown:
+        raise TrainConfigError(f"{where}: unknown modules {unknown}; choose from {MODULES}")
+
+
 @dataclass
 class StageConfig:
     """One stage: which modules learn, from which losses, for how many steps."""
@@ -69,9 +75,7 @@ class StageConfig:
     balance_tasks: bool = False
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.train if m not in MODULES]
-        if unknown:
-            raise TrainConfigError(f"stage {self.name!r}: unknown modules {unknown}; choose from {MODULES}")
+        check_modules(self.train, f"stage {self.name!r}")
         if self.steps < 1 or self.lr <= 0 or self.warmup_steps < 0:
             raise TrainConfigError(f"stage {self.name!r}: steps must be >= 1, lr > 0, warmup_steps >= 0")
         weights = {name: getattr(self, name) for name in LOSS_WEIGHTS}
@@ -143,9 +147,7 @@ class TrainConfig:
         unknown = sorted(set(self.model) - {f.name for f in dataclasses.fields(VLM2Config)})
         if unknown:
             raise TrainConfigError(f"model: unknown model config fields {unknown}")
-        unknown = [m for m in self.init_modules if m not in MODULES]
-        if unknown:
-            raise TrainConfigError(f"init_modules: unknown modules {unknown}; choose from {MODULES}")
+        check_modules(self.init_modules, "init_modules")
         if self.init_modules and not self.init_checkpoint:
             raise TrainConfigError("init_modules names what to take from init_checkpoint; set init_checkpoint")
         if self.model and self.init_checkpoint and not self.init_modules:
