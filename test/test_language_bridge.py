@@ -156,6 +156,41 @@ def test_loss_per_memory_equals_the_expanded_loss_and_backprops(bridge_name, req
         bridge.loss_per_memory(mem, questions, [["3"], [ANSWERS[0]]])
 
 
+@pytest.mark.parametrize("bridge_name", ["causal_bridge", "qwen_bridge"])
+def test_answer_pass_hidden_states_are_the_question_rows_of_a_whole_prompt(bridge_name, request):
+    # the hidden states after layer k over each question's tokens, then its answer's, as a whole
+    # prompt's forward pass gives them at those positions
+    bridge = request.getfixturevalue(bridge_name)
+    mem = memory(8, bridge.config.memory_dim)
+    questions, answers = [[QUESTIONS[0], QUESTIONS[1]], [QUESTIONS[1]]], [[ANSWERS[0], ANSWERS[1]], [ANSWERS[1]]]
+    with torch.no_grad():
+        result = bridge.answer_pass(mem, questions, answers, hidden_layer=1)
+        assert torch.allclose(result.loss, bridge.loss_per_memory(mem, questions, answers), atol=1e-5)
+        batch = bridge.encode_prompts(8, [QUESTIONS[0], QUESTIONS[1], QUESTIONS[1]], [ANSWERS[0], ANSWERS[1], ANSWERS[1]])
+        whole = bridge.decoder(inputs_embeds=bridge._inputs_embeds(mem[[0, 0, 1]], batch),
+                               attention_mask=batch.attention_mask, position_ids=bridge.position_ids(batch),
+                               output_hidden_states=True).hidden_states[1]
+    start = batch.memory_start + batch.num_memory
+    for row in range(3):
+        length = int(batch.attention_mask[row].sum()) - start
+        assert torch.allclose(result.hidden[row, :length], whole[row, start:start + length], atol=1e-4)
+    assert bridge.answer_pass(mem, questions, answers).hidden is None
+    with pytest.raises(ValueError, match="hidden_layer"):
+        bridge.answer_pass(mem, questions, answers, hidden_layer=bridge.num_layers + 1)
+
+
+def test_phrase_positions_point_at_the_last_token_of_each_whole_word_name(causal_bridge):
+    question = "Of trash can, chair, tv, which (chair) lies furthest east? Options: A. trash can B. armchair"
+    tokens = causal_bridge.tokenizer.convert_ids_to_tokens(
+        causal_bridge.tokenizer(causal_bridge.question_text(question), add_special_tokens=False)["input_ids"])
+    trash_can = causal_bridge.phrase_positions(question, "trash can")
+    chair = causal_bridge.phrase_positions(question, "chair")
+    assert len(trash_can) == 2 and [tokens[i] for i in trash_can] == ["▁can"] * 2
+    assert [tokens[i].removeprefix("▁") for i in chair] == ["chair"] * 2       # not armchair
+    assert tokens[trash_can[0] - 1] == "▁trash"
+    assert causal_bridge.phrase_positions(question, "bed") == []
+
+
 def test_causal_generate_relevance_and_memory_effect(causal_bridge):
     mem = memory(8, 32)[:1]
     out = causal_bridge.generate(mem, QUESTIONS[0], max_new_tokens=5)

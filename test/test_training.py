@@ -95,6 +95,10 @@ def test_balanced_picks_take_every_task_in_turn():
     ({"model": {"readout_pool": "objectness"}, "init_checkpoint": "ckpt"}, "from its initialisation"),
     ({"stages": [{"name": "x", "steps": 1, "train": ["semantic"], "objectness_loss_weight": 1.0}]},
      "add readout to train"),
+    ({"stages": [{"name": "x", "steps": 1, "train": ["bridge"], "grounding_loss_weight": 1.0}]},
+     "set memory: stream"),
+    ({"stages": [{"name": "x", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "memory": "stream",
+                  "grounding_loss_weight": 1.0, "grounding_layer": -1}]}, "grounding_layer"),
 ])
 def test_bad_configs_name_the_problem(tmp_path, change, message):
     with pytest.raises(TrainConfigError, match=message):
@@ -545,3 +549,54 @@ def test_the_recipe_config_is_valid():
     config = load_train_config(recipe)
     assert [s.name for s in config.stages] == ["geometry", "perception", "answering"]
     VLM2Config(**config.model)                            # its model changes make a valid config
+
+
+def test_named_objects_are_the_questions_objects_alone_in_their_category(data):
+    from vlm2_ros.sim.episode import EpisodeDir
+    from vlm2_ros.training.data import load_training_set, named_objects
+
+    samples = load_training_set(data, 4, (48, 64), questions_per_task=2, memory_questions_per_task=1)
+    assert any(named for sample in samples for named in sample.named_objects)
+    for sample in samples:
+        assert len(sample.named_objects) == len(sample.prompts)
+        scene = EpisodeDir(sample.path).scene
+        centres = {o.category: tuple(float(v) for v in o.center) for o in scene.unique_objects()}
+        for prompt, named in zip(sample.prompts, sample.named_objects):
+            for category, centre in named:
+                assert centres[category] == centre and category in prompt
+    counting = {"object_ids": [o.id for o in scene.objects if scene.count(o.category) > 1]}
+    assert named_objects(scene, counting) == []
+
+
+def test_grounding_stage_teaches_the_language_model_where_named_objects_are(data, tmp_path):
+    from vlm2_ros.training.config import StageConfig, TrainConfig
+    from vlm2_ros.training.trainer import Trainer
+
+    stage = StageConfig("ground", steps=1, train=["bridge"], lr=3e-3, warmup_steps=0, depth_loss_weight=0.0,
+                        memory="stream", grounding_loss_weight=1.0, grounding_layer=2)
+    config = TrainConfig(data=str(data), out=str(tmp_path / "run"), questions_per_episode=8, episodes_per_step=2,
+                         questions_per_task=2, memory_questions_per_task=2, stages=[stage])
+    trainer = Trainer(config, progress=False)
+    assert "grounding" in dict(trainer.probes.named_children())
+    first, last = fit(trainer, stage, steps=30)
+    assert first["grounding_error_m"] > 0 and last["grounding_error_m"] < 0.5 * first["grounding_error_m"]
+    assert last["loss_answer"] > 0
+    # a probe at a layer the language model does not have is refused at start
+    with pytest.raises(TrainConfigError, match="past the language model"):
+        Trainer(dataclasses.replace(config, out=str(tmp_path / "other"),
+                                    stages=[dataclasses.replace(stage, grounding_layer=99)]), progress=False)
+
+
+def test_memory_reliance_reports_the_grounding_error_with_each_memory(data, tmp_path):
+    from vlm2_ros.training.config import load_train_config
+    from vlm2_ros.training.trainer import Trainer
+
+    (tmp_path / "data").symlink_to(data)
+    config = write_config(tmp_path / "train.yaml", questions_per_task=2, memory_questions_per_task=1,
+                          stages=[{"name": "a", "steps": 2, "train": ["bridge"], "depth_loss_weight": 0.0,
+                                   "memory": "stream", "grounding_loss_weight": 1.0, "grounding_layer": 1}])
+    assert main(["train", "--config", str(config)]) == 0
+    rows = Trainer(load_train_config(config), resume=True, progress=False).memory_reliance(samples=2)
+    named = [t for t, r in rows.items() if "own_grounding_m" in r]
+    assert "all" in named and "memory_object_quadrant" in named and "room_size_estimation" not in named
+    assert all(r["own_grounding_m"] > 0 and r["other_grounding_m"] > 0 for t, r in rows.items() if t in named)

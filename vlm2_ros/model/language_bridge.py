@@ -48,6 +48,7 @@ answers from them (see engine/number_decoding.py).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -113,6 +114,12 @@ class PromptBatch:
     labels: torch.Tensor              # [B,L], -100 off the answer (+EOS)
     memory_start: int                 # memory occupies [memory_start, memory_start + M) in every row
     num_memory: int
+
+
+@dataclass(frozen=True)
+class AnswerPass:
+    loss: torch.Tensor                # teacher-forced cross-entropy over the answer tokens and EOS
+    hidden: torch.Tensor | None       # [Q,L,d] after answer_pass's hidden_layer, per question row
 
 
 class MemoryProjector(nn.Module):
@@ -184,8 +191,13 @@ class LanguageBridge(nn.Module):
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    @staticmethod
+    def question_text(question: str) -> str:
+        """The prompt's text from the end of the memory to where the answer starts."""
+        return f"\nQuestion: {question.strip()}\nAnswer:"
+
     def _question_ids(self, question: str) -> list[int]:
-        return self._encode(f"\nQuestion: {question.strip()}\nAnswer:")
+        return self._encode(self.question_text(question))
 
     def answer_ids(self, answer: str) -> list[int]:
         """The target tokens of an answer: its text after one space, then EOS."""
@@ -218,6 +230,10 @@ class LanguageBridge(nn.Module):
     @property
     def embed_tokens(self) -> nn.Module:
         return self.decoder.get_input_embeddings()
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.decoder.config.get_text_config().num_hidden_layers)
 
     def _lm_dtype(self) -> torch.dtype:
         return self.embed_tokens.weight.dtype
@@ -271,8 +287,11 @@ class LanguageBridge(nn.Module):
         if memory_tokens.shape[0] != len(questions):
             raise ValueError(f"{memory_tokens.shape[0]} memory sets but {len(questions)} questions")
         batch = self.encode_prompts(memory_tokens.shape[1], questions, answers, memory_tokens.device)
-        hidden = self._hidden(memory_tokens, batch, entry_grid).last_hidden_state   # [B,L,d]
-        targets = batch.labels[:, 1:]
+        return self._answer_loss(self._hidden(memory_tokens, batch, entry_grid).last_hidden_state, batch.labels)
+
+    def _answer_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # hidden [B,L,d] final layer, labels [B,L] (-100 off the answer): each position predicts the next token
+        targets = labels[:, 1:]
         keep = targets != -100
         logits = self.lm_head(hidden[:, :-1][keep]).float()                         # [T,V]
         return F.cross_entropy(logits, targets[keep])
@@ -280,20 +299,37 @@ class LanguageBridge(nn.Module):
     def loss_per_memory(self, memory_tokens: torch.Tensor, questions: list[list[str]],
                         answers: list[list[str]]) -> torch.Tensor:
         """`loss` for several questions per memory set: memory_tokens [E,M,C], questions[e] and
-        answers[e] asked of set e. With plain positions (causal_lm) the prompt up to the end of the
-        memory runs once per set and its keys/values serve every question on it: the same loss at a
-        fraction of the cost, the memory being most of each prompt. MRoPE (qwen2_5_vl) positions
-        depend on the whole prompt, so there the sets are expanded and `loss` runs as is."""
+        answers[e] asked of set e (see answer_pass)."""
+        return self.answer_pass(memory_tokens, questions, answers).loss
+
+    def answer_pass(self, memory_tokens: torch.Tensor, questions: list[list[str]], answers: list[list[str]],
+                    hidden_layer: int | None = None) -> AnswerPass:
+        """The answer loss of several questions per memory set (memory_tokens [E,M,C], questions[e]
+        and answers[e] asked of set e) and, with `hidden_layer`, the hidden states after that many
+        decoder layers over each question's row: its question_text tokens, then its answer's.
+        With plain positions (causal_lm) the prompt up to the end of the memory runs once per set
+        and its keys/values serve every question on it: the same loss at a fraction of the cost,
+        the memory being most of each prompt. MRoPE (qwen2_5_vl) positions depend on the whole
+        prompt, so there the sets are expanded into whole prompts."""
         counts = [len(q) for q in questions]
         if len(counts) != memory_tokens.shape[0] or [len(a) for a in answers] != counts or min(counts) < 1:
             raise ValueError("one non-empty question list and an answer list of the same length per memory set")
+        if hidden_layer is not None and not 0 <= hidden_layer <= self.num_layers:
+            raise ValueError(f"hidden_layer must be in [0, {self.num_layers}], got {hidden_layer}")
+        states = hidden_layer is not None
         device = memory_tokens.device
         flat_questions = [q for qs in questions for q in qs]
         flat_answers = [a for ans in answers for a in ans]
         repeat = torch.repeat_interleave(torch.arange(len(counts), device=device),
                                          torch.tensor(counts, device=device))
         if self._rope_index is not None:
-            return self.loss(memory_tokens[repeat], flat_questions, flat_answers)
+            batch = self.encode_prompts(memory_tokens.shape[1], flat_questions, flat_answers, device)
+            out = self.decoder(inputs_embeds=self._inputs_embeds(memory_tokens[repeat], batch),
+                               attention_mask=batch.attention_mask, position_ids=self.position_ids(batch),
+                               output_hidden_states=states)
+            start = batch.memory_start + batch.num_memory
+            return AnswerPass(self._answer_loss(out.last_hidden_state, batch.labels),
+                              out.hidden_states[hidden_layer][:, start:] if states else None)
         sets, num_memory = memory_tokens.shape[:2]
         prefix_ids = torch.tensor([self._prefix + [self.placeholder_id] * num_memory], device=device).expand(sets, -1)
         p = prefix_ids.shape[1]
@@ -319,13 +355,19 @@ class LanguageBridge(nn.Module):
             labels[i, :len(lab)] = torch.tensor(lab)
             mask[i, p:p + len(ids)] = 1
         suffix, labels, mask = suffix.to(device), labels.to(device), mask.to(device)
-        hidden = self.decoder(input_ids=suffix, attention_mask=mask, past_key_values=cache, use_cache=True,
-                              position_ids=(p + torch.arange(length, device=device)).expand(len(rows), -1)
-                              ).last_hidden_state                                 # [Q,L,d]
-        targets = labels[:, 1:]
-        keep = targets != -100
-        logits = self.lm_head(hidden[:, :-1][keep]).float()                         # [T,V]
-        return F.cross_entropy(logits, targets[keep])
+        out = self.decoder(input_ids=suffix, attention_mask=mask, past_key_values=cache, use_cache=True,
+                           position_ids=(p + torch.arange(length, device=device)).expand(len(rows), -1),
+                           output_hidden_states=states)                            # [Q,L,d]
+        return AnswerPass(self._answer_loss(out.last_hidden_state, labels),
+                          out.hidden_states[hidden_layer] if states else None)
+
+    def phrase_positions(self, question: str, phrase: str) -> list[int]:
+        """Where each whole-word occurrence of `phrase` in `question` ends: the index, in the
+        question's tokens (the start of answer_pass's rows), of the token holding its last character."""
+        text = self.question_text(question)
+        spans = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        ends = [m.end() - 1 for m in re.finditer(rf"(?<!\w){re.escape(phrase)}(?!\w)", text)]
+        return [i for end in ends for i, (a, b) in enumerate(spans) if a <= end < b]
 
     def next_token_logits(self, memory_tokens: torch.Tensor, questions: list[str],
                           entry_grid: tuple[int, int] | None = None) -> torch.Tensor:

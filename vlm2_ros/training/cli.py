@@ -92,9 +92,11 @@ def diagnose_command(config, reliance_samples: int | None, room_size_probe: bool
     rows = trainer.memory_reliance(reliance_samples)
     write_json_atomic(Path(config.out) / "memory_reliance.json", rows)
     print("| question type | questions | loss, own memory | loss, another scene's | accuracy, own | accuracy, "
-          "another's |\n|---|---|---|---|---|---|")
+          "another's | grounding error, own (m) | grounding error, another's (m) |\n|---|---|---|---|---|---|---|---|")
     for task, row in rows.items():
         accuracy = (f"{100 * row['own_accuracy']:.1f} | {100 * row['other_accuracy']:.1f}" if "own_accuracy" in row
                     else "- | -")
-        print(f"| {task} | {row['questions']} | {row['own']:.3f} | {row['other']:.3f} | {accuracy} |")
+        grounding = (f"{row['own_grounding_m']:.2f} | {row['other_grounding_m']:.2f}" if "own_grounding_m" in row
+                     else "- | -")
+        print(f"| {task} | {row['questions']} | {row['own']:.3f} | {row['other']:.3f} | {accuracy} | {grounding} |")
     return 0

@@ -10,12 +10,13 @@ import yaml
 MODULES = ("geometry", "semantic", "fusion", "memory", "readout", "bridge")
 MEMORY_SOURCES = ("clip", "stream", "window")
 LOSS_WEIGHTS = ("depth_loss_weight", "answer_loss_weight", "category_loss_weight", "position_loss_weight",
-                "point_loss_weight", "objectness_loss_weight")
-# Memory sources that train one module on one loss: (train, the loss weight that must be > 0 while
-# every other is 0, why).
+                "point_loss_weight", "objectness_loss_weight", "grounding_loss_weight")
+# Memory sources that train one module on one loss: (train, the loss weight that must be > 0, the
+# weights that may be > 0 beside it (every other must be 0), why).
 SINGLE_PURPOSE_SOURCES = {
-    "stream": (["bridge"], "answer_loss_weight", "freezes everything before the language model"),
-    "window": (["geometry"], "depth_loss_weight", "runs the geometry encoder alone"),
+    "stream": (["bridge"], "answer_loss_weight", ("grounding_loss_weight",),
+               "freezes everything before the language model"),
+    "window": (["geometry"], "depth_loss_weight", (), "runs the geometry encoder alone"),
 }
 
 
@@ -59,6 +60,14 @@ class StageConfig:
     # with the "readout" module): binary cross-entropy against the share of each token's patch
     # that is an object rather than the room shell, from the rendered masks.
     objectness_loss_weight: float = 0.0
+    # Where each object the question names is ("stream" stages): a training-only linear probe on the
+    # language model's hidden state after `grounding_layer` decoder layers, at the last token of
+    # each name of an object that is the only one of its category, predicts that object's world
+    # centre (from the scene). It teaches the language model to fetch a named object's position
+    # from the memory into the question, early enough that later layers can compare positions;
+    # from the answer tokens alone it did not learn to (the memory-only questions stayed at chance).
+    grounding_loss_weight: float = 0.0
+    grounding_layer: int = 2
     # Where the memory the questions read comes from. "clip": the sample's clip is unrolled with
     # gradients (every module can learn). "stream": built as at inference, from every frame up to
     # the question through the frozen perception and memory, once per stage; only the language
@@ -86,11 +95,16 @@ class StageConfig:
         if self.memory not in MEMORY_SOURCES:
             raise TrainConfigError(f"stage {self.name!r}: memory must be one of {MEMORY_SOURCES}, got {self.memory!r}")
         if self.memory in SINGLE_PURPOSE_SOURCES:
-            modules, loss, why = SINGLE_PURPOSE_SOURCES[self.memory]
-            others = [name for name in LOSS_WEIGHTS if name != loss]
+            modules, loss, allowed, why = SINGLE_PURPOSE_SOURCES[self.memory]
+            others = [name for name in LOSS_WEIGHTS if name != loss and name not in allowed]
             if self.train != modules or weights[loss] == 0 or any(weights[name] for name in others):
                 raise TrainConfigError(f"stage {self.name!r}: memory {self.memory!r} {why}: train must be "
                                        f"{modules}, {loss} > 0 and {', '.join(others)} 0")
+        if self.grounding_loss_weight > 0 and self.memory != "stream":
+            raise TrainConfigError(f"stage {self.name!r}: grounding_loss_weight reads the language model over "
+                                   "streamed memories: set memory: stream")
+        if self.grounding_layer < 0:
+            raise TrainConfigError(f"stage {self.name!r}: grounding_layer must be >= 0, got {self.grounding_layer}")
         if self.objectness_loss_weight > 0 and "readout" not in self.train:
             raise TrainConfigError(f"stage {self.name!r}: objectness_loss_weight trains the readout's score: "
                                    "add readout to train")

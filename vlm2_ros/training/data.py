@@ -17,7 +17,7 @@ from ..evaluation.data import episode_dirs
 from ..evaluation.predictors import format_prompt
 from ..sim.episode import EpisodeDir
 from ..sim.questions import Balancer, generate_questions
-from ..sim.scene import semantic_classes
+from ..sim.scene import Scene, semantic_classes
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,9 @@ class TrainingEpisode:
     prompts: list[str]          # questions as the model reads them (VSI-Bench prompt)
     answers: list[str]          # ground truth as answer text
     tasks: list[str]            # each question's question_type
+    # per question: (category, world centre in metres) of each object it names that is alone in its
+    # category in the scene, so its name in the question means that one object
+    named_objects: list[list[tuple[str, tuple[float, float, float]]]]
     path: str                   # the episode directory (every frame, for streamed memories)
     asked_at: int               # frame index the questions are asked at
     stream_key: str             # which frames a streamed memory holds: the episode's content and asked_at
@@ -59,6 +62,14 @@ def episode_digest(path: Path) -> str:
     for name in ("episode.json", "scene.json"):
         h.update((path / name).read_bytes())
     return h.hexdigest()[:16]
+
+
+def named_objects(scene: Scene, question: dict) -> list[tuple[str, tuple[float, float, float]]]:
+    """(category, world centre) of the objects `question` names (its object_ids) that are the only
+    one of their category: a counting question's instances, say, have no single position."""
+    by_id = {o.id: o for o in scene.objects}
+    named = (by_id[int(i)] for i in question.get("object_ids", ()))
+    return [(o.category, tuple(float(v) for v in o.center)) for o in named if scene.count(o.category) == 1]
 
 
 def load_training_episode(path: Path, clip_frames: int, image_size: tuple[int, int],
@@ -95,6 +106,7 @@ def load_training_episode(path: Path, clip_frames: int, image_size: tuple[int, i
             torch.from_numpy(episode.stamps_ns[idx].astype(np.int64)), torch.from_numpy(idx.astype(np.int64)),
             [format_prompt(q) for q in questions], [str(q["ground_truth"]) for q in questions],
             [str(q["question_type"]) for q in questions],
+            [named_objects(episode.scene, q) for q in questions],
             str(path), asked_at, f"{digest}@{asked_at}"))
     return samples
 

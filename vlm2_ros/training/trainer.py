@@ -53,8 +53,9 @@ STREAMED_MEMORIES = "streamed_memories.safetensors"
 STREAM_SAVE_EVERY = 50          # streamed samples between saves of the memory cache
 PROBE_PREFIX = "probes."
 METRICS = ("loss_depth", "loss_category", "loss_position", "loss_point", "loss_objectness",   # logged every step
-           "loss_answer", "category_accuracy", "position_error_m", "point_error_m")
-PROBES = ("category", "position", "point")     # training-only heads, each with its stage loss weight
+           "loss_answer", "loss_grounding", "category_accuracy", "position_error_m", "point_error_m",
+           "grounding_error_m")
+PROBES = ("category", "position", "point", "grounding")   # training-only heads, each with its stage loss weight
 
 
 def memory_digest(model: VLM2Model) -> str:
@@ -266,19 +267,26 @@ class Trainer:
                 self.model, self.weights = load_model(config.preset, checkpoint_dir=config.init_checkpoint,
                                                       seed=config.seed, use_shipped=False,
                                                       config_changes=config.model)
+        layers = self.model.bridge.num_layers
+        for stage in config.stages:
+            if stage.grounding_loss_weight > 0 and stage.grounding_layer > layers:
+                raise TrainConfigError(f"stage {stage.name!r}: grounding_layer {stage.grounding_layer} is past the "
+                                       f"language model's {layers} layers")
         if self.model.readout.objectness is None and any(s.objectness_loss_weight > 0 for s in config.stages):
             raise TrainConfigError("objectness_loss_weight trains the readout's objectness score, and this model "
                                    "pools its memory by the mean: set model: {readout_pool: objectness}")
         self.model.to(config.device).train()
-        # training-only heads for the category, position and point losses; kept in the training state,
-        # not the checkpoint
+        # training-only heads for the category, position, point and grounding losses; kept in the
+        # training state, not the checkpoint
         dim, classes = self.model.config.fusion.dim, len(SEMANTIC_CLASSES)
         self.probes = torch.nn.ModuleDict({"category": torch.nn.Linear(dim, classes),
                                            "position": torch.nn.Linear(dim, 3 * classes),
-                                           "point": torch.nn.Linear(dim, 3)}).to(config.device)
-        if self._probe_state is not None:   # a run from before the position or point probe starts those fresh
+                                           "point": torch.nn.Linear(dim, 3),
+                                           "grounding": torch.nn.Linear(self.model.bridge.hidden_size, 3)
+                                           }).to(config.device)
+        if self._probe_state is not None:   # a run from before a later probe starts that one fresh
             missing, unexpected = self.probes.load_state_dict(self._probe_state, strict=False)
-            if unexpected or any(not k.startswith(("position.", "point.")) for k in missing):
+            if unexpected or any(not k.startswith(("position.", "point.", "grounding.")) for k in missing):
                 raise ValueError(f"{self.out}: training state has probe tensors {unexpected} it should not, "
                                  f"or lacks {missing}")
         self.data = load_training_set(config.data, config.clip_frames, self.model.config.image_size,
@@ -322,35 +330,49 @@ class Trainer:
         answer loss of up to `samples` samples' questions over their own streamed memory and over
         the memory of the next picked sample (another scene). Equal losses: the answers come from
         the question alone. For multiple-choice types also the accuracy of the letter the model
-        ranks first (A-D) with each memory. Rows {type: {own, other, questions[, own_accuracy,
-        other_accuracy]}} and "all"."""
+        ranks first (A-D) with each memory; and once the run has trained its grounding probe, the
+        probe's mean error (metres) on the objects the questions name, with each memory. Rows
+        {type: {own, other, questions[, own_accuracy, other_accuracy][, own_grounding_m,
+        other_grounding_m]}} and "all"."""
         memories = self.stream_memories()
         picks = np.random.default_rng(self.config.seed).choice(len(self.data), min(samples, len(self.data)),
                                                                 replace=False)
         bridge = self.model.bridge
+        grounding_layer = next((s.grounding_layer for s in self.config.stages if s.grounding_loss_weight > 0), None)
+        if "grounding" not in self.trained_probes():
+            grounding_layer = None
         letter_ids = torch.tensor([bridge.answer_ids(letter)[0] for letter in LETTERS])
         first_letter = lambda memory, prompt: LETTERS[int(  # noqa: E731
             bridge.next_token_logits(memory, [prompt])[0, letter_ids].argmax())]
         losses: dict[str, list[tuple[float, float]]] = {}
         hits: dict[str, list[tuple[bool, bool]]] = {}
+        grounding: dict[str, list[tuple[float, float]]] = {}
         self.model.eval()
         with torch.no_grad():
             for own, other in zip(picks, np.roll(picks, 1)):
                 sample = self.data[int(own)]
-                for prompt, answer, task in zip(sample.prompts, sample.answers, sample.tasks):
-                    pair = tuple(float(bridge.loss_per_memory(memories[int(m)], [[prompt]], [[answer]]))
-                                 for m in (own, other))
+                for prompt, answer, task, named in zip(sample.prompts, sample.answers, sample.tasks,
+                                                       sample.named_objects):
+                    passes = [bridge.answer_pass(memories[int(m)], [[prompt]], [[answer]], grounding_layer)
+                              for m in (own, other)]
                     for key in (task, "all"):
-                        losses.setdefault(key, []).append(pair)
+                        losses.setdefault(key, []).append(tuple(float(p.loss) for p in passes))
                     if answer in tuple(LETTERS):
                         hits.setdefault(task, []).append(tuple(first_letter(memories[int(m)], prompt) == answer
                                                                for m in (own, other)))
+                    if grounding_layer is not None and named:
+                        errors = [self.grounding_loss(p.hidden, [prompt], [named])[1] for p in passes]
+                        for key in (task, "all"):
+                            grounding.setdefault(key, []).extend(zip(errors[0].tolist(), errors[1].tolist()))
         self.model.train()
         rows = {task: {"own": float(np.mean([a for a, _ in pairs])), "other": float(np.mean([b for _, b in pairs])),
                        "questions": len(pairs)} for task, pairs in sorted(losses.items())}
         for task, pairs in hits.items():
             rows[task].update(own_accuracy=float(np.mean([a for a, _ in pairs])),
                               other_accuracy=float(np.mean([b for _, b in pairs])))
+        for task, pairs in grounding.items():
+            rows[task].update(own_grounding_m=float(np.mean([a for a, _ in pairs])),
+                              other_grounding_m=float(np.mean([b for _, b in pairs])))
         return rows
 
     def room_size_probe(self, folds: int = 5, ridge: float = 100.0) -> dict[str, float]:
@@ -594,17 +616,50 @@ class Trainer:
         return stage.depth_loss_weight * loss, {**dict.fromkeys(METRICS, 0.0), "loss_depth": float(loss.detach())}
 
     def streamed_answer_loss(self, stage: StageConfig, picks, questions: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """All picked samples' questions in one teacher-forced batch over their streamed memories."""
+        """All picked samples' questions in one teacher-forced batch over their streamed memories,
+        and with grounding_loss_weight the grounding probe's loss on the objects they name."""
         memories = self.stream_memories()
-        tokens, prompts, answers = [], [], []
+        tokens, prompts, answers, named = [], [], [], []
         for index in picks:
             episode = self.data[int(index)]
             asked = pick_questions(episode.tasks, questions, self.rng, stage.balance_tasks)
             tokens.append(memories[int(index)])
             prompts.append([episode.prompts[i] for i in asked])
             answers.append([episode.answers[i] for i in asked])
-        loss = self.model.bridge.loss_per_memory(torch.cat(tokens), prompts, answers)
-        return stage.answer_loss_weight * loss, {**dict.fromkeys(METRICS, 0.0), "loss_answer": float(loss.detach())}
+            named += [episode.named_objects[i] for i in asked]
+        grounding = stage.grounding_loss_weight > 0
+        result = self.model.bridge.answer_pass(torch.cat(tokens), prompts, answers,
+                                               stage.grounding_layer if grounding else None)
+        loss = stage.answer_loss_weight * result.loss
+        metrics = {**dict.fromkeys(METRICS, 0.0), "loss_answer": float(result.loss.detach())}
+        if grounding:
+            flat_prompts = [p for ps in prompts for p in ps]
+            loss_grounding, errors = self.grounding_loss(result.hidden, flat_prompts, named)
+            loss = loss + stage.grounding_loss_weight * loss_grounding
+            metrics.update(loss_grounding=float(loss_grounding.detach()),
+                           grounding_error_m=float(errors.mean()) if len(errors) else 0.0)
+        return loss, metrics
+
+    def grounding_loss(self, hidden: torch.Tensor, prompts: list[str],
+                       named: list[list[tuple[str, tuple[float, float, float]]]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Squared error (summed over axes, in units of position_scale_m, mean over names) of the
+        grounding probe's world centre at the last token of every name of a named object (hidden
+        [Q,L,d], the questions' rows) against the object's centre; and each name's error in metres
+        [N] (N = 0 when no question names an object alone in its category; the loss is then 0)."""
+        rows, columns, centres = [], [], []
+        for row, (prompt, objects) in enumerate(zip(prompts, named)):
+            for category, centre in objects:
+                for column in self.model.bridge.phrase_positions(prompt, category):
+                    rows.append(row)
+                    columns.append(column)
+                    centres.append(centre)
+        if not rows:
+            return hidden.sum() * 0.0, hidden.new_zeros(0)
+        scale = self.model.config.fusion.position_scale_m
+        predicted = self.probes["grounding"](hidden[rows, columns])                      # [N,3]
+        target = torch.tensor(centres, device=hidden.device) / scale                     # [N,3]
+        loss = (predicted - target).square().sum(dim=-1).mean()
+        return loss, (predicted.detach() - target).norm(dim=-1) * scale
 
     def run(self) -> Path:
         c = self.config
