@@ -99,6 +99,9 @@ def test_balanced_picks_take_every_task_in_turn():
      "set memory: stream"),
     ({"stages": [{"name": "x", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "memory": "stream",
                   "grounding_loss_weight": 1.0, "grounding_layer": -1}]}, "grounding_layer"),
+    ({"stages": [{"name": n, "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "memory": "stream",
+                  "grounding_loss_weight": 1.0, "grounding_layer": layer} for n, layer in (("a", 1), ("b", 2))]},
+     "same layer"),
 ])
 def test_bad_configs_name_the_problem(tmp_path, change, message):
     with pytest.raises(TrainConfigError, match=message):

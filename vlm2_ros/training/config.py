@@ -157,6 +157,9 @@ class TrainConfig:
         if self.memory_questions_per_task and self.questions_per_task is None:
             raise TrainConfigError("memory_questions_per_task needs questions_per_task: memory questions are "
                                    "generated with the others from each episode's scene")
+        if len({s.grounding_layer for s in self.stages if s.grounding_loss_weight > 0}) > 1:
+            raise TrainConfigError("the stages that train the grounding probe read different grounding_layer "
+                                   "values; there is one probe: give them the same layer")
         from ..model.vlm2 import VLM2Config
         unknown = sorted(set(self.model) - {f.name for f in dataclasses.fields(VLM2Config)})
         if unknown:
