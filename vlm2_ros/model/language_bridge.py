@@ -273,12 +273,14 @@ class LanguageBridge(nn.Module):
     def _merge_size(self) -> int:
         return int(self._rope_index.__self__.config.vision_config.spatial_merge_size)
 
-    def _hidden(self, memory_tokens: torch.Tensor, batch: PromptBatch, entry_grid=None, use_cache=False):
+    def _hidden(self, memory_tokens: torch.Tensor, batch: PromptBatch, entry_grid=None, use_cache=False,
+                output_hidden_states=False):
         if memory_tokens.ndim != 3 or memory_tokens.shape[-1] != self.config.memory_dim:
             raise ValueError(f"memory_tokens must be [B,M,{self.config.memory_dim}], got {tuple(memory_tokens.shape)}")
         return self.decoder(inputs_embeds=self._inputs_embeds(memory_tokens, batch),
                             attention_mask=batch.attention_mask,
-                            position_ids=self.position_ids(batch, entry_grid), use_cache=use_cache)
+                            position_ids=self.position_ids(batch, entry_grid), use_cache=use_cache,
+                            output_hidden_states=output_hidden_states)
 
     # ------------------------------------------------------------------ training
     def loss(self, memory_tokens: torch.Tensor, questions: list[str], answers: list[str],
@@ -324,9 +326,7 @@ class LanguageBridge(nn.Module):
                                          torch.tensor(counts, device=device))
         if self._rope_index is not None:
             batch = self.encode_prompts(memory_tokens.shape[1], flat_questions, flat_answers, device)
-            out = self.decoder(inputs_embeds=self._inputs_embeds(memory_tokens[repeat], batch),
-                               attention_mask=batch.attention_mask, position_ids=self.position_ids(batch),
-                               output_hidden_states=states)
+            out = self._hidden(memory_tokens[repeat], batch, output_hidden_states=states)
             start = batch.memory_start + batch.num_memory
             return AnswerPass(self._answer_loss(out.last_hidden_state, batch.labels),
                               out.hidden_states[hidden_layer][:, start:] if states else None)
