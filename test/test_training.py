@@ -96,7 +96,7 @@ def test_balanced_picks_take_every_task_in_turn():
     ({"stages": [{"name": "x", "steps": 1, "train": ["semantic"], "objectness_loss_weight": 1.0}]},
      "add readout to train"),
     ({"stages": [{"name": "x", "steps": 1, "train": ["bridge"], "grounding_loss_weight": 1.0}]},
-     "set memory: stream"),
+     "set memory to one of"),
     ({"stages": [{"name": "x", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "memory": "stream",
                   "grounding_loss_weight": 1.0, "grounding_layer": -1}]}, "grounding_layer"),
     ({"stages": [{"name": n, "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "memory": "stream",
@@ -380,6 +380,7 @@ def test_stream_stage_memory_is_the_inference_memory_and_training_lowers_the_los
     {"name": "s", "steps": 1, "train": ["bridge", "fusion"], "depth_loss_weight": 0.0, "memory": "stream"},
     {"name": "s", "steps": 1, "train": ["bridge"], "memory": "stream"},
     {"name": "s", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "memory": "video"},
+    {"name": "s", "steps": 1, "train": ["bridge", "memory"], "depth_loss_weight": 0.0, "memory": "oracle"},
     {"name": "s", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "category_loss_weight": 1.0,
      "memory": "stream"},
 ])
@@ -603,3 +604,53 @@ def test_memory_reliance_reports_the_grounding_error_with_each_memory(data, tmp_
     named = [t for t, r in rows.items() if "own_grounding_m" in r]
     assert "all" in named and "memory_object_quadrant" in named and "room_size_estimation" not in named
     assert all(r["own_grounding_m"] > 0 and r["other_grounding_m"] > 0 for t, r in rows.items() if t in named)
+
+
+def test_oracle_memory_is_the_room_then_each_object_seen_by_the_question_in_order(data):
+    from vlm2_ros.sim.episode import EpisodeDir
+    from vlm2_ros.sim.scene import SEMANTIC_CLASSES
+    from vlm2_ros.training.data import oracle_memory
+
+    episode = EpisodeDir(sorted(p for p in data.iterdir() if p.is_dir())[0])
+    visibility, scene = episode.visibility(), episode.scene
+    asked_at = sorted(v[0] for v in visibility.values())[1]       # after the first two objects seen
+    memory = oracle_memory(scene, visibility, asked_at, tokens=12, dim=32, scale_m=4.0)
+    classes = len(SEMANTIC_CLASSES)
+    assert memory.shape == (1, 12, 32)
+    room = scene.room
+    assert memory[0, 0, :classes].tolist() == [1.0] + [0.0] * (classes - 1)
+    assert torch.allclose(memory[0, 0, classes:classes + 6], torch.tensor(
+        [room.width / 2, room.depth / 2, room.height / 2, room.width, room.depth, room.height]) / 4.0)
+    seen = sorted((v[0], i) for i, v in visibility.items() if v[0] <= asked_at)
+    by_id = {o.id: o for o in scene.objects}
+    for slot, (_, object_id) in enumerate(seen, start=1):
+        o = by_id[object_id]
+        assert int(memory[0, slot, :classes].argmax()) == SEMANTIC_CLASSES.index(o.category)
+        assert torch.allclose(memory[0, slot, classes:classes + 6], torch.tensor([*o.center, *o.size]) / 4.0)
+    assert 2 <= len(seen) < len(visibility)
+    assert not memory[0, 1 + len(seen):].any() and not memory[..., classes + 6:].any()
+    with pytest.raises(ValueError, match="channels"):
+        oracle_memory(scene, visibility, asked_at, tokens=12, dim=classes + 5, scale_m=4.0)
+    with pytest.raises(ValueError, match="more than"):
+        oracle_memory(scene, visibility, asked_at, tokens=len(seen), dim=32, scale_m=4.0)
+
+
+def test_oracle_stage_trains_the_language_model_on_the_scene_and_reliance_reads_it(data, tmp_path):
+    from vlm2_ros.training.config import load_train_config
+    from vlm2_ros.training.trainer import Trainer
+
+    (tmp_path / "data").symlink_to(data)
+    config = write_config(tmp_path / "train.yaml", questions_per_episode=4, questions_per_task=2,
+                          stages=[{"name": "a", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0,
+                                   "memory": "oracle", "lr": 3e-3, "warmup_steps": 0}])
+    trainer = Trainer(load_train_config(config), progress=False)
+    memories = trainer.memories("oracle")
+    assert len(memories) == len(trainer.data) and memories[0].shape == (1, 160, 256)
+    assert not (tmp_path / "run" / "streamed_memories.safetensors").exists()     # nothing streamed
+    first, last = fit(trainer, trainer.config.stages[0], steps=10)
+    assert last["loss_answer"] < 0.5 * first["loss_answer"]
+    assert main(["train", "--config", str(config)]) == 0
+    assert main(["train", "--config", str(config), "--memory-reliance", "2"]) == 0
+    rows = json.loads((tmp_path / "run" / "memory_reliance.json").read_text())
+    assert rows["all"]["own"] != rows["all"]["other"]
+    assert not (tmp_path / "run" / "streamed_memories.safetensors").exists()     # read the oracle memories

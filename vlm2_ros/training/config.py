@@ -8,7 +8,8 @@ from pathlib import Path
 import yaml
 
 MODULES = ("geometry", "semantic", "fusion", "memory", "readout", "bridge")
-MEMORY_SOURCES = ("clip", "stream", "window")
+MEMORY_SOURCES = ("clip", "stream", "window", "oracle")
+BRIDGE_SOURCES = ("stream", "oracle")     # memories built once per stage; only the language bridge learns
 LOSS_WEIGHTS = ("depth_loss_weight", "answer_loss_weight", "category_loss_weight", "position_loss_weight",
                 "point_loss_weight", "objectness_loss_weight", "grounding_loss_weight")
 # Memory sources that train one module on one loss: (train, the loss weight that must be > 0, the
@@ -17,6 +18,8 @@ SINGLE_PURPOSE_SOURCES = {
     "stream": (["bridge"], "answer_loss_weight", ("grounding_loss_weight",),
                "freezes everything before the language model"),
     "window": (["geometry"], "depth_loss_weight", (), "runs the geometry encoder alone"),
+    "oracle": (["bridge"], "answer_loss_weight", ("grounding_loss_weight",),
+               "gives the language model the scene's ground truth, not a perception"),
 }
 
 
@@ -60,7 +63,7 @@ class StageConfig:
     # with the "readout" module): binary cross-entropy against the share of each token's patch
     # that is an object rather than the room shell, from the rendered masks.
     objectness_loss_weight: float = 0.0
-    # Where each object the question names is ("stream" stages): a training-only linear probe on the
+    # Where each object the question names is ("stream", "oracle"): a training-only linear probe on the
     # language model's hidden state after `grounding_layer` decoder layers, at the last token of
     # each name of an object that is the only one of its category, predicts that object's world
     # centre (from the scene). It teaches the language model to fetch a named object's position
@@ -75,6 +78,10 @@ class StageConfig:
     # questions: random windows of geometry_window consecutive frames from anywhere in the
     # episodes (as the engine decodes them) through the geometry encoder, depth loss only; a step
     # costs one window decode per episode, so the encoder sees far more frames than clips give it.
+    # "oracle": a diagnostic of the language model alone: instead of a memory, the scene's ground
+    # truth at the question (data.oracle_memory: the room and each object seen so far, as class,
+    # centre and extents); only the language bridge learns. What the language model cannot learn
+    # to answer from that, it will not learn from any memory.
     memory: str = "clip"
     episodes_per_step: int | None = None    # None: the run's setting (a "stream" step is cheap: take more;
                                             # a "window" step takes one window from each)
@@ -100,9 +107,9 @@ class StageConfig:
             if self.train != modules or weights[loss] == 0 or any(weights[name] for name in others):
                 raise TrainConfigError(f"stage {self.name!r}: memory {self.memory!r} {why}: train must be "
                                        f"{modules}, {loss} > 0 and {', '.join(others)} 0")
-        if self.grounding_loss_weight > 0 and self.memory != "stream":
+        if self.grounding_loss_weight > 0 and self.memory not in BRIDGE_SOURCES:
             raise TrainConfigError(f"stage {self.name!r}: grounding_loss_weight reads the language model over "
-                                   "streamed memories: set memory: stream")
+                                   f"memories built before the stage: set memory to one of {BRIDGE_SOURCES}")
         if self.grounding_layer < 0:
             raise TrainConfigError(f"stage {self.name!r}: grounding_layer must be >= 0, got {self.grounding_layer}")
         if self.objectness_loss_weight > 0 and "readout" not in self.train:

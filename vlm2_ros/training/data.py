@@ -17,7 +17,7 @@ from ..evaluation.data import episode_dirs
 from ..evaluation.predictors import format_prompt
 from ..sim.episode import EpisodeDir
 from ..sim.questions import Balancer, generate_questions
-from ..sim.scene import Scene, semantic_classes
+from ..sim.scene import SEMANTIC_CLASSES, Scene, semantic_classes
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,31 @@ def named_objects(scene: Scene, question: dict) -> list[tuple[str, tuple[float, 
     by_id = {o.id: o for o in scene.objects}
     named = (by_id[int(i)] for i in question.get("object_ids", ()))
     return [(o.category, tuple(float(v) for v in o.center)) for o in named if scene.count(o.category) == 1]
+
+
+def oracle_memory(scene: Scene, visibility: dict[int, tuple[int, int, int]], asked_at: int, tokens: int,
+                  dim: int, scale_m: float) -> torch.Tensor:
+    """What a perfect memory would hand the language model at frame `asked_at` ("oracle" stages):
+    [1,tokens,dim], the room's box first, then one token per object seen up to that frame
+    (`visibility`: id -> (first seen, ...)), in the order first seen. A token is its semantic class
+    one-hot (SEMANTIC_CLASSES; "room" for the room), then its box's centre and extents in units
+    of scale_m; every other channel and token is 0."""
+    classes = len(SEMANTIC_CLASSES)
+    if dim < classes + 6:
+        raise ValueError(f"an oracle memory token needs {classes + 6} channels, the language bridge reads {dim}")
+    seen = [o for _, o in sorted(((visibility[o.id][0], o.id), o) for o in scene.objects
+                                 if o.id in visibility and visibility[o.id][0] <= asked_at)]
+    if 1 + len(seen) > tokens:
+        raise ValueError(f"scene {scene.name}: {len(seen)} objects seen by frame {asked_at}, more than the "
+                         f"{tokens - 1} tokens an oracle memory has for them")
+    room = scene.room
+    boxes = [(0, (room.width / 2, room.depth / 2, room.height / 2), (room.width, room.depth, room.height))]
+    boxes += [(SEMANTIC_CLASSES.index(o.category), o.center, o.size) for o in seen]
+    memory = torch.zeros(1, tokens, dim)
+    for slot, (semantic_class, centre, size) in enumerate(boxes):
+        memory[0, slot, semantic_class] = 1.0
+        memory[0, slot, classes:classes + 6] = torch.tensor([*centre, *size]) / scale_m
+    return memory
 
 
 def load_training_episode(path: Path, clip_frames: int, image_size: tuple[int, int],

@@ -3,7 +3,8 @@ state is immutable, so backpropagation runs through the memory updates), then it
 answered from the memory with teacher forcing. A "stream" stage instead builds each sample's
 memory the way inference does (every frame up to the question, through the engine, perception
 frozen) once, and trains the language bridge on those memories: no train/test gap in how the
-memory was filled, and a step costs only the language model.
+memory was filled, and a step costs only the language model. An "oracle" stage trains the bridge
+the same way on the scene's ground truth instead of a memory (data.oracle_memory).
 
 Losses: depth (mean |log d - log d*| over pixels with rendered depth) on every frame's geometry
 output; category (cross-entropy of a training-only linear probe on every fused token H_t and
@@ -45,8 +46,8 @@ from ..model.vlm2 import VLM2Model
 from ..sim.episode import EpisodeDir
 from ..sim.questions import LETTERS
 from ..sim.scene import SEMANTIC_CLASSES
-from .config import MODULES, StageConfig, TrainConfig, TrainConfigError
-from .data import TrainingEpisode, load_frames, load_training_set
+from .config import BRIDGE_SOURCES, MODULES, StageConfig, TrainConfig, TrainConfigError
+from .data import TrainingEpisode, load_frames, load_training_set, oracle_memory
 
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
 STREAMED_MEMORIES = "streamed_memories.safetensors"
@@ -292,6 +293,7 @@ class Trainer:
         self.data = load_training_set(config.data, config.clip_frames, self.model.config.image_size,
                                       config.questions_per_task, config.memory_questions_per_task)
         self._streamed: list[torch.Tensor] | None = None   # per sample, for "stream" stages
+        self._oracle: list[torch.Tensor] | None = None     # per sample, for "oracle" stages
         self._episodes: dict[str, EpisodeDir] = {}            # opened on demand, for "window" stages
 
     def stream_memories(self) -> list[torch.Tensor]:
@@ -325,6 +327,24 @@ class Trainer:
             self._streamed = [cached[e.stream_key] for e in self.data]
         return self._streamed
 
+    def oracle_memories(self) -> list[torch.Tensor]:
+        """Every sample's oracle memory (data.oracle_memory) with as many tokens as the model's
+        readout gives the language model from a full dual memory."""
+        if self._oracle is None:
+            c = self.model.config
+            tokens = (c.memory.working.capacity + c.memory.episodic.capacity) * math.prod(c.readout_grid)
+            self._oracle = []
+            for sample in self.data:
+                episode = self._episodes.setdefault(sample.path, EpisodeDir(sample.path))
+                self._oracle.append(oracle_memory(episode.scene, episode.visibility(), sample.asked_at, tokens,
+                                                  c.bridge.memory_dim, c.fusion.position_scale_m
+                                                  ).to(self.config.device))
+        return self._oracle
+
+    def memories(self, source: str) -> list[torch.Tensor]:
+        """Every sample's memory for a stage reading BRIDGE_SOURCES `source`."""
+        return self.oracle_memories() if source == "oracle" else self.stream_memories()
+
     def memory_reliance(self, samples: int = 60) -> dict[str, dict[str, float]]:
         """Does the language model read the memory? Per question type, the mean teacher-forced
         answer loss of up to `samples` samples' questions over their own streamed memory and over
@@ -334,7 +354,9 @@ class Trainer:
         probe's mean error (metres) on the objects the questions name, with each memory. Rows
         {type: {own, other, questions[, own_accuracy, other_accuracy][, own_grounding_m,
         other_grounding_m]}} and "all"."""
-        memories = self.stream_memories()
+        # what the run's language model learnt to read: its last stage's memories
+        source = next((s.memory for s in reversed(self.config.stages) if s.memory in BRIDGE_SOURCES), "stream")
+        memories = self.memories(source)
         picks = np.random.default_rng(self.config.seed).choice(len(self.data), min(samples, len(self.data)),
                                                                 replace=False)
         bridge = self.model.bridge
@@ -543,8 +565,8 @@ class Trainer:
         picks = self.rng.choice(len(self.data), size=min(stage.episodes_per_step or c.episodes_per_step,
                                                           len(self.data)), replace=False)
         questions = stage.questions_per_episode or c.questions_per_episode
-        if stage.memory == "stream":
-            return self.streamed_answer_loss(stage, picks, questions)
+        if stage.memory in BRIDGE_SOURCES:
+            return self.memory_answer_loss(stage, picks, questions)
         if stage.memory == "window":
             return self.window_depth_loss(stage, picks)
         total, sums, counts = 0.0, dict.fromkeys(METRICS, 0.0), dict.fromkeys(METRICS, 0)
@@ -615,10 +637,11 @@ class Trainer:
         loss = depth_loss(out.depth.flatten(0, 1), depth.flatten(0, 1))
         return stage.depth_loss_weight * loss, {**dict.fromkeys(METRICS, 0.0), "loss_depth": float(loss.detach())}
 
-    def streamed_answer_loss(self, stage: StageConfig, picks, questions: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """All picked samples' questions in one teacher-forced batch over their streamed memories,
-        and with grounding_loss_weight the grounding probe's loss on the objects they name."""
-        memories = self.stream_memories()
+    def memory_answer_loss(self, stage: StageConfig, picks, questions: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """All picked samples' questions in one teacher-forced batch over their memories (streamed
+        or oracle, the stage's memory), and with grounding_loss_weight the grounding probe's loss on
+        the objects they name."""
+        memories = self.memories(stage.memory)
         tokens, prompts, answers, named = [], [], [], []
         for index in picks:
             episode = self.data[int(index)]
