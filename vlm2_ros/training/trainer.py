@@ -294,7 +294,7 @@ class Trainer:
                                       config.questions_per_task, config.memory_questions_per_task)
         self._streamed: list[torch.Tensor] | None = None   # per sample, for "stream" stages
         self._oracle: list[torch.Tensor] | None = None     # per sample, for "oracle" stages
-        self._episodes: dict[str, EpisodeDir] = {}            # opened on demand, for "window" stages
+        self._episodes: dict[str, EpisodeDir] = {}            # opened on demand, for "window" and "oracle" stages
 
     def stream_memories(self) -> list[torch.Tensor]:
         """Every sample's inference-time memory under the current weights, computed once at the
@@ -347,8 +347,9 @@ class Trainer:
 
     def memory_reliance(self, samples: int = 60) -> dict[str, dict[str, float]]:
         """Does the language model read the memory? Per question type, the mean teacher-forced
-        answer loss of up to `samples` samples' questions over their own streamed memory and over
-        the memory of the next picked sample (another scene). Equal losses: the answers come from
+        answer loss of up to `samples` samples' questions over their own memory (streamed, or the
+        oracle's for a run whose last bridge stage read those) and over the memory of the next
+        picked sample (another scene). Equal losses: the answers come from
         the question alone. For multiple-choice types also the accuracy of the letter the model
         ranks first (A-D) with each memory; and once the run has trained its grounding probe, the
         probe's mean error (metres) on the objects the questions name, with each memory. Rows
