@@ -73,6 +73,24 @@ def test_query_answer_is_typed_and_cites_evidence_in_memory(tiny_engine):
         assert all(e.pose is not None and len(e.pose) == 4 for e in answer.evidence)
 
 
+def test_option_text_model_answers_a_choice_by_the_options_likelihoods(tiny_model_factory):
+    model = tiny_model_factory()
+    model.bridge.config.choice_answer = "option_text"
+    engine = SpatialMemoryEngine(model, weights="test-untrained(seed=0)")
+    feed(engine, 6, with_pose=True)
+    answer = engine.query(MC)
+    with torch.no_grad():
+        readout = model.read_memory(engine.stream)
+        scores = model.bridge.score_options(readout.tokens, MC, ["chair", "lamp", "sofa", "tv"]).log_likelihoods
+    best = int(scores.argmax())
+    assert answer.choice == "ABCD"[best] and answer.text == f"{'ABCD'[best]}. {['chair', 'lamp', 'sofa', 'tv'][best]}"
+    assert answer.confidence == pytest.approx(float(torch.softmax(scores, 0)[best]), abs=1e-5)
+    assert 1 <= len(answer.evidence) <= 3
+    with pytest.raises(QueryCanceled):
+        engine.query(MC, should_stop=lambda: True)
+    assert engine.query("How many chairs are in this room?").kind == "number"     # generated as before
+
+
 def test_query_validation(tiny_engine):
     with pytest.raises(NotReadyError):
         tiny_engine.query("How many chairs?")

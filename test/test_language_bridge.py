@@ -156,6 +156,37 @@ def test_loss_per_memory_equals_the_expanded_loss_and_backprops(bridge_name, req
         bridge.loss_per_memory(mem, questions, [["3"], [ANSWERS[0]]])
 
 
+def test_option_text_answers_teach_the_options_text(tiny_dir):
+    question = "Which quarter holds the bed?\nOptions:\nA. north-east\nB. south-west\nAnswer with the option's letter."
+    letter = LanguageBridge(LanguageBridgeConfig(checkpoint_dir=str(tiny_dir), memory_dim=32))
+    text = LanguageBridge(LanguageBridgeConfig(checkpoint_dir=str(tiny_dir), memory_dim=32,
+                                               choice_answer="option_text"))
+    assert letter.target_ids(question, "B") == letter.answer_ids("B")
+    assert text.target_ids(question, "B") == text.answer_ids("south-west")
+    # not a listed letter, or no option list: the answer itself
+    assert text.target_ids(question, "C") == text.answer_ids("C")
+    assert text.target_ids("How many beds are in this room?", "2") == text.answer_ids("2")
+    batch = text.encode_prompts(4, [question], ["B"])
+    assert batch.labels[0][batch.labels[0] != -100].tolist() == text.answer_ids("south-west")
+    with pytest.raises(ValueError, match="choice_answer"):
+        LanguageBridgeConfig(choice_answer="word")
+
+
+@pytest.mark.parametrize("bridge_name", ["causal_bridge", "qwen_bridge"])
+def test_option_scores_are_the_teacher_forced_log_likelihoods(bridge_name, request):
+    bridge = request.getfixturevalue(bridge_name)
+    mem = memory(8, bridge.config.memory_dim)[:1]
+    question = "Is the lamp to my left, right, or back?"
+    options = ["left", "right", "turn back"]
+    scored = bridge.score_options(mem, question, options)
+    with torch.no_grad():
+        expected = [-float(bridge.loss(mem, [question], [o])) * len(bridge.answer_ids(o)) for o in options]
+    assert torch.allclose(scored.log_likelihoods, torch.tensor(expected), atol=1e-4)
+    assert scored.memory_relevance.shape == (8,) and abs(float(scored.memory_relevance.sum()) - 1) < 1e-5
+    with pytest.raises(ValueError, match="one memory set"):
+        bridge.score_options(memory(8, bridge.config.memory_dim), question, options)
+
+
 @pytest.mark.parametrize("bridge_name", ["causal_bridge", "qwen_bridge"])
 def test_answer_pass_hidden_states_are_the_question_rows_of_a_whole_prompt(bridge_name, request):
     # the hidden states after layer k over each question's tokens, then its answer's, as a whole

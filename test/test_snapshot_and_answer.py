@@ -4,7 +4,8 @@ import json
 import pytest
 import torch
 
-from vlm2_ros.engine.answer import expected_answer_kind, parse_choice, parse_number, question_options
+from vlm2_ros.engine.answer import (build_prompt, expected_answer_kind, parse_choice, parse_number,
+                                   question_option_texts, question_options)
 from vlm2_ros.engine.snapshot import INDEX_NAME, SnapshotError, read_snapshot, write_snapshot
 
 
@@ -56,6 +57,16 @@ def test_question_kinds_and_options():
     assert expected_answer_kind("What is the distance between the bed and the tv (in meters)?") == "number"
     assert expected_answer_kind("Describe the room.") == "text"
     assert question_options("Is it a table? A lamp is nearby.") == []
+
+
+def test_option_texts_are_read_from_the_prompts_option_lines():
+    prompt = build_prompt("Which quarter holds the bed?", ["north-east", "south west ", "C. north-west"])
+    assert question_option_texts(prompt) == {"A": "north-east", "B": "south west", "C": "north-west"}
+    assert question_option_texts("Pick one:\n(A) chair\nB) sofa") == {"A": "chair", "B": "sofa"}
+    # inline options, a single option, or letters out of order are not a list to score
+    assert question_option_texts("Is it A. chair or B. sofa?") == {}
+    assert question_option_texts("A. chair\nAnswer.") == {}
+    assert question_option_texts("A. chair\nC. sofa") == {}
 
 
 @pytest.mark.parametrize("text,value", [("3", 3.0), ("2.75 meters", 2.75), ("about -1.5", -1.5),

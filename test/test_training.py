@@ -10,6 +10,7 @@ import yaml
 from safetensors.torch import load_file
 
 from vlm2_ros.cli import main
+from vlm2_ros.engine.answer import question_option_texts
 from vlm2_ros.sim.questions import MEMORY_TASKS
 from vlm2_ros.training.config import TrainConfigError, load_train_config
 from vlm2_ros.training.data import clip_indices
@@ -654,3 +655,30 @@ def test_oracle_stage_trains_the_language_model_on_the_scene_and_reliance_reads_
     rows = json.loads((tmp_path / "run" / "memory_reliance.json").read_text())
     assert rows["all"]["own"] != rows["all"]["other"]
     assert not (tmp_path / "run" / "streamed_memories.safetensors").exists()     # read the oracle memories
+
+
+def test_option_text_run_teaches_and_scores_the_options_text(data, tmp_path):
+    from vlm2_ros.model.checkpoint import load_checkpoint
+    from vlm2_ros.training.config import load_train_config
+    from vlm2_ros.training.trainer import Trainer
+
+    (tmp_path / "data").symlink_to(data)
+    config = write_config(tmp_path / "train.yaml", questions_per_episode=4, questions_per_task=2,
+                          model={"bridge": {"choice_answer": "option_text"}},
+                          stages=[{"name": "a", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0,
+                                   "memory": "oracle", "warmup_steps": 0}])
+    assert main(["train", "--config", str(config)]) == 0
+    model, _ = load_checkpoint(tmp_path / "run" / "checkpoint")
+    assert model.bridge.config.choice_answer == "option_text"
+    trainer = Trainer(load_train_config(config), resume=True, progress=False)
+    scored = []
+    score_options = trainer.model.bridge.score_options
+    trainer.model.bridge.score_options = lambda memory, prompt, options: scored.append(
+        (question_option_texts(prompt), options)) or score_options(memory, prompt, options)
+    rows = trainer.memory_reliance(samples=2)
+    choices = {t for s in trainer.data for t, a in zip(s.tasks, s.answers) if a in ("A", "B", "C", "D")}
+    assert choices and {t for t, r in rows.items() if "own_accuracy" in r} == choices
+    # each multiple-choice question is answered as the engine does, by its listed options' texts,
+    # once with its own memory and once with another scene's
+    assert len(scored) == 2 * sum(r["questions"] for t, r in rows.items() if t in choices)
+    assert all(list(texts.values()) == options for texts, options in scored)

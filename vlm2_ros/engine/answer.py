@@ -17,6 +17,8 @@ OPEN_INSTRUCTION = "Please answer the question using a single word or phrase."
 
 # An option line or inline option: "A. chair", "(B) sofa", "C) lamp".
 _OPTION = re.compile(r"(?:^|[\s(])([A-H])(?:\.|\))\s+\S", re.MULTILINE)
+# An option on a line of its own, as build_prompt writes it: its letter and its text.
+_OPTION_LINE = re.compile(r"^[ \t]*\(?([A-H])[.)][ \t]+(.*?\S)[ \t]*$", re.MULTILINE)
 _NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
 _NUMERIC_QUESTION = re.compile(
     r"\b(how many|how far|how big|how long|how wide|how tall|how high|distance|"
@@ -69,6 +71,15 @@ def question_options(question: str) -> list[str]:
         if letter not in letters:
             letters.append(letter)
     return letters if len(letters) >= 2 else []
+
+
+def question_option_texts(question: str) -> dict[str, str]:
+    """{letter: text} of the options a question lists one per line, as build_prompt writes them
+    ({} unless they are at least two, lettered from A in order)."""
+    options = dict(_OPTION_LINE.findall(question))
+    if len(options) < 2 or list(options) != [chr(ord("A") + i) for i in range(len(options))]:
+        return {}
+    return options
 
 
 def expected_answer_kind(question: str) -> str:

@@ -56,10 +56,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..engine.answer import question_option_texts
 from .hf_backbone import DTYPES, BackboneLoader, LanguageParts, language_parts_from_model, load_backbone
 from .tiny_language_model import MEMORY, build_tiny_language_model
 
 KINDS = ("causal_lm", "qwen2_5_vl")
+CHOICE_ANSWERS = ("letter", "option_text")
 DEFAULT_SYSTEM_PROMPT = "Answer the question about the scene in memory."
 VIDEO_TOKEN_TYPE = 2          # mm_token_type_ids: text 0, image 1, video 2
 
@@ -77,6 +79,12 @@ class LanguageBridgeConfig:
     freeze_language_model: bool = False
     standardize_memory: bool = False         # per-channel running standardisation before the projector
     tiny_lm: dict = field(default_factory=dict)   # checkpoint_dir None: build_tiny_language_model kwargs
+    # How a multiple-choice question is answered. "letter": the model writes the option's letter
+    # (VSI-Bench's rule). "option_text": it is taught the chosen option's text, and at inference
+    # each listed option's text is scored by its likelihood and the best one's letter returned.
+    # A small language model trained from scratch learns to look a named object up in memory and
+    # answer with the option's text, but not the further step from that text to its letter.
+    choice_answer: str = "letter"
 
     def __post_init__(self) -> None:
         self.memory_entry_grid = tuple(int(g) for g in self.memory_entry_grid)
@@ -94,6 +102,8 @@ class LanguageBridgeConfig:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if not self.system_prompt.strip():
             raise ValueError("system_prompt is empty")
+        if self.choice_answer not in CHOICE_ANSWERS:
+            raise ValueError(f"choice_answer must be one of {CHOICE_ANSWERS}, got {self.choice_answer!r}")
         if self.checkpoint_dir is not None and self.tiny_lm:
             raise ValueError("tiny_lm settings apply only without checkpoint_dir")
 
@@ -105,6 +115,12 @@ class GeneratedText:
     token_probs: list[float]          # probability of each generated answer token (EOS excluded)
     memory_relevance: torch.Tensor    # [M] float32, sums to 1
     samples: tuple[str, ...] = ()     # answers drawn by sampling (generate's num_samples)
+
+
+@dataclass(frozen=True)
+class ScoredOptions:
+    log_likelihoods: torch.Tensor     # [K] float32, each option's answer tokens and EOS
+    memory_relevance: torch.Tensor    # [M] float32, sums to 1
 
 
 @dataclass(frozen=True)
@@ -203,6 +219,14 @@ class LanguageBridge(nn.Module):
         """The target tokens of an answer: its text after one space, then EOS."""
         return self._encode(" " + answer.strip()) + [self.eos_token_ids[0]]
 
+    def target_ids(self, question: str, answer: str) -> list[int]:
+        """The tokens a question's ground-truth `answer` teaches: answer_ids of the answer, or with
+        choice_answer "option_text" and a letter that names one of the options the question lists
+        (engine.answer.question_option_texts), of that option's text."""
+        if self.config.choice_answer == "option_text":
+            answer = question_option_texts(question).get(answer.strip(), answer)
+        return self.answer_ids(answer)
+
     def encode_prompts(self, num_memory: int, questions: list[str], answers: list[str] | None = None,
                        device: torch.device | str = "cpu") -> PromptBatch:
         if answers is not None and len(answers) != len(questions):
@@ -212,7 +236,7 @@ class LanguageBridge(nn.Module):
             ids = self._prefix + [self.placeholder_id] * num_memory + self._question_ids(question)
             labels = [-100] * len(ids)
             if answers is not None:
-                target = self.answer_ids(answers[i])
+                target = self.target_ids(question, answers[i])
                 ids, labels = ids + target, labels + target
             rows.append(ids)
             label_rows.append(labels)
@@ -342,7 +366,7 @@ class LanguageBridge(nn.Module):
         cache.batch_select_indices(repeat)                                          # [Q,...] per layer
         rows, label_rows = [], []
         for question, answer in zip(flat_questions, flat_answers):
-            ids, target = self._question_ids(question), self.answer_ids(answer)
+            ids, target = self._question_ids(question), self.target_ids(question, answer)
             rows.append(ids + target)
             label_rows.append([-100] * len(ids) + target)
         length = max(len(r) for r in rows)
@@ -378,6 +402,29 @@ class LanguageBridge(nn.Module):
         return self.lm_head(hidden[torch.arange(hidden.shape[0]), last]).float()
 
     # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def score_options(self, memory_tokens: torch.Tensor, question: str, options: list[str],
+                      entry_grid: tuple[int, int] | None = None) -> ScoredOptions:
+        """Log-likelihood of each option's text (and EOS) as the answer to `question`, for one
+        memory set [1,M,C_in]: every option runs as a row of one teacher-forced batch."""
+        if memory_tokens.ndim != 3 or memory_tokens.shape[0] != 1:
+            raise ValueError(f"score_options takes one memory set [1,M,C], got {tuple(memory_tokens.shape)}")
+        if not options:
+            raise ValueError("no options to score")
+        batch = self.encode_prompts(memory_tokens.shape[1], [question] * len(options), list(options),
+                                    memory_tokens.device)
+        hidden = self._hidden(memory_tokens.expand(len(options), -1, -1), batch, entry_grid).last_hidden_state
+        targets = batch.labels[:, 1:]                                                # [K,L-1]
+        keep = targets != -100
+        logp = torch.log_softmax(self.lm_head(hidden[:, :-1]).float(), dim=-1)      # [K,L-1,V]
+        token_logp = logp.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1) * keep
+        # the memory's relevance to the answer, as generate measures it, at the first answer token
+        s, m = batch.memory_start, batch.num_memory
+        keys = hidden[0, s:s + m].float()                                            # [M,d]
+        first = int(keep[0].nonzero()[0])
+        relevance = torch.softmax(keys @ hidden[0, first].float() / math.sqrt(keys.shape[-1]), dim=0)
+        return ScoredOptions(token_logp.sum(dim=1).cpu(), relevance.cpu())
+
     @torch.no_grad()
     def generate(self, memory_tokens: torch.Tensor, question: str, max_new_tokens: int = 16,
                  entry_grid: tuple[int, int] | None = None,

@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ..atomic_io import atomic_file, write_json_atomic
+from ..engine.answer import question_option_texts
 from ..engine.engine import SpatialMemoryEngine
 from ..engine.number_decoding import relative_accuracy
 from ..evaluation.model_predictor import stream_episode
@@ -349,9 +350,10 @@ class Trainer:
         """Does the language model read the memory? Per question type, the mean teacher-forced
         answer loss of up to `samples` samples' questions over their own memory (streamed, or the
         oracle's for a run whose last bridge stage read those) and over the memory of the next
-        picked sample (another scene). Equal losses: the answers come from
-        the question alone. For multiple-choice types also the accuracy of the letter the model
-        ranks first (A-D) with each memory; and once the run has trained its grounding probe, the
+        picked sample (another scene). Equal losses: the answers come from the question alone.
+        For multiple-choice types also the accuracy of the option the model picks with each memory
+        (as the engine does: the likeliest first letter, or with choice_answer "option_text" the
+        likeliest option text); and once the run has trained its grounding probe, the
         probe's mean error (metres) on the objects the questions name, with each memory. Rows
         {type: {own, other, questions[, own_accuracy, other_accuracy][, own_grounding_m,
         other_grounding_m]}} and "all"."""
@@ -365,8 +367,14 @@ class Trainer:
         if "grounding" not in self.trained_probes():
             grounding_layer = None
         letter_ids = torch.tensor([bridge.answer_ids(letter)[0] for letter in LETTERS])
-        first_letter = lambda memory, prompt: LETTERS[int(  # noqa: E731
-            bridge.next_token_logits(memory, [prompt])[0, letter_ids].argmax())]
+
+        def chosen_letter(memory: torch.Tensor, prompt: str) -> str:
+            # as the engine answers: by the options' likelihoods, or the likeliest first letter
+            if bridge.config.choice_answer == "option_text":
+                options = question_option_texts(prompt)
+                scores = bridge.score_options(memory, prompt, list(options.values())).log_likelihoods
+                return list(options)[int(scores.argmax())]
+            return LETTERS[int(bridge.next_token_logits(memory, [prompt])[0, letter_ids].argmax())]
         losses: dict[str, list[tuple[float, float]]] = {}
         hits: dict[str, list[tuple[bool, bool]]] = {}
         grounding: dict[str, list[tuple[float, float]]] = {}
@@ -381,7 +389,7 @@ class Trainer:
                     for key in (task, "all"):
                         losses.setdefault(key, []).append(tuple(float(p.loss) for p in passes))
                     if answer in tuple(LETTERS):
-                        hits.setdefault(task, []).append(tuple(first_letter(memories[int(m)], prompt) == answer
+                        hits.setdefault(task, []).append(tuple(chosen_letter(memories[int(m)], prompt) == answer
                                                                for m in (own, other)))
                     if grounding_layer is not None and named:
                         errors = [self.grounding_loss(p.hidden, [prompt], [named])[1] for p in passes]
