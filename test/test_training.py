@@ -673,8 +673,8 @@ def test_option_text_run_teaches_and_scores_the_options_text(data, tmp_path):
     trainer = Trainer(load_train_config(config), resume=True, progress=False)
     scored = []
     score_options = trainer.model.bridge.score_options
-    trainer.model.bridge.score_options = lambda memory, prompt, options: scored.append(
-        (question_option_texts(prompt), options)) or score_options(memory, prompt, options)
+    trainer.model.bridge.score_options = lambda memory, prompt, options, **kw: scored.append(
+        (question_option_texts(prompt), options)) or score_options(memory, prompt, options, **kw)
     rows = trainer.memory_reliance(samples=2)
     choices = {t for s in trainer.data for t, a in zip(s.tasks, s.answers) if a in ("A", "B", "C", "D")}
     assert choices and {t for t, r in rows.items() if "own_accuracy" in r} == choices

@@ -27,8 +27,7 @@ from ..model.memory_readout import SOURCE_NAMES
 from ..model.provenance import Provenance
 from ..model.vlm2 import StreamState, VLM2Model
 from ..model.working_memory import WorkingMemory
-from .answer import (Answer, Evidence, expected_answer_kind, parse_choice, parse_number, question_option_texts,
-                     question_options)
+from .answer import Answer, Evidence, expected_answer_kind, parse_choice, parse_number, question_options
 from .number_decoding import DEFAULT_NUMBER_SAMPLES, decode_number
 from .snapshot import SnapshotError, read_snapshot, write_snapshot
 
@@ -254,13 +253,16 @@ class SpatialMemoryEngine:
         kind = expected_answer_kind(question)
         max_new_tokens = max_new_tokens or self.max_new_tokens
         bridge = self.model.bridge
-        options = question_option_texts(question) if bridge.config.choice_answer == "option_text" else {}
+        options = bridge.listed_options(question)
         with torch.inference_mode():
             on_stage("reading_memory")
             readout = self.model.read_memory(stream)
             on_stage("generating")
             if options:
-                text, confidence, relevance = self._choose_option(readout.tokens, question, options, should_stop)
+                if should_stop is not None and should_stop():      # one poll: scoring is one pass
+                    raise QueryCanceled("query canceled before the answer was complete")
+                picked = bridge.pick_option(readout.tokens, question, options)
+                text, confidence, relevance = f"{picked.letter}. {picked.text}", picked.share, picked.memory_relevance
             else:
                 generated = bridge.generate(
                     readout.tokens, question, max_new_tokens=max_new_tokens, should_stop=should_stop,
@@ -284,18 +286,6 @@ class SpatialMemoryEngine:
         probs = [min(max(float(p), 1e-12), 1.0) for p in generated.token_probs]
         confidence = math.exp(sum(math.log(p) for p in probs) / len(probs)) if probs else 0.0
         return generated.text.strip(), confidence, generated.memory_relevance
-
-    def _choose_option(self, memory_tokens: torch.Tensor, question: str, options: dict[str, str],
-                       should_stop: Callable[[], bool] | None) -> tuple[str, float, torch.Tensor]:
-        """choice_answer "option_text": the listed option whose text the model finds likeliest,
-        as "B. text"; confidence is its share of the options' likelihoods."""
-        if should_stop is not None and should_stop():
-            raise QueryCanceled("query canceled before the answer was complete")
-        scored = self.model.bridge.score_options(memory_tokens, question, list(options.values()))
-        shares = torch.softmax(scored.log_likelihoods, dim=0)
-        best = int(shares.argmax())
-        letter = list(options)[best]
-        return f"{letter}. {options[letter]}", float(shares[best]), scored.memory_relevance
 
     def _evidence(self, stream: StreamState, readout, relevance: torch.Tensor) -> tuple[Evidence, ...]:
         """The memory entries with the largest share of the answer's relevance, with provenance."""

@@ -124,6 +124,20 @@ class ScoredOptions:
 
 
 @dataclass(frozen=True)
+class PickedOption:
+    letter: str
+    text: str
+    share: float                      # its share of the listed options' likelihoods
+    memory_relevance: torch.Tensor    # [M] float32, sums to 1
+
+
+def memory_relevance(keys: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """Attention-like weights [M] of the memory's final hidden states keys [M,d] for the hidden
+    state query [d] that predicts an answer token."""
+    return torch.softmax(keys.float() @ query.float() / math.sqrt(keys.shape[-1]), dim=0)
+
+
+@dataclass(frozen=True)
 class PromptBatch:
     input_ids: torch.Tensor           # [B,L]
     attention_mask: torch.Tensor      # [B,L]
@@ -416,14 +430,30 @@ class LanguageBridge(nn.Module):
         hidden = self._hidden(memory_tokens.expand(len(options), -1, -1), batch, entry_grid).last_hidden_state
         targets = batch.labels[:, 1:]                                                # [K,L-1]
         keep = targets != -100
-        logp = torch.log_softmax(self.lm_head(hidden[:, :-1]).float(), dim=-1)      # [K,L-1,V]
-        token_logp = logp.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1) * keep
+        # logits at the answer positions only: a large vocabulary over the whole prompt is big
+        logp = torch.log_softmax(self.lm_head(hidden[:, :-1][keep]).float(), dim=-1)   # [T,V]
+        token_logp = logp.gather(-1, targets[keep].unsqueeze(-1)).squeeze(-1)         # [T]
+        rows = keep.nonzero()[:, 0]
+        log_likelihoods = torch.zeros(len(options), device=logp.device).index_add_(0, rows, token_logp)
         # the memory's relevance to the answer, as generate measures it, at the first answer token
         s, m = batch.memory_start, batch.num_memory
-        keys = hidden[0, s:s + m].float()                                            # [M,d]
-        first = int(keep[0].nonzero()[0])
-        relevance = torch.softmax(keys @ hidden[0, first].float() / math.sqrt(keys.shape[-1]), dim=0)
-        return ScoredOptions(token_logp.sum(dim=1).cpu(), relevance.cpu())
+        relevance = memory_relevance(hidden[0, s:s + m], hidden[0, int(keep[0].nonzero()[0])])
+        return ScoredOptions(log_likelihoods.cpu(), relevance.cpu())
+
+    def listed_options(self, question: str) -> dict[str, str]:
+        """{letter: text} of the options a question lists one per line, when the bridge answers a
+        choice by its options' texts (choice_answer "option_text"); else {}: the answer is generated."""
+        return question_option_texts(question) if self.config.choice_answer == "option_text" else {}
+
+    @torch.no_grad()
+    def pick_option(self, memory_tokens: torch.Tensor, question: str, options: dict[str, str],
+                    entry_grid: tuple[int, int] | None = None) -> PickedOption:
+        """The option of `options` (listed_options) whose text is likeliest (score_options)."""
+        scored = self.score_options(memory_tokens, question, list(options.values()), entry_grid=entry_grid)
+        shares = torch.softmax(scored.log_likelihoods, dim=0)
+        best = int(shares.argmax())
+        letter = list(options)[best]
+        return PickedOption(letter, options[letter], float(shares[best]), scored.memory_relevance)
 
     @torch.no_grad()
     def generate(self, memory_tokens: torch.Tensor, question: str, max_new_tokens: int = 16,
@@ -446,8 +476,7 @@ class LanguageBridge(nn.Module):
         out = self.decoder(inputs_embeds=self._inputs_embeds(memory_tokens, batch),
                            attention_mask=batch.attention_mask, position_ids=positions, use_cache=True)
         s, m = batch.memory_start, batch.num_memory
-        keys = out.last_hidden_state[0, s:s + m].float()                             # [M,d]
-        scale = 1.0 / math.sqrt(keys.shape[-1])
+        keys = out.last_hidden_state[0, s:s + m]                                     # [M,d]
         next_position = int(positions[..., -1].max()) + 1
         rows = 1 + num_samples                                                       # R: greedy row 0, then samples
         past = out.past_key_values
@@ -470,7 +499,7 @@ class LanguageBridge(nn.Module):
                 token = torch.cat([token, torch.multinomial(distribution[1:], 1, generator=generator)])  # [R,1]
             ended = torch.isin(token[:, 0], eos) & ~finished
             if not finished[0]:
-                step_relevance = torch.softmax(keys @ hidden[0].float() * scale, dim=0)
+                step_relevance = memory_relevance(keys, hidden[0])
                 if not ended[0]:
                     probs.append(float(distribution[0, token[0, 0]]))
                     relevance.append(step_relevance)

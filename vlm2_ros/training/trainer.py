@@ -35,7 +35,6 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ..atomic_io import atomic_file, write_json_atomic
-from ..engine.answer import question_option_texts
 from ..engine.engine import SpatialMemoryEngine
 from ..engine.number_decoding import relative_accuracy
 from ..evaluation.model_predictor import stream_episode
@@ -369,11 +368,10 @@ class Trainer:
         letter_ids = torch.tensor([bridge.answer_ids(letter)[0] for letter in LETTERS])
 
         def chosen_letter(memory: torch.Tensor, prompt: str) -> str:
-            # as the engine answers: by the options' likelihoods, or the likeliest first letter
-            if bridge.config.choice_answer == "option_text":
-                options = question_option_texts(prompt)
-                scores = bridge.score_options(memory, prompt, list(options.values())).log_likelihoods
-                return list(options)[int(scores.argmax())]
+            # as the engine answers: by the listed options' texts, else the likeliest first letter
+            options = bridge.listed_options(prompt)
+            if options:
+                return bridge.pick_option(memory, prompt, options).letter
             return LETTERS[int(bridge.next_token_logits(memory, [prompt])[0, letter_ids].argmax())]
         losses: dict[str, list[tuple[float, float]]] = {}
         hits: dict[str, list[tuple[bool, bool]]] = {}
