@@ -82,6 +82,10 @@ def test_balanced_picks_take_every_task_in_turn():
         shares = [sum(tasks[i] == t for i in picked) for t in ("direction", "distance", "room_size")]
         assert shares == {3: [1, 1, 1], 7: [3, 3, 1], 16: [12, 3, 1], 40: [12, 3, 1]}[count]
     assert len(set(pick_questions(tasks, 5, rng, balanced=False))) == 5
+    for balanced in (True, False):         # only the types asked for, all of them if fewer
+        picked = pick_questions(tasks, 3, rng, balanced, only=["distance", "room_size"])
+        assert sorted(tasks[i] for i in picked) == ["distance", "distance", "room_size"]
+        assert sorted(pick_questions(tasks, 9, rng, balanced, only=["distance"])) == [12, 13, 14]
 
 
 @pytest.mark.parametrize("change, message", [
@@ -103,6 +107,10 @@ def test_balanced_picks_take_every_task_in_turn():
     ({"stages": [{"name": n, "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "memory": "stream",
                   "grounding_loss_weight": 1.0, "grounding_layer": layer} for n, layer in (("a", 1), ("b", 2))]},
      "same layer"),
+    ({"stages": [{"name": "x", "steps": 1, "train": ["bridge"], "question_types": ["quarter"]}]},
+     "unknown question_types"),
+    ({"stages": [{"name": "x", "steps": 1, "train": ["geometry"], "memory": "window",
+                  "answer_loss_weight": 0.0, "question_types": ["memory_object_quadrant"]}]}, "asks questions"),
 ])
 def test_bad_configs_name_the_problem(tmp_path, change, message):
     with pytest.raises(TrainConfigError, match=message):
@@ -682,3 +690,30 @@ def test_option_text_run_teaches_and_scores_the_options_text(data, tmp_path):
     # once with its own memory and once with another scene's
     assert len(scored) == 2 * sum(r["questions"] for t, r in rows.items() if t in choices)
     assert all(list(texts.values()) == options for texts, options in scored)
+
+
+def test_question_types_stage_asks_only_those_questions(data, tmp_path):
+    from vlm2_ros.training.config import load_train_config
+    from vlm2_ros.training.trainer import Trainer
+
+    (tmp_path / "data").symlink_to(data)
+    config = write_config(tmp_path / "train.yaml", questions_per_episode=6, questions_per_task=2,
+                          memory_questions_per_task=2,
+                          stages=[{"name": "lookup", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0,
+                                   "memory": "oracle", "question_types": list(MEMORY_TASKS)}])
+    trainer = Trainer(load_train_config(config), progress=False)
+    asked = []
+    answer_pass = trainer.model.bridge.answer_pass
+    trainer.model.bridge.answer_pass = lambda memory, prompts, answers, layer=None: asked.append(prompts) or \
+        answer_pass(memory, prompts, answers, layer)
+    trainer.step_losses(trainer.config.stages[0])
+    memory_prompts = {p for s in trainer.data for p, t in zip(s.prompts, s.tasks) if t in MEMORY_TASKS}
+    flat = [p for prompts in asked[0] for p in prompts]
+    assert flat and set(flat) <= memory_prompts
+    # a data set without such questions is refused when the stage starts, by name
+    without = write_config(tmp_path / "without.yaml", questions_per_task=2,
+                           stages=[{"name": "lookup", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0,
+                                    "memory": "oracle", "question_types": list(MEMORY_TASKS)}])
+    trainer = Trainer(load_train_config(without), progress=False)
+    with pytest.raises(TrainConfigError, match="memory_questions_per_task"):
+        trainer.step_losses(trainer.config.stages[0])

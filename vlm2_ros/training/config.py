@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from ..sim.questions import MEMORY_TASKS, TASKS
+
 MODULES = ("geometry", "semantic", "fusion", "memory", "readout", "bridge")
 MEMORY_SOURCES = ("clip", "stream", "window", "oracle")
 BRIDGE_SOURCES = ("stream", "oracle")     # memories built once per stage; only the language bridge learns
@@ -89,6 +91,10 @@ class StageConfig:
     # Pick each episode's questions task by task, so that every task weighs the same in the answer
     # loss whatever the data set's mix (it asks one room size per episode, up to 48 directions).
     balance_tasks: bool = False
+    # Ask only these question types (sim.questions TASKS and MEMORY_TASKS; empty: all), e.g. the
+    # memory-only questions first, so the language model learns to look an object up before the
+    # VSI tasks ask it to combine look-ups. Samples without such a question sit the stage out.
+    question_types: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         check_modules(self.train, f"stage {self.name!r}")
@@ -112,6 +118,13 @@ class StageConfig:
                                    f"memories built before the stage: set memory to one of {BRIDGE_SOURCES}")
         if self.grounding_layer < 0:
             raise TrainConfigError(f"stage {self.name!r}: grounding_layer must be >= 0, got {self.grounding_layer}")
+        unknown = [t for t in self.question_types if t not in TASKS + MEMORY_TASKS]
+        if unknown:
+            raise TrainConfigError(f"stage {self.name!r}: unknown question_types {unknown}; "
+                                   f"choose from {TASKS + MEMORY_TASKS}")
+        if self.question_types and (self.memory == "window" or self.answer_loss_weight == 0):
+            raise TrainConfigError(f"stage {self.name!r}: question_types needs a stage that asks questions "
+                                   "(answer_loss_weight > 0, memory not 'window')")
         if self.objectness_loss_weight > 0 and "readout" not in self.train:
             raise TrainConfigError(f"stage {self.name!r}: objectness_loss_weight trains the readout's score: "
                                    "add readout to train")

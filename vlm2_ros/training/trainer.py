@@ -157,18 +157,20 @@ def unroll(model: VLM2Model, episode: TrainingEpisode, use_pose: bool):
     return stream, torch.stack(losses).mean(), torch.cat(stored)
 
 
-def pick_questions(tasks: list[str], count: int, rng: np.random.Generator, balanced: bool) -> list[int]:
-    """Indices of `count` distinct questions (all if fewer). Balanced: task by task in a random
-    order, a random unused question of each in turn, so that a task the data set asks rarely
-    (one room size per episode) weighs as much as one it asks often."""
+def pick_questions(tasks: list[str], count: int, rng: np.random.Generator, balanced: bool,
+                   only: list[str] | None = None) -> list[int]:
+    """Indices of `count` distinct questions (all if fewer), of the types in `only` if given.
+    Balanced: task by task in a random order, a random unused question of each in turn, so that a
+    task the data set asks rarely (one room size per episode) weighs as much as one it asks often."""
+    allowed = [i for i, task in enumerate(tasks) if not only or task in only]
     if not balanced:
-        return rng.choice(len(tasks), size=min(count, len(tasks)), replace=False).tolist()
+        return [allowed[i] for i in rng.choice(len(allowed), size=min(count, len(allowed)), replace=False)]
     pools: dict[str, list[int]] = {}
-    for index in rng.permutation(len(tasks)).tolist():
+    for index in rng.permutation(allowed).tolist():
         pools.setdefault(tasks[index], []).append(index)
     order = [pools[t] for t in rng.permutation(sorted(pools))]
     picked: list[int] = []
-    while len(picked) < min(count, len(tasks)):
+    while len(picked) < min(count, len(allowed)):
         picked += [pool.pop() for pool in order if pool][:count - len(picked)]
     return picked
 
@@ -569,8 +571,9 @@ class Trainer:
         error) as numbers for the log, averaged over the samples that computed it; a loss the stage
         does not compute is 0."""
         c = self.config
-        picks = self.rng.choice(len(self.data), size=min(stage.episodes_per_step or c.episodes_per_step,
-                                                          len(self.data)), replace=False)
+        eligible = self.stage_samples(stage)
+        picks = eligible[self.rng.choice(len(eligible), size=min(stage.episodes_per_step or c.episodes_per_step,
+                                                                  len(eligible)), replace=False)]
         questions = stage.questions_per_episode or c.questions_per_episode
         if stage.memory in BRIDGE_SOURCES:
             return self.memory_answer_loss(stage, picks, questions)
@@ -613,7 +616,7 @@ class Trainer:
                 loss = loss + stage.objectness_loss_weight * loss_objectness
                 log(loss_objectness=float(loss_objectness.detach()))
             if stage.answer_loss_weight > 0:
-                asked = pick_questions(episode.tasks, questions, self.rng, stage.balance_tasks)
+                asked = pick_questions(episode.tasks, questions, self.rng, stage.balance_tasks, stage.question_types)
                 tokens = self.model.read_memory(stream).tokens                          # [1,M,C]
                 loss_answer = self.model.bridge.loss(tokens.expand(len(asked), -1, -1),
                                                      [episode.prompts[i] for i in asked],
@@ -622,6 +625,17 @@ class Trainer:
                 log(loss_answer=float(loss_answer.detach()))
             total = total + loss / len(picks)
         return total, {k: sums[k] / max(1, counts[k]) for k in METRICS}
+
+    def stage_samples(self, stage: StageConfig) -> np.ndarray:
+        """Indices of the samples a stage draws from: all, or with question_types those that ask one."""
+        if not stage.question_types:
+            return np.arange(len(self.data))
+        eligible = np.array([i for i, sample in enumerate(self.data)
+                             if any(task in stage.question_types for task in sample.tasks)], dtype=np.int64)
+        if len(eligible) == 0:
+            raise TrainConfigError(f"stage {stage.name!r}: no sample in {self.config.data} asks any of "
+                                   f"{stage.question_types}; memory tasks need memory_questions_per_task > 0")
+        return eligible
 
     def window_depth_loss(self, stage: StageConfig, picks) -> tuple[torch.Tensor, dict[str, float]]:
         """Depth loss over every frame of one random window of geometry_window consecutive frames
@@ -652,7 +666,7 @@ class Trainer:
         tokens, prompts, answers, named = [], [], [], []
         for index in picks:
             episode = self.data[int(index)]
-            asked = pick_questions(episode.tasks, questions, self.rng, stage.balance_tasks)
+            asked = pick_questions(episode.tasks, questions, self.rng, stage.balance_tasks, stage.question_types)
             tokens.append(memories[int(index)])
             prompts.append([episode.prompts[i] for i in asked])
             answers.append([episode.answers[i] for i in asked])
