@@ -122,9 +122,9 @@ class StageConfig:
         if unknown:
             raise TrainConfigError(f"stage {self.name!r}: unknown question_types {unknown}; "
                                    f"choose from {TASKS + MEMORY_TASKS}")
-        if self.question_types and (self.memory == "window" or self.answer_loss_weight == 0):
+        if self.question_types and self.answer_loss_weight == 0:     # a "window" stage's is 0 too
             raise TrainConfigError(f"stage {self.name!r}: question_types needs a stage that asks questions "
-                                   "(answer_loss_weight > 0, memory not 'window')")
+                                   "(answer_loss_weight > 0)")
         if self.objectness_loss_weight > 0 and "readout" not in self.train:
             raise TrainConfigError(f"stage {self.name!r}: objectness_loss_weight trains the readout's score: "
                                    "add readout to train")

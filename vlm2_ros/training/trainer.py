@@ -44,7 +44,7 @@ from ..model.memory_readout import mean_pool
 from ..model.provenance import Provenance
 from ..model.vlm2 import VLM2Model
 from ..sim.episode import EpisodeDir
-from ..sim.questions import LETTERS
+from ..sim.questions import LETTERS, MEMORY_TASKS
 from ..sim.scene import SEMANTIC_CLASSES
 from .config import BRIDGE_SOURCES, MODULES, StageConfig, TrainConfig, TrainConfigError
 from .data import TrainingEpisode, load_frames, load_training_set, oracle_memory
@@ -297,6 +297,7 @@ class Trainer:
         self._streamed: list[torch.Tensor] | None = None   # per sample, for "stream" stages
         self._oracle: list[torch.Tensor] | None = None     # per sample, for "oracle" stages
         self._episodes: dict[str, EpisodeDir] = {}            # opened on demand, for "window" and "oracle" stages
+        self._samples_asking: dict[tuple[str, ...], np.ndarray] = {}   # by question_types, for stage_samples
 
     def stream_memories(self) -> list[torch.Tensor]:
         """Every sample's inference-time memory under the current weights, computed once at the
@@ -627,15 +628,18 @@ class Trainer:
         return total, {k: sums[k] / max(1, counts[k]) for k in METRICS}
 
     def stage_samples(self, stage: StageConfig) -> np.ndarray:
-        """Indices of the samples a stage draws from: all, or with question_types those that ask one."""
-        if not stage.question_types:
-            return np.arange(len(self.data))
-        eligible = np.array([i for i, sample in enumerate(self.data)
-                             if any(task in stage.question_types for task in sample.tasks)], dtype=np.int64)
-        if len(eligible) == 0:
-            raise TrainConfigError(f"stage {stage.name!r}: no sample in {self.config.data} asks any of "
-                                   f"{stage.question_types}; memory tasks need memory_questions_per_task > 0")
-        return eligible
+        """Indices of the samples a stage draws from: all, or with question_types those that ask
+        one (found once per set of types, not every step)."""
+        types = tuple(stage.question_types)
+        if types not in self._samples_asking:
+            eligible = np.array([i for i, sample in enumerate(self.data)
+                                 if not types or any(task in types for task in sample.tasks)], dtype=np.int64)
+            if len(eligible) == 0:
+                hint = "; memory tasks need memory_questions_per_task > 0" if set(types) & set(MEMORY_TASKS) else ""
+                raise TrainConfigError(f"stage {stage.name!r}: no sample in {self.config.data} asks any of "
+                                       f"{list(types)}{hint}")
+            self._samples_asking[types] = eligible
+        return self._samples_asking[types]
 
     def window_depth_loss(self, stage: StageConfig, picks) -> tuple[torch.Tensor, dict[str, float]]:
         """Depth loss over every frame of one random window of geometry_window consecutive frames
