@@ -244,3 +244,15 @@ def test_model_predictor_plumbing(tmp_path):
     res = evaluate(load_questions(tmp_path), ModelPredictor("tiny"), data_root=tmp_path)
     assert 0.0 <= res["metrics"]["mean_score"] <= 1.0
     assert all(isinstance(p["prediction"], str) for p in res["predictions"])
+
+
+def test_generate_only_asks_the_named_question_types():
+    scene = generate_scene(5)
+    visibility = {o.id: (k, k, 1) for k, o in enumerate(scene.objects)}
+    make = lambda: QuestionGenerator(scene, visibility, np.arange(40) * 10**8, episode_id="e5", seed=5)  # noqa: E731
+    only = ["room_size_estimation", "object_rel_direction_hard", "memory_object_extreme"]
+    records = make().generate(3, 3, only)
+    assert {r["question_type"] for r in records} == set(only)
+    assert {r["question_type"] for r in make().generate(3, 3)} == set(TASKS + MEMORY_TASKS)
+    with pytest.raises(ValueError, match="unknown question types"):
+        make().generate(3, 3, ["quarter"])

@@ -111,6 +111,15 @@ def test_balanced_picks_take_every_task_in_turn():
      "unknown question_types"),
     ({"stages": [{"name": "x", "steps": 1, "train": ["geometry"], "memory": "window",
                   "answer_loss_weight": 0.0, "question_types": ["memory_object_quadrant"]}]}, "asks questions"),
+    ({"stages": [{"name": "x", "steps": 1, "train": ["bridge"], "scenes": "imagined"}]}, "scenes must be one of"),
+    ({"questions_per_task": 2, "stages": [{"name": "x", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0,
+                                           "memory": "stream", "scenes": "generated"}]}, "set memory: oracle"),
+    ({"stages": [{"name": "x", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "memory": "oracle",
+                  "scenes": "generated"}]}, "set questions_per_task"),
+    ({"questions_per_task": 2, "stages": [{"name": "x", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0,
+                                           "memory": "oracle", "scenes": "generated",
+                                           "question_types": ["memory_object_extreme"]}]},
+     "memory_questions_per_task"),
 ])
 def test_bad_configs_name_the_problem(tmp_path, change, message):
     with pytest.raises(TrainConfigError, match=message):
@@ -717,3 +726,61 @@ def test_question_types_stage_asks_only_those_questions(data, tmp_path):
     trainer = Trainer(load_train_config(without), progress=False)
     with pytest.raises(TrainConfigError, match="memory_questions_per_task"):
         trainer.step_losses(trainer.config.stages[0])
+
+
+def test_generated_scenes_are_new_reproducible_and_fully_seen():
+    from vlm2_ros.sim.cli import episode_seed
+    from vlm2_ros.training.data import GENERATED_SCENE_SEEDS, generated_oracle_sample, generated_scene_seed
+
+    seeds = {generated_scene_seed(0, step, index) for step in range(50) for index in range(8)}
+    assert len(seeds) == 400 and min(seeds) >= GENERATED_SCENE_SEEDS
+    assert generated_scene_seed(0, 3, 1) == generated_scene_seed(0, 3, 1) != generated_scene_seed(1, 3, 1)
+    # no data set's episode is a generated scene, whatever its seed
+    assert max(episode_seed(seed, index) for seed in range(20) for index in range(200)) < GENERATED_SCENE_SEEDS
+
+    types = ["memory_object_quadrant", "object_rel_distance"]
+    sample = generated_oracle_sample(generated_scene_seed(0, 0, 0), 2, 2, types, tokens=160, dim=256, scale_m=5.0)
+    again = generated_oracle_sample(sample.scene_seed, 2, 2, types, tokens=160, dim=256, scale_m=5.0)
+    assert sample.prompts and set(sample.tasks) <= set(types)
+    assert sample.prompts == again.prompts and torch.equal(sample.memory, again.memory)
+    from vlm2_ros.sim.scene import generate_scene
+    objects = len(generate_scene(sample.scene_seed).objects)
+    assert int(sample.memory[0].any(dim=-1).sum()) == 1 + objects          # the room, then every object
+    everything = generated_oracle_sample(sample.scene_seed, 1, 1, [], tokens=160, dim=256, scale_m=5.0)
+    assert {"object_counting", "route_planning", *MEMORY_TASKS} <= set(everything.tasks)
+    empty_room = 2054715861                       # generate_scene gives this seed no objects
+    assert not generate_scene(empty_room).objects
+    assert not generated_oracle_sample(empty_room, 1, 1, list(MEMORY_TASKS), tokens=160, dim=256, scale_m=5.0).prompts
+    assert generated_oracle_sample(empty_room, 1, 1, [], tokens=160, dim=256, scale_m=5.0).tasks == [
+        "room_size_estimation"]
+
+
+def test_generated_stage_trains_on_new_scenes_each_step(data, tmp_path):
+    from vlm2_ros.training.config import load_train_config
+    from vlm2_ros.training.data import generated_scene_seed
+    from vlm2_ros.training.trainer import Trainer
+
+    (tmp_path / "data").symlink_to(data)
+    config = write_config(tmp_path / "train.yaml", questions_per_task=1, memory_questions_per_task=2,
+                          stages=[{"name": "generated", "steps": 3, "train": ["bridge"], "depth_loss_weight": 0.0,
+                                   "memory": "oracle", "scenes": "generated", "episodes_per_step": 2,
+                                   "questions_per_episode": 3, "question_types": list(MEMORY_TASKS),
+                                   "grounding_loss_weight": 1.0}])
+    trainer = Trainer(load_train_config(config), progress=False)
+    asked = []
+    answer_pass = trainer.model.bridge.answer_pass
+    trainer.model.bridge.answer_pass = lambda memory, prompts, answers, layer=None: asked.append(
+        (memory, prompts)) or answer_pass(memory, prompts, answers, layer)
+    trainer.run()
+    assert len(asked) == 3 and all(memory.shape == (2, 160, 256) for memory, _ in asked)
+    data_prompts = {p for s in trainer.data for p in s.prompts}
+    memory_prompts = [p for _, prompts in asked for ps in prompts for p in ps]
+    assert memory_prompts and not set(memory_prompts) & data_prompts
+    assert all("north" in p or "south" in p or "east" in p or "west" in p for p in memory_prompts)
+    # every step new scenes, and the same ones again for the same step (a resumed run)
+    memories = [memory for memory, _ in asked]
+    assert not torch.equal(memories[0], memories[1])
+    again = trainer.generated_samples(trainer.config.stages[0], 2)
+    assert again[0].scene_seed == generated_scene_seed(0, trainer.global_step, 0)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 3 and all(row["loss_answer"] > 0 and row["grounding_error_m"] > 0 for row in log)

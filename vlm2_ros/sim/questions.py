@@ -357,22 +357,37 @@ class QuestionGenerator:
             q = self._template("memory_object_quadrant").format(a=o.category)
             self._mc("memory_object_quadrant", q, k, [x for x in QUADRANTS if x != k], (o.id,))
 
-    def generate(self, per_task: int = 2, memory_per_task: int = 0) -> list[dict]:
+    def generate(self, per_task: int = 2, memory_per_task: int = 0, only=None) -> list[dict]:
         """`per_task` questions of each VSI task (one room size), then `memory_per_task` of each
-        training-only MEMORY_TASKS (after the others, so they do not change them)."""
+        training-only MEMORY_TASKS (after the others, so they do not change them); with `only`
+        (question types), just those tasks."""
         if per_task < 0 or memory_per_task < 0:
             raise ValueError(f"per_task and memory_per_task must be >= 0, got {per_task}, {memory_per_task}")
-        self.counting(per_task)
-        self.abs_distance(per_task)
-        self.size(per_task)
-        self.room_size()
-        self.rel_distance(per_task)
+        unknown = sorted(set(only or ()) - set(TASKS + MEMORY_TASKS))
+        if unknown:
+            raise ValueError(f"unknown question types {unknown}; choose from {TASKS + MEMORY_TASKS}")
+        asks = lambda task: not only or task in only  # noqa: E731
+        if asks("object_counting"):
+            self.counting(per_task)
+        if asks("object_abs_distance"):
+            self.abs_distance(per_task)
+        if asks("object_size_estimation"):
+            self.size(per_task)
+        if asks("room_size_estimation"):
+            self.room_size()
+        if asks("object_rel_distance"):
+            self.rel_distance(per_task)
         for task in DIRECTION_CLASSES:
-            self.rel_direction(task, per_task)
-        self.route(per_task)
-        self.appearance_order(per_task)
-        self.object_quadrant(memory_per_task)
-        self.object_extreme(memory_per_task)
+            if asks(task):
+                self.rel_direction(task, per_task)
+        if asks("route_planning"):
+            self.route(per_task)
+        if asks("obj_appearance_order"):
+            self.appearance_order(per_task)
+        if asks("memory_object_quadrant"):
+            self.object_quadrant(memory_per_task)
+        if asks("memory_object_extreme"):
+            self.object_extreme(memory_per_task)
         return self.records
 
 

@@ -11,6 +11,7 @@ from ..sim.questions import MEMORY_TASKS, TASKS
 
 MODULES = ("geometry", "semantic", "fusion", "memory", "readout", "bridge")
 MEMORY_SOURCES = ("clip", "stream", "window", "oracle")
+SCENE_SOURCES = ("data", "generated")
 BRIDGE_SOURCES = ("stream", "oracle")     # memories built once per stage; only the language bridge learns
 LOSS_WEIGHTS = ("depth_loss_weight", "answer_loss_weight", "category_loss_weight", "position_loss_weight",
                 "point_loss_weight", "objectness_loss_weight", "grounding_loss_weight")
@@ -95,6 +96,12 @@ class StageConfig:
     # memory-only questions first, so the language model learns to look an object up before the
     # VSI tasks ask it to combine look-ups. Samples without such a question sit the stage out.
     question_types: list[str] = field(default_factory=list)
+    # Where an "oracle" stage's scenes come from. "data": the data set's episodes. "generated": new
+    # scenes every step, never rendered (data.generated_oracle_sample: seeds no data set uses,
+    # questions_per_task of each VSI task and memory_questions_per_task of each memory task): a
+    # comparison the language model cannot learn from 200 scenes may need thousands, and an oracle
+    # memory costs nothing to make.
+    scenes: str = "data"
 
     def __post_init__(self) -> None:
         check_modules(self.train, f"stage {self.name!r}")
@@ -128,6 +135,11 @@ class StageConfig:
         if self.objectness_loss_weight > 0 and "readout" not in self.train:
             raise TrainConfigError(f"stage {self.name!r}: objectness_loss_weight trains the readout's score: "
                                    "add readout to train")
+        if self.scenes not in SCENE_SOURCES:
+            raise TrainConfigError(f"stage {self.name!r}: scenes must be one of {SCENE_SOURCES}, got {self.scenes!r}")
+        if self.scenes == "generated" and self.memory != "oracle":
+            raise TrainConfigError(f"stage {self.name!r}: scenes: generated gives the scenes' oracle memories, "
+                                   "not rendered frames: set memory: oracle")
 
 
 @dataclass
@@ -177,6 +189,15 @@ class TrainConfig:
         if self.memory_questions_per_task and self.questions_per_task is None:
             raise TrainConfigError("memory_questions_per_task needs questions_per_task: memory questions are "
                                    "generated with the others from each episode's scene")
+        for stage in self.stages:
+            if stage.scenes != "generated":
+                continue
+            if self.questions_per_task is None:
+                raise TrainConfigError(f"stage {stage.name!r}: scenes: generated asks questions_per_task "
+                                       "questions of each task of each new scene; set questions_per_task")
+            if self.memory_questions_per_task == 0 and set(stage.question_types) & set(MEMORY_TASKS):
+                raise TrainConfigError(f"stage {stage.name!r}: question_types names memory tasks, which generated "
+                                       "scenes ask memory_questions_per_task of; set it > 0")
         if len({s.grounding_layer for s in self.stages if s.grounding_loss_weight > 0}) > 1:
             raise TrainConfigError("the stages that train the grounding probe read different grounding_layer "
                                    "values; there is one probe: give them the same layer")

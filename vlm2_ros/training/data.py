@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -16,8 +17,12 @@ from ..camera import world_points
 from ..evaluation.data import episode_dirs
 from ..evaluation.predictors import format_prompt
 from ..sim.episode import EpisodeDir
-from ..sim.questions import Balancer, generate_questions
-from ..sim.scene import SEMANTIC_CLASSES, Scene, semantic_classes
+from ..sim.questions import Balancer, QuestionGenerator, generate_questions
+from ..sim.scene import SEMANTIC_CLASSES, Scene, generate_scene, semantic_classes
+
+# `vlm2 sim dataset` gives its episodes seeds below this (sim.cli.episode_seed), so a scene generated
+# for training from a seed at or above it is in no data set, held-out ones included.
+GENERATED_SCENE_SEEDS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,52 @@ def oracle_memory(scene: Scene, visibility: dict[int, tuple[int, int, int]], ask
         memory[0, slot, semantic_class] = 1.0
         memory[0, slot, classes:classes + 6] = torch.tensor([*centre, *size]) / scale_m
     return memory
+
+
+class AskedQuestions(Protocol):
+    """A sample's questions as the answer loss reads them (TrainingEpisode, GeneratedSample)."""
+    prompts: list[str]
+    answers: list[str]
+    tasks: list[str]
+    named_objects: list[list[tuple[str, tuple[float, float, float]]]]
+
+
+@dataclass(frozen=True)
+class GeneratedSample:
+    """A scene generated for one training step of an oracle stage, never rendered: its oracle
+    memory and questions, fields as in TrainingEpisode."""
+    scene_seed: int
+    memory: torch.Tensor        # [1,M,C] data.oracle_memory
+    prompts: list[str]
+    answers: list[str]
+    tasks: list[str]
+    named_objects: list[list[tuple[str, tuple[float, float, float]]]]
+
+
+def generated_scene_seed(run_seed: int, step: int, index: int) -> int:
+    """The scene seed of sample `index` of training step `step` (a function of the three, so a
+    resumed run draws the same scenes), at or above GENERATED_SCENE_SEEDS."""
+    offset = int(np.random.SeedSequence([int(run_seed), int(step), int(index)]).generate_state(1)[0])
+    return GENERATED_SCENE_SEEDS + offset % (2**31 - GENERATED_SCENE_SEEDS)
+
+
+def generated_oracle_sample(scene_seed: int, questions_per_task: int, memory_questions_per_task: int,
+                            question_types: list[str], tokens: int, dim: int, scale_m: float) -> GeneratedSample:
+    """A new scene from `scene_seed` with its oracle memory and questions (only `question_types`
+    if given). No camera walks it: every object counts as seen, one a frame in a random order, and
+    the questions are asked after the last (the data sets' episodes see 89-97 % of their objects by
+    the question), so the memory holds every object and appearance order is the order of its tokens."""
+    scene = generate_scene(scene_seed)
+    order = np.random.default_rng([scene_seed, 0x0DE]).permutation([o.id for o in scene.objects])
+    visibility = {int(object_id): (frame, frame, 1) for frame, object_id in enumerate(order)}
+    stamps_ns = np.arange(len(order) + 1) * 100_000_000              # 10 Hz; asked after the last object
+    questions = QuestionGenerator(scene, visibility, stamps_ns, episode_id=f"generated_{scene_seed}",
+                                  seed=scene_seed).generate(questions_per_task, memory_questions_per_task,
+                                                            question_types)
+    memory = oracle_memory(scene, visibility, len(order), tokens, dim, scale_m)
+    return GeneratedSample(scene_seed, memory, [format_prompt(q) for q in questions],
+                           [str(q["ground_truth"]) for q in questions], [str(q["question_type"]) for q in questions],
+                           [named_objects(scene, q) for q in questions])
 
 
 def load_training_episode(path: Path, clip_frames: int, image_size: tuple[int, int],

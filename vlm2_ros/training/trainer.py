@@ -47,7 +47,8 @@ from ..sim.episode import EpisodeDir
 from ..sim.questions import LETTERS, MEMORY_TASKS
 from ..sim.scene import SEMANTIC_CLASSES
 from .config import BRIDGE_SOURCES, MODULES, StageConfig, TrainConfig, TrainConfigError
-from .data import TrainingEpisode, load_frames, load_training_set, oracle_memory
+from .data import (AskedQuestions, GeneratedSample, TrainingEpisode, generated_oracle_sample, generated_scene_seed,
+                   load_frames, load_training_set, oracle_memory)
 
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
 STREAMED_MEMORIES = "streamed_memories.safetensors"
@@ -330,12 +331,16 @@ class Trainer:
             self._streamed = [cached[e.stream_key] for e in self.data]
         return self._streamed
 
+    def oracle_tokens(self) -> int:
+        """Tokens of an oracle memory: as many as the readout gives the language model from a full
+        dual memory."""
+        c = self.model.config
+        return (c.memory.working.capacity + c.memory.episodic.capacity) * math.prod(c.readout_grid)
+
     def oracle_memories(self) -> list[torch.Tensor]:
-        """Every sample's oracle memory (data.oracle_memory) with as many tokens as the model's
-        readout gives the language model from a full dual memory."""
+        """Every sample's oracle memory (data.oracle_memory)."""
         if self._oracle is None:
-            c = self.model.config
-            tokens = (c.memory.working.capacity + c.memory.episodic.capacity) * math.prod(c.readout_grid)
+            c, tokens = self.model.config, self.oracle_tokens()
             self._oracle = []
             for sample in self.data:
                 episode = self._episodes.setdefault(sample.path, EpisodeDir(sample.path))
@@ -572,12 +577,17 @@ class Trainer:
         error) as numbers for the log, averaged over the samples that computed it; a loss the stage
         does not compute is 0."""
         c = self.config
-        eligible = self.stage_samples(stage)
-        picks = eligible[self.rng.choice(len(eligible), size=min(stage.episodes_per_step or c.episodes_per_step,
-                                                                  len(eligible)), replace=False)]
+        count = stage.episodes_per_step or c.episodes_per_step
         questions = stage.questions_per_episode or c.questions_per_episode
+        if stage.scenes == "generated":
+            samples = self.generated_samples(stage, count)
+            return self.memory_answer_loss(stage, [s.memory.to(c.device) for s in samples], samples, questions)
+        eligible = self.stage_samples(stage)
+        picks = eligible[self.rng.choice(len(eligible), size=min(count, len(eligible)), replace=False)]
         if stage.memory in BRIDGE_SOURCES:
-            return self.memory_answer_loss(stage, picks, questions)
+            memories = self.memories(stage.memory)
+            return self.memory_answer_loss(stage, [memories[int(i)] for i in picks],
+                                           [self.data[int(i)] for i in picks], questions)
         if stage.memory == "window":
             return self.window_depth_loss(stage, picks)
         total, sums, counts = 0.0, dict.fromkeys(METRICS, 0.0), dict.fromkeys(METRICS, 0)
@@ -662,19 +672,36 @@ class Trainer:
         loss = depth_loss(out.depth.flatten(0, 1), depth.flatten(0, 1))
         return stage.depth_loss_weight * loss, {**dict.fromkeys(METRICS, 0.0), "loss_depth": float(loss.detach())}
 
-    def memory_answer_loss(self, stage: StageConfig, picks, questions: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """All picked samples' questions in one teacher-forced batch over their memories (streamed
-        or oracle, the stage's memory), and with grounding_loss_weight the grounding probe's loss on
-        the objects they name."""
-        memories = self.memories(stage.memory)
+    def generated_samples(self, stage: StageConfig, count: int) -> list[GeneratedSample]:
+        """`count` new scenes for this step (a "generated" stage), each asking at least one of the
+        stage's question types; scenes that ask none (too few objects) are passed over."""
+        c, model = self.config, self.model.config
+        samples, index = [], 0
+        while len(samples) < count:
+            if index >= 10 * count:
+                raise TrainConfigError(f"stage {stage.name!r}: {index} generated scenes, {len(samples)} of them "
+                                       f"asking any of {stage.question_types}")
+            sample = generated_oracle_sample(
+                generated_scene_seed(c.seed, self.global_step, index), c.questions_per_task,
+                c.memory_questions_per_task, stage.question_types, self.oracle_tokens(), model.bridge.memory_dim,
+                model.fusion.position_scale_m)
+            index += 1
+            if sample.prompts:
+                samples.append(sample)
+        return samples
+
+    def memory_answer_loss(self, stage: StageConfig, memories: list[torch.Tensor], samples: list[AskedQuestions],
+                           questions: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """The samples' questions (TrainingEpisode or GeneratedSample) in one teacher-forced batch
+        over their memories [1,M,C] each (streamed or oracle, the stage's memory), and with
+        grounding_loss_weight the grounding probe's loss on the objects they name."""
         tokens, prompts, answers, named = [], [], [], []
-        for index in picks:
-            episode = self.data[int(index)]
-            asked = pick_questions(episode.tasks, questions, self.rng, stage.balance_tasks, stage.question_types)
-            tokens.append(memories[int(index)])
-            prompts.append([episode.prompts[i] for i in asked])
-            answers.append([episode.answers[i] for i in asked])
-            named += [episode.named_objects[i] for i in asked]
+        for memory, sample in zip(memories, samples):
+            asked = pick_questions(sample.tasks, questions, self.rng, stage.balance_tasks, stage.question_types)
+            tokens.append(memory)
+            prompts.append([sample.prompts[i] for i in asked])
+            answers.append([sample.answers[i] for i in asked])
+            named += [sample.named_objects[i] for i in asked]
         grounding = stage.grounding_loss_weight > 0
         result = self.model.bridge.answer_pass(torch.cat(tokens), prompts, answers,
                                                stage.grounding_layer if grounding else None)
