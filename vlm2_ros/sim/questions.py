@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from functools import partial
 
 import numpy as np
 
@@ -366,28 +367,19 @@ class QuestionGenerator:
         unknown = sorted(set(only or ()) - set(TASKS + MEMORY_TASKS))
         if unknown:
             raise ValueError(f"unknown question types {unknown}; choose from {TASKS + MEMORY_TASKS}")
-        asks = lambda task: not only or task in only  # noqa: E731
-        if asks("object_counting"):
-            self.counting(per_task)
-        if asks("object_abs_distance"):
-            self.abs_distance(per_task)
-        if asks("object_size_estimation"):
-            self.size(per_task)
-        if asks("room_size_estimation"):
-            self.room_size()
-        if asks("object_rel_distance"):
-            self.rel_distance(per_task)
-        for task in DIRECTION_CLASSES:
-            if asks(task):
-                self.rel_direction(task, per_task)
-        if asks("route_planning"):
-            self.route(per_task)
-        if asks("obj_appearance_order"):
-            self.appearance_order(per_task)
-        if asks("memory_object_quadrant"):
-            self.object_quadrant(memory_per_task)
-        if asks("memory_object_extreme"):
-            self.object_extreme(memory_per_task)
+        calls = [("object_counting", partial(self.counting, per_task)),
+                 ("object_abs_distance", partial(self.abs_distance, per_task)),
+                 ("object_size_estimation", partial(self.size, per_task)),
+                 ("room_size_estimation", self.room_size),
+                 ("object_rel_distance", partial(self.rel_distance, per_task)),
+                 *((task, partial(self.rel_direction, task, per_task)) for task in DIRECTION_CLASSES),
+                 ("route_planning", partial(self.route, per_task)),
+                 ("obj_appearance_order", partial(self.appearance_order, per_task)),
+                 ("memory_object_quadrant", partial(self.object_quadrant, memory_per_task)),
+                 ("memory_object_extreme", partial(self.object_extreme, memory_per_task))]
+        for task, ask in calls:
+            if not only or task in only:
+                ask()
         return self.records
 
 
