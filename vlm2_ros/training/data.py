@@ -102,6 +102,13 @@ def oracle_memory(scene: Scene, visibility: dict[int, tuple[int, int, int]], ask
     return memory
 
 
+def question_fields(scene: Scene, questions: list[dict]) -> tuple[list[str], list[str], list[str], list]:
+    """A sample's question fields from question records (AskedQuestions): the prompts as the model
+    reads them, the ground truths as answer text, the question types and each one's named objects."""
+    return ([format_prompt(q) for q in questions], [str(q["ground_truth"]) for q in questions],
+            [str(q["question_type"]) for q in questions], [named_objects(scene, q) for q in questions])
+
+
 class AskedQuestions(Protocol):
     """A sample's questions as the answer loss reads them (TrainingEpisode, GeneratedSample)."""
     prompts: list[str]
@@ -143,9 +150,7 @@ def generated_oracle_sample(scene_seed: int, questions_per_task: int, memory_que
                                   seed=scene_seed).generate(questions_per_task, memory_questions_per_task,
                                                             question_types)
     memory = oracle_memory(scene, visibility, len(order), tokens, dim, scale_m)
-    return GeneratedSample(scene_seed, memory, [format_prompt(q) for q in questions],
-                           [str(q["ground_truth"]) for q in questions], [str(q["question_type"]) for q in questions],
-                           [named_objects(scene, q) for q in questions])
+    return GeneratedSample(scene_seed, memory, *question_fields(scene, questions))
 
 
 def load_training_episode(path: Path, clip_frames: int, image_size: tuple[int, int],
@@ -180,9 +185,7 @@ def load_training_episode(path: Path, clip_frames: int, image_size: tuple[int, i
             episode.episode_id, images, depth, torch.from_numpy(classes), torch.from_numpy(points),
             torch.from_numpy(episode.poses[idx].astype(np.float32)),
             torch.from_numpy(episode.stamps_ns[idx].astype(np.int64)), torch.from_numpy(idx.astype(np.int64)),
-            [format_prompt(q) for q in questions], [str(q["ground_truth"]) for q in questions],
-            [str(q["question_type"]) for q in questions],
-            [named_objects(episode.scene, q) for q in questions],
+            *question_fields(episode.scene, questions),
             str(path), asked_at, f"{digest}@{asked_at}"))
     return samples
 
