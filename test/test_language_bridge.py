@@ -197,6 +197,11 @@ def test_answer_pass_hidden_states_are_the_question_rows_of_a_whole_prompt(bridg
     with torch.no_grad():
         result = bridge.answer_pass(mem, questions, answers, hidden_layer=1)
         assert torch.allclose(result.loss, bridge.loss_per_memory(mem, questions, answers), atol=1e-5)
+        # each question's own loss, as a prompt of that question alone gives it
+        alone = [bridge.loss(mem[[m]], [q], [a]) for m, q, a in ((0, QUESTIONS[0], ANSWERS[0]),
+                                                                 (0, QUESTIONS[1], ANSWERS[1]), (1, QUESTIONS[1], ANSWERS[1]))]
+        assert torch.allclose(result.question_losses, torch.stack(alone), atol=1e-5)
+        assert not result.question_losses.requires_grad
         batch = bridge.encode_prompts(8, [QUESTIONS[0], QUESTIONS[1], QUESTIONS[1]], [ANSWERS[0], ANSWERS[1], ANSWERS[1]])
         whole = bridge.decoder(inputs_embeds=bridge._inputs_embeds(mem[[0, 0, 1]], batch),
                                attention_mask=batch.attention_mask, position_ids=bridge.position_ids(batch),

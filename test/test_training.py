@@ -784,3 +784,8 @@ def test_generated_stage_trains_on_new_scenes_each_step(data, tmp_path):
     assert again[0].scene_seed == generated_scene_seed(0, trainer.global_step, 0)
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert len(log) == 3 and all(row["loss_answer"] > 0 and row["grounding_error_m"] > 0 for row in log)
+    # the answer loss by question type, of the questions the step asked
+    word = {"memory_object_quadrant": " quarter ", "memory_object_extreme": " furthest ", "memory_object_pair": " further "}
+    asked_types = [{t for t in MEMORY_TASKS if any(word[t] in p for ps in prompts for p in ps)} for _, prompts in asked]
+    assert [set(row["loss_answer_by_type"]) for row in log] == asked_types
+    assert all(v > 0 for row in log for v in row["loss_answer_by_type"].values())

@@ -149,6 +149,7 @@ class PromptBatch:
 @dataclass(frozen=True)
 class AnswerPass:
     loss: torch.Tensor                # teacher-forced cross-entropy over the answer tokens and EOS
+    question_losses: torch.Tensor     # [Q] the same per question, over its own tokens (detached)
     hidden: torch.Tensor | None       # [Q,L,d] after answer_pass's hidden_layer, per question row
 
 
@@ -327,14 +328,18 @@ class LanguageBridge(nn.Module):
         if memory_tokens.shape[0] != len(questions):
             raise ValueError(f"{memory_tokens.shape[0]} memory sets but {len(questions)} questions")
         batch = self.encode_prompts(memory_tokens.shape[1], questions, answers, memory_tokens.device)
-        return self._answer_loss(self._hidden(memory_tokens, batch, entry_grid).last_hidden_state, batch.labels)
+        return self._answer_losses(self._hidden(memory_tokens, batch, entry_grid).last_hidden_state, batch.labels)[0]
 
-    def _answer_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        # hidden [B,L,d] final layer, labels [B,L] (-100 off the answer): each position predicts the next token
+    def _answer_losses(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy over every answer token of the batch, and [B] each row's own (detached).
+        hidden [B,L,d] final layer, labels [B,L] (-100 off the answer): each position predicts the next token."""
         targets = labels[:, 1:]
         keep = targets != -100
         logits = self.lm_head(hidden[:, :-1][keep]).float()                         # [T,V]
-        return F.cross_entropy(logits, targets[keep])
+        per_token = F.cross_entropy(logits, targets[keep], reduction="none")        # [T]
+        row = keep.nonzero()[:, 0]                                                 # [T] each token's row
+        sums = per_token.new_zeros(len(labels)).index_add_(0, row, per_token.detach())
+        return per_token.mean(), sums / keep.sum(dim=1).clamp(min=1)
 
     def loss_per_memory(self, memory_tokens: torch.Tensor, questions: list[list[str]],
                         answers: list[list[str]]) -> torch.Tensor:
@@ -366,7 +371,7 @@ class LanguageBridge(nn.Module):
             batch = self.encode_prompts(memory_tokens.shape[1], flat_questions, flat_answers, device)
             out = self._hidden(memory_tokens[repeat], batch, output_hidden_states=states)
             start = batch.memory_start + batch.num_memory
-            return AnswerPass(self._answer_loss(out.last_hidden_state, batch.labels),
+            return AnswerPass(*self._answer_losses(out.last_hidden_state, batch.labels),
                               out.hidden_states[hidden_layer][:, start:] if states else None)
         sets, num_memory = memory_tokens.shape[:2]
         prefix_ids = torch.tensor([self._prefix + [self.placeholder_id] * num_memory], device=device).expand(sets, -1)
@@ -396,7 +401,7 @@ class LanguageBridge(nn.Module):
         out = self.decoder(input_ids=suffix, attention_mask=mask, past_key_values=cache, use_cache=True,
                            position_ids=(p + torch.arange(length, device=device)).expand(len(rows), -1),
                            output_hidden_states=states)                            # [Q,L,d]
-        return AnswerPass(self._answer_loss(out.last_hidden_state, labels),
+        return AnswerPass(*self._answer_losses(out.last_hidden_state, labels),
                           out.hidden_states[hidden_layer] if states else None)
 
     def phrase_positions(self, question: str, phrase: str) -> list[int]:

@@ -299,6 +299,7 @@ class Trainer:
         self._oracle: list[torch.Tensor] | None = None     # per sample, for "oracle" stages
         self._episodes: dict[str, EpisodeDir] = {}            # opened on demand, for "window" and "oracle" stages
         self._samples_asking: dict[tuple[str, ...], np.ndarray] = {}   # by question_types, for stage_samples
+        self._answer_losses: dict[str, list[float]] = {}   # by question type, each question's since the last log line
 
     def stream_memories(self) -> list[torch.Tensor]:
         """Every sample's inference-time memory under the current weights, computed once at the
@@ -695,16 +696,19 @@ class Trainer:
         """The samples' questions (TrainingEpisode or GeneratedSample) in one teacher-forced batch
         over their memories [1,M,C] each (streamed or oracle, the stage's memory), and with
         grounding_loss_weight the grounding probe's loss on the objects they name."""
-        tokens, prompts, answers, named = [], [], [], []
+        tokens, prompts, answers, named, tasks = [], [], [], [], []
         for memory, sample in zip(memories, samples):
             asked = pick_questions(sample.tasks, questions, self.rng, stage.balance_tasks, stage.question_types)
             tokens.append(memory)
             prompts.append([sample.prompts[i] for i in asked])
             answers.append([sample.answers[i] for i in asked])
             named += [sample.named_objects[i] for i in asked]
+            tasks += [sample.tasks[i] for i in asked]
         grounding = stage.grounding_loss_weight > 0
         result = self.model.bridge.answer_pass(torch.cat(tokens), prompts, answers,
                                                stage.grounding_layer if grounding else None)
+        for task, question_loss in zip(tasks, result.question_losses.tolist()):
+            self._answer_losses.setdefault(task, []).append(question_loss)
         loss = stage.answer_loss_weight * result.loss
         metrics = {**dict.fromkeys(METRICS, 0.0), "loss_answer": float(result.loss.detach())}
         if grounding:
@@ -766,9 +770,13 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in metrics.items() if v})
                 if self.stage_step % c.log_every == 0 or self.stage_step == stage.steps:
+                    # the answer loss by question type, over every question since the last line
+                    by_type = {t: float(np.mean(v)) for t, v in sorted(self._answer_losses.items())}
+                    self._answer_losses.clear()
                     with log_path.open("a") as log:
                         log.write(json.dumps({"stage": stage.name, "step": self.global_step,
                                               "loss": float(loss.detach()), **metrics,
+                                              **({"loss_answer_by_type": by_type} if by_type else {}),
                                               "lr": optimizer.param_groups[0]["lr"],
                                               "seconds": round(time.perf_counter() - started, 1)}) + "\n")
                 if self.stage_step % c.checkpoint_every == 0:
@@ -795,8 +803,14 @@ def plot_curves(log_path: Path, png: Path) -> None:
               ("position_error_m", "patch category position: error (m)"),
               ("point_error_m", "patch world point: error (m)"),
               ("loss_objectness", "readout objectness: cross-entropy"),
-              ("loss_answer", "answer tokens: cross-entropy"))
-    fig, axes = plt.subplots(2, 3, figsize=(15, 7.6))
+              ("loss_answer", "answer tokens: cross-entropy"),
+              ("grounding_error_m", "grounding probe at named objects: error (m)"))
+    fig, axes = plt.subplots(2, 4, figsize=(20, 7.6))
+    by_type = axes.flat[len(panels)]
+    for task in dict.fromkeys(t for r in rows for t in r.get("loss_answer_by_type", {})):
+        points = [(r["step"], r["loss_answer_by_type"][task]) for r in rows if task in r.get("loss_answer_by_type", {})]
+        by_type.plot(*zip(*points), label=task)
+    by_type.set(xlabel="step", title="answer tokens by question type: cross-entropy")
     for ax, (key, title) in zip(axes.flat, panels):
         for stage in dict.fromkeys(r["stage"] for r in rows):
             # a loss a step did not compute is logged as 0 (the position loss skips clips without poses)
@@ -804,6 +818,7 @@ def plot_curves(log_path: Path, png: Path) -> None:
             if points:
                 ax.plot(*zip(*points), label=stage)
         ax.set(xlabel="step", title=title)
+    for ax in axes.flat:
         if ax.lines:
             ax.legend(fontsize=8)
         else:                        # a loss no stage of this run weighs
