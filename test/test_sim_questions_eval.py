@@ -98,7 +98,10 @@ def test_answers_match_the_scene(synthetic_set):
 
 def _compass(record: dict) -> str:
     return next(d for d in ("east", "west", "north", "south")
-                if f"furthest {d}" in record["question"] or f"the {d} on" in record["question"])
+                if any(f"{word} {d}" in record["question"] for word in ("furthest", "further", "the")))
+
+
+OPTIONS = {"memory_object_quadrant": 4, "memory_object_extreme": 4, "memory_object_pair": 2}
 
 
 def test_memory_questions_are_answered_by_the_scene_alone():
@@ -116,11 +119,12 @@ def test_memory_questions_are_answered_by_the_scene_alone():
         for r in mine:
             options = [o.split(". ", 1)[1] for o in r["options"]]
             assert r["options"]["ABCD".index(r["ground_truth"])].endswith(r["answer_value"])
-            assert len(options) == len(set(options)) == 4
-            if r["question_type"] == "memory_object_extreme":
+            assert len(options) == len(set(options)) == OPTIONS[r["question_type"]]
+            if r["question_type"] in ("memory_object_extreme", "memory_object_pair"):
                 picks = [next(x for x in sc.objects if x.id == i) for i in r["object_ids"]]
                 axis, sign = {"east": (0, 1), "west": (0, -1), "north": (1, 1), "south": (1, -1)}[_compass(r)]
-                best = max(picks, key=lambda x: sign * x.center[axis])
+                best, runner_up = sorted(picks, key=lambda x: -sign * x.center[axis])[:2]
+                assert sign * (best.center[axis] - runner_up.center[axis]) >= 0.5
                 assert r["answer_value"] == best.category and sorted(options) == sorted(x.category for x in picks)
                 assert all(c in r["question"] for c in options)
             else:
@@ -132,11 +136,15 @@ def test_memory_questions_are_answered_by_the_scene_alone():
     assert {r["question_type"] for r in recs} == set(MEMORY_TASKS) and not set(MEMORY_TASKS) & set(TASKS)
     for task in MEMORY_TASKS:
         rows = [r for r in recs if r["question_type"] == task]
-        letters = np.bincount(["ABCD".index(r["ground_truth"]) for r in rows], minlength=4)
-        assert len(rows) >= 40 and letters.max() - letters.min() <= 1
+        letters = np.bincount(["ABCD".index(r["ground_truth"]) for r in rows], minlength=OPTIONS[task])
+        assert len(rows) >= 40 and len(letters) == OPTIONS[task] and letters.max() - letters.min() <= 1
+    # the pair's answer is the first object the question names about as often as the second
+    pairs = [r for r in recs if r["question_type"] == "memory_object_pair"]
+    named_first = [r["question"].split(" or the ")[0].endswith(f"the {r['answer_value']}") for r in pairs]
+    assert 0.35 <= np.mean(named_first) <= 0.65
     # answer classes as flat as the scenes allow: the quarter asked for, the direction asked along
     for task, answer_class in (("memory_object_quadrant", lambda r: r["answer_value"]),
-                               ("memory_object_extreme", _compass)):
+                               ("memory_object_extreme", _compass), ("memory_object_pair", _compass)):
         counts = np.unique([answer_class(r) for r in recs if r["question_type"] == task], return_counts=True)[1]
         assert len(counts) == 4 and counts.min() >= 0.75 * counts.max()
 

@@ -29,13 +29,14 @@ NA_TASKS = ("object_counting", "object_abs_distance", "object_size_estimation", 
 TASKS = NA_TASKS + MC_TASKS
 # Training-only questions whose answer is nowhere in the question: only what the memory holds
 # tells the options apart. They teach the language model to look a category up in memory (and
-# where it sits) before the VSI tasks ask it to combine such look-ups. Never in an evaluation set.
-MEMORY_TASKS = ("memory_object_quadrant", "memory_object_extreme")
+# where it sits) before the VSI tasks ask it to combine such look-ups: one object (quadrant), two
+# compared (pair), four (extreme). Never in an evaluation set.
+MEMORY_TASKS = ("memory_object_quadrant", "memory_object_extreme", "memory_object_pair")
 LETTERS = "ABCD"
 QUADRANTS = ("north-east", "north-west", "south-east", "south-west")
 QUADRANT_MARGIN = 0.1       # share of the room's side around its centre lines that is ambiguous
 COMPASS = {"east": (0, 1), "west": (0, -1), "north": (1, 1), "south": (1, -1)}   # world axis, sign
-EXTREME_MARGIN = 0.5        # metres between the furthest object and the next one along the axis
+EXTREME_MARGIN = 0.5        # metres between the furthest object and the next one along the axis (extreme, pair)
 
 TEMPLATES = {
     "object_counting": ["How many {cat}(s) are in this room?",
@@ -86,6 +87,9 @@ TEMPLATES = {
     "memory_object_extreme": [
         "On the map (x east, y north), which of these objects is furthest {d}: {opts}?",
         "Of {opts}, which object lies furthest to the {d} on the map (x east, y north)?"],
+    "memory_object_pair": [
+        "On the map (x east, y north), which lies further {d}: the {a} or the {b}?",
+        "Which is further to the {d} on the map (x east, y north): the {a} or the {b}?"],
 }
 
 DIRECTION_CLASSES = {
@@ -321,6 +325,16 @@ class QuestionGenerator:
             self._mc("obj_appearance_order", q, ", ".join(order), [", ".join(p) for p in wrong], ids)
             made += 1
 
+    def _balanced_picks(self, task: str, by_class: dict[str, list], n: int):
+        """Up to n (answer class, item) pairs, each item taken from the class the balancer picks
+        among those with items left (a memory task's answers as flat as the scene allows)."""
+        for _ in range(n):
+            avail = [k for k in by_class if by_class[k]]
+            if not avail:
+                return
+            k = self.balancer.pick(task, "class", avail, self.rng)
+            yield k, by_class[k].pop(int(self.rng.integers(len(by_class[k]))))
+
     def object_extreme(self, n: int) -> None:
         u = self.unique
         if len(u) < 4:
@@ -332,15 +346,24 @@ class QuestionGenerator:
                 ranked = sorted(picks, key=lambda o: -sign * o.center[axis])
                 if sign * (ranked[0].center[axis] - ranked[1].center[axis]) >= EXTREME_MARGIN:
                     by_class[direction].append((ranked[0], picks))
-        for _ in range(n):
-            avail = [d for d in COMPASS if by_class[d]]
-            if not avail:
-                return
-            k = self.balancer.pick("memory_object_extreme", "class", avail, self.rng)
-            best, picks = by_class[k].pop(int(self.rng.integers(len(by_class[k]))))
+        for k, (best, picks) in self._balanced_picks("memory_object_extreme", by_class, n):
             q = self._template("memory_object_extreme").format(d=k, opts=", ".join(o.category for o in picks))
             self._mc("memory_object_extreme", q, best.category, [o.category for o in picks if o is not best],
                      [o.id for o in picks])
+
+    def object_pair(self, n: int) -> None:
+        """Which of two objects lies further along a compass direction: the comparison of the
+        extreme question with two looked-up positions instead of four."""
+        by_class: dict[str, list] = {d: [] for d in COMPASS}
+        for a, b in itertools.combinations(self.unique, 2):
+            for direction, (axis, sign) in COMPASS.items():
+                ahead = sign * (a.center[axis] - b.center[axis])
+                if abs(ahead) >= EXTREME_MARGIN:
+                    by_class[direction].append((a, b) if ahead > 0 else (b, a))    # (further, other)
+        for k, (further, other) in self._balanced_picks("memory_object_pair", by_class, n):
+            first, second = (further, other) if self.rng.random() < 0.5 else (other, further)
+            q = self._template("memory_object_pair").format(d=k, a=first.category, b=second.category)
+            self._mc("memory_object_pair", q, further.category, [other.category], [further.id, other.id])
 
     def object_quadrant(self, n: int) -> None:
         room = self.scene.room
@@ -349,12 +372,7 @@ class QuestionGenerator:
             dx, dy = o.center[0] - room.width / 2, o.center[1] - room.depth / 2
             if abs(dx) > QUADRANT_MARGIN * room.width and abs(dy) > QUADRANT_MARGIN * room.depth:
                 by_class[("north" if dy > 0 else "south") + "-" + ("east" if dx > 0 else "west")].append(o)
-        for _ in range(n):
-            avail = [q for q in QUADRANTS if by_class[q]]
-            if not avail:
-                return
-            k = self.balancer.pick("memory_object_quadrant", "class", avail, self.rng)
-            o = by_class[k].pop(int(self.rng.integers(len(by_class[k]))))
+        for k, o in self._balanced_picks("memory_object_quadrant", by_class, n):
             q = self._template("memory_object_quadrant").format(a=o.category)
             self._mc("memory_object_quadrant", q, k, [x for x in QUADRANTS if x != k], (o.id,))
 
@@ -376,7 +394,8 @@ class QuestionGenerator:
                  ("route_planning", partial(self.route, per_task)),
                  ("obj_appearance_order", partial(self.appearance_order, per_task)),
                  ("memory_object_quadrant", partial(self.object_quadrant, memory_per_task)),
-                 ("memory_object_extreme", partial(self.object_extreme, memory_per_task))]
+                 ("memory_object_extreme", partial(self.object_extreme, memory_per_task)),
+                 ("memory_object_pair", partial(self.object_pair, memory_per_task))]
         for task, ask in calls:
             if not only or task in only:
                 ask()

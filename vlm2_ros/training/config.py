@@ -163,8 +163,8 @@ class TrainConfig:
     # nothing to render or stream and give each memory more to answer.
     questions_per_task: int | None = None
     # With questions_per_task: this many of each training-only question that only the memory can
-    # answer (sim.questions.MEMORY_TASKS: which quarter of the room an object is in, which of four
-    # named objects lies furthest east, west, north or south).
+    # answer (sim.questions.MEMORY_TASKS: which quarter of the room an object is in, which of two
+    # named objects lies further east, west, north or south, which of four furthest).
     memory_questions_per_task: int = 0
     episodes_per_step: int = 2
     pose_probability: float = 0.5           # share of clips given the camera poses (else predicted)
