@@ -102,6 +102,8 @@ def test_balanced_picks_take_every_task_in_turn():
      "add readout to train"),
     ({"stages": [{"name": "x", "steps": 1, "train": ["bridge"], "grounding_loss_weight": 1.0}]},
      "set memory to one of"),
+    ({"stages": [{"name": "x", "steps": 1, "train": ["bridge"], "gather_loss_weight": 1.0}]},
+     "gather_loss_weight reads the language model"),
     ({"stages": [{"name": "x", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "memory": "stream",
                   "grounding_loss_weight": 1.0, "grounding_layer": -1}]}, "grounding_layer"),
     ({"stages": [{"name": n, "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "memory": "stream",
@@ -607,6 +609,49 @@ def test_grounding_stage_teaches_the_language_model_where_named_objects_are(data
     with pytest.raises(TrainConfigError, match="past the language model"):
         Trainer(dataclasses.replace(config, out=str(tmp_path / "other"),
                                     stages=[dataclasses.replace(stage, grounding_layer=99)]), progress=False)
+
+
+def test_gather_probe_reads_the_answer_position_for_the_objects_in_the_order_named(data, tmp_path):
+    from vlm2_ros.training.trainer import GATHERED_OBJECTS, Trainer
+
+    (tmp_path / "data").symlink_to(data)
+    config = write_config(tmp_path / "train.yaml", questions_per_task=2, memory_questions_per_task=2, stages=[{
+        "name": "gather", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "memory": "oracle",
+        "gather_loss_weight": 1.0, "episodes_per_step": 2, "questions_per_episode": 8}])
+    trainer = Trainer(load_train_config(config), progress=False)
+    # it learns: the answer position comes to hold where the named objects are (steps ask few
+    # questions, so the error is averaged over the first and the last ten)
+    stage = trainer.config.stages[0]
+    optimizer = torch.optim.AdamW(trainer.trainable_parameters(stage), lr=1e-3)
+    errors = []
+    for _ in range(60):
+        loss, metrics = trainer.step_losses(stage)
+        errors.append(metrics["gather_error_m"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert min(errors) > 0 and np.mean(errors[-10:]) < 0.4 * np.mean(errors[:10])
+    bridge, scale = trainer.model.bridge, trainer.model.config.fusion.position_scale_m
+    prompt = "On the map, which lies further north: the chair or the table?"
+    chair, table = (1.0, 2.0, 0.5), (3.0, 0.5, 0.4)
+    hidden = torch.zeros(1, bridge.answer_position(prompt) + 3, bridge.hidden_size)
+    hidden[0, bridge.answer_position(prompt), 0] = 1.0          # only the answer position reaches the probe
+    probe = trainer.probes["gather"]
+    with torch.no_grad():
+        probe.weight.zero_()
+        probe.bias.zero_()
+        probe.weight[:6, 0] = torch.tensor([*chair, *table]) / scale   # slot 0 the chair, named first
+    loss, errors = trainer.gather_loss(hidden, [prompt], [[("table", table), ("chair", chair)]])
+    assert float(loss) < 1e-10 and errors.shape == (2,) and float(errors.max()) < 1e-5
+    loss, errors = trainer.gather_loss(hidden, [prompt.replace("chair or the table", "table or the chair")],
+                                       [[("table", table), ("chair", chair)]])
+    assert float(errors.min()) > 1.0                                  # slots now ask for them the other way
+    hidden[0, bridge.answer_position(prompt), 0] = 0.0                # the probe reads no other position
+    assert float(trainer.gather_loss(hidden, [prompt], [[("chair", chair)]])[1][0]) > 1.0
+    assert probe.out_features == 3 * GATHERED_OBJECTS
+    # a question naming no object alone in its category: nothing to gather, a zero loss
+    loss, errors = trainer.gather_loss(hidden, ["How many chair(s) are in this room?"], [[]])
+    assert float(loss) == 0.0 and len(errors) == 0
 
 
 def test_memory_reliance_reports_the_grounding_error_with_each_memory(data, tmp_path):

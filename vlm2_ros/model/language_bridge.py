@@ -404,6 +404,11 @@ class LanguageBridge(nn.Module):
         return AnswerPass(*self._answer_losses(out.last_hidden_state, labels),
                           out.hidden_states[hidden_layer] if states else None)
 
+    def answer_position(self, question: str) -> int:
+        """The index, in answer_pass's row of `question`, of its last prompt token: the one whose
+        hidden state predicts the first answer token."""
+        return len(self._question_ids(question)) - 1
+
     def phrase_positions(self, question: str, phrase: str) -> list[int]:
         """Where each whole-word occurrence of `phrase` in `question` ends: the index, in the
         question's tokens (the start of answer_pass's rows), of the token holding its last character."""

@@ -14,14 +14,14 @@ MEMORY_SOURCES = ("clip", "stream", "window", "oracle")
 SCENE_SOURCES = ("data", "generated")
 BRIDGE_SOURCES = ("stream", "oracle")     # memories built once per stage; only the language bridge learns
 LOSS_WEIGHTS = ("depth_loss_weight", "answer_loss_weight", "category_loss_weight", "position_loss_weight",
-                "point_loss_weight", "objectness_loss_weight", "grounding_loss_weight")
+                "point_loss_weight", "objectness_loss_weight", "grounding_loss_weight", "gather_loss_weight")
 # Memory sources that train one module on one loss: (train, the loss weight that must be > 0, the
 # weights that may be > 0 beside it (every other must be 0), why).
 SINGLE_PURPOSE_SOURCES = {
-    "stream": (["bridge"], "answer_loss_weight", ("grounding_loss_weight",),
+    "stream": (["bridge"], "answer_loss_weight", ("grounding_loss_weight", "gather_loss_weight"),
                "freezes everything before the language model"),
     "window": (["geometry"], "depth_loss_weight", (), "runs the geometry encoder alone"),
-    "oracle": (["bridge"], "answer_loss_weight", ("grounding_loss_weight",),
+    "oracle": (["bridge"], "answer_loss_weight", ("grounding_loss_weight", "gather_loss_weight"),
                "gives the language model the scene's ground truth, not a perception"),
 }
 
@@ -74,6 +74,13 @@ class StageConfig:
     # from the answer tokens alone it did not learn to (the memory-only questions stayed at chance).
     grounding_loss_weight: float = 0.0
     grounding_layer: int = 2
+    # The same at the answer: a second training-only linear probe on the hidden state after
+    # `grounding_layer` layers, at the prompt's last token (the one that predicts the answer),
+    # predicts the centres of the objects the question names (as for grounding), in the order the
+    # question names them, up to trainer.GATHERED_OBJECTS. Looking each name up is learnt with the
+    # grounding probe alone; carrying two looked-up positions to the answer, where they can be
+    # compared, was not (a two-object comparison stayed at chance).
+    gather_loss_weight: float = 0.0
     # Where the memory the questions read comes from. "clip": the sample's clip is unrolled with
     # gradients (every module can learn). "stream": built as at inference, from every frame up to
     # the question through the frozen perception and memory, once per stage; only the language
@@ -120,9 +127,10 @@ class StageConfig:
             if self.train != modules or weights[loss] == 0 or any(weights[name] for name in others):
                 raise TrainConfigError(f"stage {self.name!r}: memory {self.memory!r} {why}: train must be "
                                        f"{modules}, {loss} > 0 and {', '.join(others)} 0")
-        if self.grounding_loss_weight > 0 and self.memory not in BRIDGE_SOURCES:
-            raise TrainConfigError(f"stage {self.name!r}: grounding_loss_weight reads the language model over "
-                                   f"memories built before the stage: set memory to one of {BRIDGE_SOURCES}")
+        for probe in ("grounding_loss_weight", "gather_loss_weight"):
+            if getattr(self, probe) > 0 and self.memory not in BRIDGE_SOURCES:
+                raise TrainConfigError(f"stage {self.name!r}: {probe} reads the language model over "
+                                       f"memories built before the stage: set memory to one of {BRIDGE_SOURCES}")
         if self.grounding_layer < 0:
             raise TrainConfigError(f"stage {self.name!r}: grounding_layer must be >= 0, got {self.grounding_layer}")
         unknown = [t for t in self.question_types if t not in TASKS + MEMORY_TASKS]
@@ -198,9 +206,9 @@ class TrainConfig:
             if self.memory_questions_per_task == 0 and set(stage.question_types) & set(MEMORY_TASKS):
                 raise TrainConfigError(f"stage {stage.name!r}: question_types names memory tasks, which generated "
                                        "scenes ask memory_questions_per_task of; set it > 0")
-        if len({s.grounding_layer for s in self.stages if s.grounding_loss_weight > 0}) > 1:
-            raise TrainConfigError("the stages that train the grounding probe read different grounding_layer "
-                                   "values; there is one probe: give them the same layer")
+        if len({s.grounding_layer for s in self.stages if s.grounding_loss_weight + s.gather_loss_weight > 0}) > 1:
+            raise TrainConfigError("the stages that train the grounding or gather probe read different grounding_layer "
+                                   "values; there is one probe of each: give them the same layer")
         from ..model.vlm2 import VLM2Config
         unknown = sorted(set(self.model) - {f.name for f in dataclasses.fields(VLM2Config)})
         if unknown:

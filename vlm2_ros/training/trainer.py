@@ -56,8 +56,9 @@ STREAM_SAVE_EVERY = 50          # streamed samples between saves of the memory c
 PROBE_PREFIX = "probes."
 METRICS = ("loss_depth", "loss_category", "loss_position", "loss_point", "loss_objectness",   # logged every step
            "loss_answer", "loss_grounding", "category_accuracy", "position_error_m", "point_error_m",
-           "grounding_error_m")
-PROBES = ("category", "position", "point", "grounding")   # training-only heads, each with its stage loss weight
+           "grounding_error_m", "loss_gather", "gather_error_m")
+PROBES = ("category", "position", "point", "grounding", "gather")   # training-only heads, each with its stage loss weight
+GATHERED_OBJECTS = 5        # the gather probe's slots: a relative-distance question names five objects
 
 
 def memory_digest(model: VLM2Model) -> str:
@@ -273,7 +274,7 @@ class Trainer:
                                                       config_changes=config.model)
         layers = self.model.bridge.num_layers
         for stage in config.stages:
-            if stage.grounding_loss_weight > 0 and stage.grounding_layer > layers:
+            if stage.grounding_loss_weight + stage.gather_loss_weight > 0 and stage.grounding_layer > layers:
                 raise TrainConfigError(f"stage {stage.name!r}: grounding_layer {stage.grounding_layer} is past the "
                                        f"language model's {layers} layers")
         if self.model.readout.objectness is None and any(s.objectness_loss_weight > 0 for s in config.stages):
@@ -286,11 +287,13 @@ class Trainer:
         self.probes = torch.nn.ModuleDict({"category": torch.nn.Linear(dim, classes),
                                            "position": torch.nn.Linear(dim, 3 * classes),
                                            "point": torch.nn.Linear(dim, 3),
-                                           "grounding": torch.nn.Linear(self.model.bridge.hidden_size, 3)
+                                           "grounding": torch.nn.Linear(self.model.bridge.hidden_size, 3),
+                                           "gather": torch.nn.Linear(self.model.bridge.hidden_size,
+                                                                     3 * GATHERED_OBJECTS),
                                            }).to(config.device)
         if self._probe_state is not None:   # a run from before a later probe starts that one fresh
             missing, unexpected = self.probes.load_state_dict(self._probe_state, strict=False)
-            if unexpected or any(not k.startswith(("position.", "point.", "grounding.")) for k in missing):
+            if unexpected or any(not k.startswith(("position.", "point.", "grounding.", "gather.")) for k in missing):
                 raise ValueError(f"{self.out}: training state has probe tensors {unexpected} it should not, "
                                  f"or lacks {missing}")
         self.data = load_training_set(config.data, config.clip_frames, self.model.config.image_size,
@@ -704,19 +707,24 @@ class Trainer:
             answers.append([sample.answers[i] for i in asked])
             named += [sample.named_objects[i] for i in asked]
             tasks += [sample.tasks[i] for i in asked]
-        grounding = stage.grounding_loss_weight > 0
+        grounding, gather = stage.grounding_loss_weight > 0, stage.gather_loss_weight > 0
         result = self.model.bridge.answer_pass(torch.cat(tokens), prompts, answers,
-                                               stage.grounding_layer if grounding else None)
+                                               stage.grounding_layer if grounding or gather else None)
         for task, question_loss in zip(tasks, result.question_losses.tolist()):
             self._answer_losses.setdefault(task, []).append(question_loss)
         loss = stage.answer_loss_weight * result.loss
         metrics = {**dict.fromkeys(METRICS, 0.0), "loss_answer": float(result.loss.detach())}
+        flat_prompts = [p for ps in prompts for p in ps]
         if grounding:
-            flat_prompts = [p for ps in prompts for p in ps]
             loss_grounding, errors = self.grounding_loss(result.hidden, flat_prompts, named)
             loss = loss + stage.grounding_loss_weight * loss_grounding
             metrics.update(loss_grounding=float(loss_grounding.detach()),
                            grounding_error_m=float(errors.mean()) if len(errors) else 0.0)
+        if gather:
+            loss_gather, errors = self.gather_loss(result.hidden, flat_prompts, named)
+            loss = loss + stage.gather_loss_weight * loss_gather
+            metrics.update(loss_gather=float(loss_gather.detach()),
+                           gather_error_m=float(errors.mean()) if len(errors) else 0.0)
         return loss, metrics
 
     def grounding_loss(self, hidden: torch.Tensor, prompts: list[str],
@@ -737,6 +745,30 @@ class Trainer:
         scale = self.model.config.fusion.position_scale_m
         predicted = self.probes["grounding"](hidden[rows, columns])                      # [N,3]
         target = torch.tensor(centres, device=hidden.device) / scale                     # [N,3]
+        loss = (predicted - target).square().sum(dim=-1).mean()
+        return loss, (predicted.detach() - target).norm(dim=-1) * scale
+
+    def gather_loss(self, hidden: torch.Tensor, prompts: list[str],
+                    named: list[list[tuple[str, tuple[float, float, float]]]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """As grounding_loss, for the gather probe: at each question's last prompt token (hidden
+        [Q,L,d]), the centres of the objects it names in the order it first names them (slot k:
+        the k-th, up to GATHERED_OBJECTS); and each slot's error in metres [N]."""
+        bridge = self.model.bridge
+        rows, slots, centres = [], [], []
+        for row, (prompt, objects) in enumerate(zip(prompts, named)):
+            first = sorted((min(positions), centre) for category, centre in objects
+                           if (positions := bridge.phrase_positions(prompt, category)))
+            for slot, (_, centre) in enumerate(first[:GATHERED_OBJECTS]):
+                rows.append(row)
+                slots.append(slot)
+                centres.append(centre)
+        if not rows:
+            return hidden.sum() * 0.0, hidden.new_zeros(0)
+        answer_at = torch.tensor([bridge.answer_position(p) for p in prompts], device=hidden.device)
+        states = hidden[torch.arange(len(prompts), device=hidden.device), answer_at]            # [Q,d]
+        predicted = self.probes["gather"](states).view(len(prompts), GATHERED_OBJECTS, 3)[rows, slots]   # [N,3]
+        scale = self.model.config.fusion.position_scale_m
+        target = torch.tensor(centres, device=hidden.device) / scale                           # [N,3]
         loss = (predicted - target).square().sum(dim=-1).mean()
         return loss, (predicted.detach() - target).norm(dim=-1) * scale
 
