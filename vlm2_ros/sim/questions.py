@@ -84,12 +84,15 @@ TEMPLATES = {
         "On the map (x east, y north), in which quarter of the room is the {a}: north-east, north-west, "
         "south-east or south-west?",
         "Which quarter of the room holds the {a} on the map: north-east, north-west, south-east or south-west?"],
+    # The compass word asked along appears once: with the map's axes spelt out as well, "(x east,
+    # y north)", the tiny language model never found which of the words was asked (a linear probe
+    # on its hidden states read the asked direction at chance, at every position and layer).
     "memory_object_extreme": [
-        "On the map (x east, y north), which of these objects is furthest {d}: {opts}?",
-        "Of {opts}, which object lies furthest to the {d} on the map (x east, y north)?"],
+        "On the map, which of these objects is furthest {d}: {opts}?",
+        "Of {opts}, which object lies furthest to the {d} on the map?"],
     "memory_object_pair": [
-        "On the map (x east, y north), which lies further {d}: the {a} or the {b}?",
-        "Which is further to the {d} on the map (x east, y north): the {a} or the {b}?"],
+        "On the map, which lies further {d}: the {a} or the {b}?",
+        "Which is further to the {d} on the map: the {a} or the {b}?"],
 }
 
 DIRECTION_CLASSES = {
