@@ -36,9 +36,9 @@ def write_config(path, **overrides):
     return path
 
 
-def fit(trainer, stage, steps: int):
-    """Plain AdamW steps (lr 3e-3) on the stage's losses: the first step's metrics and the last's."""
-    optimizer = torch.optim.AdamW(trainer.trainable_parameters(stage), lr=3e-3)
+def fit_history(trainer, stage, steps: int, lr: float = 3e-3) -> list[dict]:
+    """Plain AdamW steps on the stage's losses: every step's metrics."""
+    optimizer = torch.optim.AdamW(trainer.trainable_parameters(stage), lr=lr)
     history = []
     for _ in range(steps):
         loss, metrics = trainer.step_losses(stage)
@@ -46,6 +46,12 @@ def fit(trainer, stage, steps: int):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    return history
+
+
+def fit(trainer, stage, steps: int):
+    """fit_history at lr 3e-3: the first step's metrics and the last's."""
+    history = fit_history(trainer, stage, steps)
     return history[0], history[-1]
 
 
@@ -621,15 +627,7 @@ def test_gather_probe_reads_the_answer_position_for_the_objects_in_the_order_nam
     trainer = Trainer(load_train_config(config), progress=False)
     # it learns: the answer position comes to hold where the named objects are (steps ask few
     # questions, so the error is averaged over the first and the last ten)
-    stage = trainer.config.stages[0]
-    optimizer = torch.optim.AdamW(trainer.trainable_parameters(stage), lr=1e-3)
-    errors = []
-    for _ in range(60):
-        loss, metrics = trainer.step_losses(stage)
-        errors.append(metrics["gather_error_m"])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    errors = [m["gather_error_m"] for m in fit_history(trainer, trainer.config.stages[0], steps=60, lr=1e-3)]
     assert min(errors) > 0 and np.mean(errors[-10:]) < 0.4 * np.mean(errors[:10])
     bridge, scale = trainer.model.bridge, trainer.model.config.fusion.position_scale_m
     prompt = "On the map, which lies further north: the chair or the table?"

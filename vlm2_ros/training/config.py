@@ -15,13 +15,15 @@ SCENE_SOURCES = ("data", "generated")
 BRIDGE_SOURCES = ("stream", "oracle")     # memories built once per stage; only the language bridge learns
 LOSS_WEIGHTS = ("depth_loss_weight", "answer_loss_weight", "category_loss_weight", "position_loss_weight",
                 "point_loss_weight", "objectness_loss_weight", "grounding_loss_weight", "gather_loss_weight")
+# The probes that read the language model's hidden states after grounding_layer layers.
+LANGUAGE_PROBE_WEIGHTS = ("grounding_loss_weight", "gather_loss_weight")
 # Memory sources that train one module on one loss: (train, the loss weight that must be > 0, the
 # weights that may be > 0 beside it (every other must be 0), why).
 SINGLE_PURPOSE_SOURCES = {
-    "stream": (["bridge"], "answer_loss_weight", ("grounding_loss_weight", "gather_loss_weight"),
+    "stream": (["bridge"], "answer_loss_weight", LANGUAGE_PROBE_WEIGHTS,
                "freezes everything before the language model"),
     "window": (["geometry"], "depth_loss_weight", (), "runs the geometry encoder alone"),
-    "oracle": (["bridge"], "answer_loss_weight", ("grounding_loss_weight", "gather_loss_weight"),
+    "oracle": (["bridge"], "answer_loss_weight", LANGUAGE_PROBE_WEIGHTS,
                "gives the language model the scene's ground truth, not a perception"),
 }
 
@@ -110,6 +112,11 @@ class StageConfig:
     # memory costs nothing to make.
     scenes: str = "data"
 
+    @property
+    def probes_language_model(self) -> bool:
+        """The stage trains a probe on the language model's hidden states after grounding_layer layers."""
+        return any(getattr(self, weight) > 0 for weight in LANGUAGE_PROBE_WEIGHTS)
+
     def __post_init__(self) -> None:
         check_modules(self.train, f"stage {self.name!r}")
         if self.steps < 1 or self.lr <= 0 or self.warmup_steps < 0:
@@ -127,7 +134,7 @@ class StageConfig:
             if self.train != modules or weights[loss] == 0 or any(weights[name] for name in others):
                 raise TrainConfigError(f"stage {self.name!r}: memory {self.memory!r} {why}: train must be "
                                        f"{modules}, {loss} > 0 and {', '.join(others)} 0")
-        for probe in ("grounding_loss_weight", "gather_loss_weight"):
+        for probe in LANGUAGE_PROBE_WEIGHTS:
             if getattr(self, probe) > 0 and self.memory not in BRIDGE_SOURCES:
                 raise TrainConfigError(f"stage {self.name!r}: {probe} reads the language model over "
                                        f"memories built before the stage: set memory to one of {BRIDGE_SOURCES}")
@@ -206,7 +213,7 @@ class TrainConfig:
             if self.memory_questions_per_task == 0 and set(stage.question_types) & set(MEMORY_TASKS):
                 raise TrainConfigError(f"stage {stage.name!r}: question_types names memory tasks, which generated "
                                        "scenes ask memory_questions_per_task of; set it > 0")
-        if len({s.grounding_layer for s in self.stages if s.grounding_loss_weight + s.gather_loss_weight > 0}) > 1:
+        if len({s.grounding_layer for s in self.stages if s.probes_language_model}) > 1:
             raise TrainConfigError("the stages that train the grounding or gather probe read different grounding_layer "
                                    "values; there is one probe of each: give them the same layer")
         from ..model.vlm2 import VLM2Config

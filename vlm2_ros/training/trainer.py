@@ -274,7 +274,7 @@ class Trainer:
                                                       config_changes=config.model)
         layers = self.model.bridge.num_layers
         for stage in config.stages:
-            if stage.grounding_loss_weight + stage.gather_loss_weight > 0 and stage.grounding_layer > layers:
+            if stage.probes_language_model and stage.grounding_layer > layers:
                 raise TrainConfigError(f"stage {stage.name!r}: grounding_layer {stage.grounding_layer} is past the "
                                        f"language model's {layers} layers")
         if self.model.readout.objectness is None and any(s.objectness_loss_weight > 0 for s in config.stages):
@@ -707,20 +707,19 @@ class Trainer:
             answers.append([sample.answers[i] for i in asked])
             named += [sample.named_objects[i] for i in asked]
             tasks += [sample.tasks[i] for i in asked]
-        grounding, gather = stage.grounding_loss_weight > 0, stage.gather_loss_weight > 0
         result = self.model.bridge.answer_pass(torch.cat(tokens), prompts, answers,
-                                               stage.grounding_layer if grounding or gather else None)
+                                               stage.grounding_layer if stage.probes_language_model else None)
         for task, question_loss in zip(tasks, result.question_losses.tolist()):
             self._answer_losses.setdefault(task, []).append(question_loss)
         loss = stage.answer_loss_weight * result.loss
         metrics = {**dict.fromkeys(METRICS, 0.0), "loss_answer": float(result.loss.detach())}
         flat_prompts = [p for ps in prompts for p in ps]
-        if grounding:
+        if stage.grounding_loss_weight > 0:
             loss_grounding, errors = self.grounding_loss(result.hidden, flat_prompts, named)
             loss = loss + stage.grounding_loss_weight * loss_grounding
             metrics.update(loss_grounding=float(loss_grounding.detach()),
                            grounding_error_m=float(errors.mean()) if len(errors) else 0.0)
-        if gather:
+        if stage.gather_loss_weight > 0:
             loss_gather, errors = self.gather_loss(result.hidden, flat_prompts, named)
             loss = loss + stage.gather_loss_weight * loss_gather
             metrics.update(loss_gather=float(loss_gather.detach()),
