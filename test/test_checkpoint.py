@@ -1,4 +1,5 @@
 """VLM² checkpoint directories and presets over real-layout backbone checkpoints (tiny, random)."""
+import dataclasses
 import json
 
 import pytest
@@ -153,6 +154,22 @@ def test_objectness_readout_round_trips_and_config_changes_build_fresh_models_on
         load_model("tiny", checkpoint_dir=tmp_path / "ckpt", config_changes={"readout_pool": "mean"})
     with pytest.raises(ValueError, match="readout_pool"):
         load_model("tiny", use_shipped=False, config_changes={"readout_pool": "max"})
+
+
+def test_nested_config_changes_keep_the_rest_of_the_presets_component():
+    preset = preset_config("tiny")
+    model, _ = load_model("tiny", use_shipped=False, config_changes={
+        "bridge": {"choice_answer": "option_text"},
+        "memory": {"working": {"capacity": 3}}})
+    bridge = model.config.bridge
+    # only the named fields change: the tiny preset's standardised projector and sizes stay
+    assert bridge.choice_answer == "option_text"
+    assert bridge.standardize_memory
+    assert bridge == dataclasses.replace(preset.bridge, choice_answer=bridge.choice_answer, tiny_lm=bridge.tiny_lm)
+    assert model.config.memory.working.capacity == 3
+    assert model.config.memory.episodic == preset.memory.episodic
+    with pytest.raises(ValueError, match=r"unknown model config fields \['bridge.choice'\]"):
+        load_model("tiny", use_shipped=False, config_changes={"bridge": {"choice": "option_text"}})
 
 
 def test_load_model_without_checkpoint_reports_untrained_weights():

@@ -195,7 +195,7 @@ def load_model(preset: str = "tiny", *, checkpoint_dir: str | Path | None = None
     config = preset_config(preset, **({"backbone_dir": backbone_dir, "geometry_dir": geometry_dir}
                                       if PRESETS[preset].needs_backbones else {}))
     if config_changes:
-        config = dataclasses.replace(config, **config_changes)                # re-validates
+        config = config.with_changes(config_changes)
     if overrides is not None:
         config = overrides.apply(config)
     model = build_model(config)

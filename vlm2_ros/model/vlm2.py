@@ -15,6 +15,7 @@ geometry window's frame (consistent only within the window).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -58,6 +59,30 @@ class VLM2Config:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def with_changes(self, changes: dict) -> "VLM2Config":
+        """A copy with `changes` applied, re-validated. A nested mapping changes only the fields it
+        names, e.g. {bridge: {choice_answer: option_text}} keeps the rest of this bridge config
+        (a plain replace would rebuild the bridge from its class defaults)."""
+        return _changed(self, changes, "")
+
+
+def _changed(config, changes: dict, where: str):
+    if not isinstance(changes, dict):
+        raise ValueError(f"model config change {where or 'model'}: expected a mapping, got {changes!r}")
+    names = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(changes) - names)
+    if unknown:
+        raise ValueError(f"unknown model config fields {[f'{where}{u}' for u in unknown]}")
+    fields = {}
+    for name, value in changes.items():
+        current = getattr(config, name)
+        if isinstance(value, dict) and dataclasses.is_dataclass(current):
+            value = _changed(current, value, f"{where}{name}.")
+        elif isinstance(value, dict) and isinstance(current, dict):
+            value = {**current, **value}
+        fields[name] = value
+    return dataclasses.replace(config, **fields)
 
 
 @dataclass(frozen=True)
