@@ -156,20 +156,28 @@ def test_objectness_readout_round_trips_and_config_changes_build_fresh_models_on
         load_model("tiny", use_shipped=False, config_changes={"readout_pool": "max"})
 
 
-def test_nested_config_changes_keep_the_rest_of_the_presets_component():
+def test_nested_config_changes_keep_the_rest_of_the_presets_component(tmp_path):
     preset = preset_config("tiny")
     model, _ = load_model("tiny", use_shipped=False, config_changes={
-        "bridge": {"choice_answer": "option_text"},
+        "bridge": {"choice_answer": "option_text", "tiny_lm": {"tie_word_embeddings": False}},
         "memory": {"working": {"capacity": 3}}})
     bridge = model.config.bridge
     # only the named fields change: the tiny preset's standardised projector and sizes stay
-    assert bridge.choice_answer == "option_text"
+    assert bridge.choice_answer == "option_text" and bridge.tiny_lm == {"tie_word_embeddings": False}
     assert bridge.standardize_memory
     assert bridge == dataclasses.replace(preset.bridge, choice_answer=bridge.choice_answer, tiny_lm=bridge.tiny_lm)
     assert model.config.memory.working.capacity == 3
     assert model.config.memory.episodic == preset.memory.episodic
+    # an untied head is its own tensor, stored and loaded as such
+    assert model.bridge.lm_head.weight.data_ptr() != model.bridge.decoder.embed_tokens.weight.data_ptr()
+    save_checkpoint(model, tmp_path / "ckpt")
+    loaded, _ = load_checkpoint(tmp_path / "ckpt")
+    assert torch.equal(loaded.bridge.lm_head.weight, model.bridge.lm_head.weight)
+    assert not torch.equal(loaded.bridge.lm_head.weight, loaded.bridge.decoder.embed_tokens.weight)
     with pytest.raises(ValueError, match=r"unknown model config fields \['bridge.choice'\]"):
         load_model("tiny", use_shipped=False, config_changes={"bridge": {"choice": "option_text"}})
+    with pytest.raises(ValueError, match="unknown tiny LM settings"):
+        load_model("tiny", use_shipped=False, config_changes={"bridge": {"tiny_lm": {"tied": False}}})
 
 
 def test_load_model_without_checkpoint_reports_untrained_weights():

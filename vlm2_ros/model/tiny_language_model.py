@@ -165,8 +165,12 @@ def build_word_tokenizer(vocabulary: Iterable[str], extra_special_tokens: Iterab
                                    model_max_length=4096, padding_side="right")
 
 
+# tie_word_embeddings: the output head is the input embedding, as the shipped weights were trained.
+# Untied, the head is a matrix of its own: a from-scratch model then learns to copy a name from
+# the question into its answer far sooner (docs/design.md, "Where the comparison breaks").
 TINY_DEFAULTS = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                     intermediate_size=768, max_position_embeddings=4096, rope_theta=10000.0)
+                     intermediate_size=768, max_position_embeddings=4096, rope_theta=10000.0,
+                     tie_word_embeddings=True)
 
 
 def build_tiny_language_model(vocabulary: Iterable[str] | None = None, seed: int = 0, **overrides):
@@ -179,7 +183,7 @@ def build_tiny_language_model(vocabulary: Iterable[str] | None = None, seed: int
     settings = {**TINY_DEFAULTS, **overrides}
     tokenizer = build_word_tokenizer(default_vocabulary() if vocabulary is None else vocabulary)
     rope_theta = settings.pop("rope_theta")
-    config = LlamaConfig(vocab_size=len(tokenizer), tie_word_embeddings=True,
+    config = LlamaConfig(vocab_size=len(tokenizer),
                          rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, **settings)
