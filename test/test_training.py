@@ -110,6 +110,8 @@ def test_balanced_picks_take_every_task_in_turn():
      "set memory to one of"),
     ({"stages": [{"name": "x", "steps": 1, "train": ["bridge"], "gather_loss_weight": 1.0}]},
      "gather_loss_weight reads the language model"),
+    ({"stages": [{"name": "x", "steps": 1, "train": ["bridge"], "choice_loss_weight": 1.0}]},
+     "choice_loss_weight reads the language model"),
     ({"stages": [{"name": "x", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "memory": "stream",
                   "grounding_loss_weight": 1.0, "grounding_layer": -1}]}, "grounding_layer"),
     ({"stages": [{"name": n, "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "memory": "stream",
@@ -650,6 +652,47 @@ def test_gather_probe_reads_the_answer_position_for_the_objects_in_the_order_nam
     # a question naming no object alone in its category: nothing to gather, a zero loss
     loss, errors = trainer.gather_loss(hidden, ["How many chair(s) are in this room?"], [[]])
     assert float(loss) == 0.0 and len(errors) == 0
+
+
+def test_choice_probe_names_the_answers_slot_among_the_objects_named(data, tmp_path):
+    from vlm2_ros.engine.answer import build_prompt
+    from vlm2_ros.training.trainer import GATHERED_OBJECTS, Trainer
+
+    (tmp_path / "data").symlink_to(data)
+    config = write_config(tmp_path / "train.yaml", questions_per_task=2, memory_questions_per_task=2, stages=[{
+        "name": "choice", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "memory": "oracle",
+        "choice_loss_weight": 1.0, "episodes_per_step": 2, "questions_per_episode": 8,
+        "question_types": ["memory_object_pair"]}])
+    trainer = Trainer(load_train_config(config), progress=False)
+    loss, metrics = trainer.step_losses(trainer.config.stages[0])    # every pair question is scored
+    assert metrics["loss_choice"] > 0 and 0.0 <= metrics["choice_accuracy"] <= 1.0
+    loss.backward()
+    assert trainer.probes["choice"].weight.grad.abs().sum() > 0
+    bridge = trainer.model.bridge
+    question = "On the map, which lies further north: the chair or the table?"
+    prompt = build_prompt(question, ["table", "chair"])
+    named = [[("table", (3.0, 0.5, 0.4)), ("chair", (1.0, 2.0, 0.5))]]
+    hidden = torch.zeros(1, bridge.answer_position(prompt) + 3, bridge.hidden_size)
+    hidden[0, bridge.answer_position(prompt), 0] = 1.0          # only the answer position reaches the probe
+    probe = trainer.probes["choice"]
+    with torch.no_grad():
+        probe.weight.zero_()
+        probe.bias.zero_()
+        probe.weight[1, 0] = 50.0                                  # picks slot 1: the second object named
+    # the answer's letter is read through the listed options: B is the chair, named first (slot 0)
+    loss, hits = trainer.choice_loss(hidden, [prompt], ["B"], named)
+    assert float(loss) > 10 and hits.tolist() == [False]
+    loss, hits = trainer.choice_loss(hidden, [prompt], ["A"], named)   # the table, named second
+    assert float(loss) < 1e-6 and hits.tolist() == [True]
+    swapped = build_prompt(question.replace("chair or the table", "table or the chair"), ["table", "chair"])
+    loss, hits = trainer.choice_loss(hidden, [swapped], ["A"], named)   # named first now
+    assert hits.tolist() == [False]
+    hidden[0, bridge.answer_position(prompt), 0] = 0.0            # the probe reads no other position
+    assert trainer.choice_loss(hidden, [prompt], ["A"], named)[1].tolist() == [False]
+    assert probe.out_features == GATHERED_OBJECTS
+    # an answer that is no named object (a count, a direction): nothing to choose, a zero loss
+    loss, hits = trainer.choice_loss(hidden, ["How many chair(s) are in this room?"], ["3"], [[]])
+    assert float(loss) == 0.0 and len(hits) == 0
 
 
 def test_memory_reliance_reports_the_grounding_error_with_each_memory(data, tmp_path):

@@ -14,9 +14,10 @@ MEMORY_SOURCES = ("clip", "stream", "window", "oracle")
 SCENE_SOURCES = ("data", "generated")
 BRIDGE_SOURCES = ("stream", "oracle")     # memories built once per stage; only the language bridge learns
 LOSS_WEIGHTS = ("depth_loss_weight", "answer_loss_weight", "category_loss_weight", "position_loss_weight",
-                "point_loss_weight", "objectness_loss_weight", "grounding_loss_weight", "gather_loss_weight")
+                "point_loss_weight", "objectness_loss_weight", "grounding_loss_weight", "gather_loss_weight",
+                "choice_loss_weight")
 # The probes that read the language model's hidden states after grounding_layer layers.
-LANGUAGE_PROBE_WEIGHTS = ("grounding_loss_weight", "gather_loss_weight")
+LANGUAGE_PROBE_WEIGHTS = ("grounding_loss_weight", "gather_loss_weight", "choice_loss_weight")
 # Memory sources that train one module on one loss: (train, the loss weight that must be > 0, the
 # weights that may be > 0 beside it (every other must be 0), why).
 SINGLE_PURPOSE_SOURCES = {
@@ -83,6 +84,11 @@ class StageConfig:
     # grounding probe alone; carrying two looked-up positions to the answer, where they can be
     # compared, was not (a two-object comparison stayed at chance).
     gather_loss_weight: float = 0.0
+    # The choice at the answer: a third probe at the same place classifies which of the named
+    # objects (slot in the order the question names them, as for gather) the answer names, for
+    # the questions whose answer is one of them (pair, furthest, relative distance). With both
+    # positions gathered, the pair question's choice stayed at chance until it was taught.
+    choice_loss_weight: float = 0.0
     # Where the memory the questions read comes from. "clip": the sample's clip is unrolled with
     # gradients (every module can learn). "stream": built as at inference, from every frame up to
     # the question through the frozen perception and memory, once per stage; only the language

@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ..atomic_io import atomic_file, write_json_atomic
+from ..engine.answer import question_option_texts
 from ..engine.engine import SpatialMemoryEngine
 from ..engine.number_decoding import relative_accuracy
 from ..evaluation.model_predictor import stream_episode
@@ -56,8 +57,8 @@ STREAM_SAVE_EVERY = 50          # streamed samples between saves of the memory c
 PROBE_PREFIX = "probes."
 METRICS = ("loss_depth", "loss_category", "loss_position", "loss_point", "loss_objectness",   # logged every step
            "loss_answer", "loss_grounding", "category_accuracy", "position_error_m", "point_error_m",
-           "grounding_error_m", "loss_gather", "gather_error_m")
-PROBES = ("category", "position", "point", "grounding", "gather")   # training-only heads, each with its stage loss weight
+           "grounding_error_m", "loss_gather", "gather_error_m", "loss_choice", "choice_accuracy")
+PROBES = ("category", "position", "point", "grounding", "gather", "choice")   # training-only heads, each with its stage loss weight
 GATHERED_OBJECTS = 5        # the gather probe's slots: a relative-distance question names five objects
 
 
@@ -290,10 +291,12 @@ class Trainer:
                                            "grounding": torch.nn.Linear(self.model.bridge.hidden_size, 3),
                                            "gather": torch.nn.Linear(self.model.bridge.hidden_size,
                                                                      3 * GATHERED_OBJECTS),
+                                           "choice": torch.nn.Linear(self.model.bridge.hidden_size,
+                                                                     GATHERED_OBJECTS),
                                            }).to(config.device)
         if self._probe_state is not None:   # a run from before a later probe starts that one fresh
             missing, unexpected = self.probes.load_state_dict(self._probe_state, strict=False)
-            if unexpected or any(not k.startswith(("position.", "point.", "grounding.", "gather.")) for k in missing):
+            if unexpected or any(not k.startswith(("position.", "point.", "grounding.", "gather.", "choice.")) for k in missing):
                 raise ValueError(f"{self.out}: training state has probe tensors {unexpected} it should not, "
                                  f"or lacks {missing}")
         self.data = load_training_set(config.data, config.clip_frames, self.model.config.image_size,
@@ -724,6 +727,12 @@ class Trainer:
             loss = loss + stage.gather_loss_weight * loss_gather
             metrics.update(loss_gather=float(loss_gather.detach()),
                            gather_error_m=float(errors.mean()) if len(errors) else 0.0)
+        if stage.choice_loss_weight > 0:
+            loss_choice, hits = self.choice_loss(result.hidden, flat_prompts, [a for row in answers for a in row],
+                                                 named)
+            loss = loss + stage.choice_loss_weight * loss_choice
+            metrics.update(loss_choice=float(loss_choice.detach()),
+                           choice_accuracy=float(hits.float().mean()) if len(hits) else 0.0)
         return loss, metrics
 
     def grounding_loss(self, hidden: torch.Tensor, prompts: list[str],
@@ -752,24 +761,54 @@ class Trainer:
         """As grounding_loss, for the gather probe: at each question's last prompt token (hidden
         [Q,L,d]), the centres of the objects it names in the order it first names them (slot k:
         the k-th, up to GATHERED_OBJECTS); and each slot's error in metres [N]."""
-        bridge = self.model.bridge
         rows, slots, centres = [], [], []
         for row, (prompt, objects) in enumerate(zip(prompts, named)):
-            first = sorted((min(positions), centre) for category, centre in objects
-                           if (positions := bridge.phrase_positions(prompt, category)))
-            for slot, (_, centre) in enumerate(first[:GATHERED_OBJECTS]):
+            for slot, (_, centre) in enumerate(self.named_in_order(prompt, objects)):
                 rows.append(row)
                 slots.append(slot)
                 centres.append(centre)
         if not rows:
             return hidden.sum() * 0.0, hidden.new_zeros(0)
-        answer_at = torch.tensor([bridge.answer_position(p) for p in prompts], device=hidden.device)
-        states = hidden[torch.arange(len(prompts), device=hidden.device), answer_at]            # [Q,d]
-        predicted = self.probes["gather"](states).view(len(prompts), GATHERED_OBJECTS, 3)[rows, slots]   # [N,3]
+        predicted = self.probes["gather"](self.answer_states(hidden, prompts))                 # [Q,5*3]
+        predicted = predicted.view(len(prompts), GATHERED_OBJECTS, 3)[rows, slots]            # [N,3]
         scale = self.model.config.fusion.position_scale_m
         target = torch.tensor(centres, device=hidden.device) / scale                           # [N,3]
         loss = (predicted - target).square().sum(dim=-1).mean()
         return loss, (predicted.detach() - target).norm(dim=-1) * scale
+
+    def choice_loss(self, hidden: torch.Tensor, prompts: list[str], answers: list[str],
+                    named: list[list[tuple[str, tuple[float, float, float]]]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy of the choice probe: at each question's last prompt token (hidden [Q,L,d]),
+        which of the objects it names (slot in the order named, as for gather_loss) its answer
+        names; and whether the probe's pick was right [N], for the N questions whose answer (a
+        letter's option text, or the text itself) is one of their named objects."""
+        rows, slots = [], []
+        for row, (prompt, answer, objects) in enumerate(zip(prompts, answers, named)):
+            text = question_option_texts(prompt).get(answer.strip(), answer.strip())
+            order = [category for category, _ in self.named_in_order(prompt, objects)]
+            if text in order:
+                rows.append(row)
+                slots.append(order.index(text))
+        if not rows:
+            return hidden.sum() * 0.0, torch.zeros(0, dtype=torch.bool)
+        logits = self.probes["choice"](self.answer_states(hidden, [prompts[r] for r in rows], rows))   # [N,5]
+        target = torch.tensor(slots, device=hidden.device)
+        return F.cross_entropy(logits, target), (logits.detach().argmax(dim=-1) == target).cpu()
+
+    def named_in_order(self, prompt: str, objects: list[tuple[str, tuple[float, float, float]]]) -> list:
+        """The (category, centre) of the objects `prompt` names, in the order it first names them,
+        up to GATHERED_OBJECTS (the gather and choice probes' slots)."""
+        bridge = self.model.bridge
+        first = sorted((min(positions), category, centre) for category, centre in objects
+                       if (positions := bridge.phrase_positions(prompt, category)))
+        return [(category, centre) for _, category, centre in first[:GATHERED_OBJECTS]]
+
+    def answer_states(self, hidden: torch.Tensor, prompts: list[str], rows: list[int] | None = None) -> torch.Tensor:
+        """[len(prompts),d]: each prompt's hidden state at its last prompt token, from hidden's row
+        `rows[i]` (default: row i)."""
+        rows = range(len(prompts)) if rows is None else rows
+        at = torch.tensor([self.model.bridge.answer_position(p) for p in prompts], device=hidden.device)
+        return hidden[torch.tensor(list(rows), device=hidden.device), at]
 
     def run(self) -> Path:
         c = self.config
