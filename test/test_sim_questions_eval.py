@@ -122,12 +122,14 @@ def test_memory_questions_are_answered_by_the_scene_alone():
             assert len(options) == len(set(options)) == OPTIONS[r["question_type"]]
             if r["question_type"] in ("memory_object_extreme", "memory_object_pair"):
                 picks = [next(x for x in sc.objects if x.id == i) for i in r["object_ids"]]
+                assert r["direction"] == _compass(r)          # recorded for the training's direction probe
                 axis, sign = {"east": (0, 1), "west": (0, -1), "north": (1, 1), "south": (1, -1)}[_compass(r)]
                 best, runner_up = sorted(picks, key=lambda x: -sign * x.center[axis])[:2]
                 assert sign * (best.center[axis] - runner_up.center[axis]) >= 0.5
                 assert r["answer_value"] == best.category and sorted(options) == sorted(x.category for x in picks)
                 assert all(c in r["question"] for c in options)
             else:
+                assert "direction" not in r
                 (o,) = (x for x in sc.objects if x.id == r["object_ids"][0])
                 east, north = o.center[0] > sc.room.width / 2, o.center[1] > sc.room.depth / 2
                 assert r["answer_value"] == ("north" if north else "south") + "-" + ("east" if east else "west")

@@ -112,6 +112,8 @@ def test_balanced_picks_take_every_task_in_turn():
      "gather_loss_weight reads the language model"),
     ({"stages": [{"name": "x", "steps": 1, "train": ["bridge"], "choice_loss_weight": 1.0}]},
      "choice_loss_weight reads the language model"),
+    ({"stages": [{"name": "x", "steps": 1, "train": ["bridge"], "direction_loss_weight": 1.0}]},
+     "direction_loss_weight reads the language model"),
     ({"stages": [{"name": "x", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "memory": "stream",
                   "grounding_loss_weight": 1.0, "grounding_layer": -1}]}, "grounding_layer"),
     ({"stages": [{"name": n, "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "memory": "stream",
@@ -693,6 +695,44 @@ def test_choice_probe_names_the_answers_slot_among_the_objects_named(data, tmp_p
     # an answer that is no named object (a count, a direction): nothing to choose, a zero loss
     loss, hits = trainer.choice_loss(hidden, ["How many chair(s) are in this room?"], ["3"], [[]])
     assert float(loss) == 0.0 and len(hits) == 0
+
+
+def test_direction_probe_classifies_the_compass_word_a_comparison_asks(data, tmp_path):
+    from vlm2_ros.sim.questions import COMPASS
+    from vlm2_ros.training.trainer import Trainer
+
+    (tmp_path / "data").symlink_to(data)
+    config = write_config(tmp_path / "train.yaml", questions_per_task=2, memory_questions_per_task=2, stages=[{
+        "name": "direction", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "memory": "oracle",
+        "direction_loss_weight": 1.0, "episodes_per_step": 2, "questions_per_episode": 8,
+        "question_types": ["memory_object_pair", "memory_object_quadrant"]}])
+    trainer = Trainer(load_train_config(config), progress=False)
+    # the samples carry each question's asked direction: the comparisons one, the quarter none
+    for sample in trainer.data:
+        for task, prompt, direction in zip(sample.tasks, sample.prompts, sample.directions):
+            assert (direction is not None) == (task in ("memory_object_pair", "memory_object_extreme"))
+            assert direction is None or f" {direction}" in prompt.split("\n")[0]
+    loss, metrics = trainer.step_losses(trainer.config.stages[0])
+    assert metrics["loss_direction"] > 0 and 0.0 <= metrics["direction_accuracy"] <= 1.0
+    loss.backward()
+    assert trainer.probes["direction"].weight.grad.abs().sum() > 0
+    bridge = trainer.model.bridge
+    prompts = ["On the map, which lies further north: the chair or the table?", "Which quarter is the sofa in?"]
+    length = max(bridge.answer_position(p) for p in prompts) + 3
+    hidden = torch.zeros(2, length, bridge.hidden_size)
+    hidden[0, bridge.answer_position(prompts[0]), 0] = 1.0     # only the answer position reaches the probe
+    probe = trainer.probes["direction"]
+    with torch.no_grad():
+        probe.weight.zero_()
+        probe.bias.zero_()
+        probe.weight[list(COMPASS).index("north"), 0] = 50.0
+    loss, hits = trainer.direction_loss(hidden, prompts, ["north", None])   # the quarter asks none: skipped
+    assert float(loss) < 1e-6 and hits.tolist() == [True]
+    assert trainer.direction_loss(hidden, prompts, ["south", None])[1].tolist() == [False]
+    hidden[0, bridge.answer_position(prompts[0]), 0] = 0.0
+    assert trainer.direction_loss(hidden, prompts, ["north", None])[1].tolist() == [False]
+    loss, hits = trainer.direction_loss(hidden, prompts, [None, None])
+    assert float(loss) == 0.0 and len(hits) == 0 and probe.out_features == len(COMPASS)
 
 
 def test_memory_reliance_reports_the_grounding_error_with_each_memory(data, tmp_path):

@@ -180,7 +180,7 @@ class QuestionGenerator:
         return t[self.rng.integers(len(t))]
 
     def _add(self, task: str, question: str, ground_truth, *, options: list[str] | None = None,
-             object_ids=(), value=None) -> None:
+             object_ids=(), value=None, direction: str | None = None) -> None:
         rec = {"id": f"{self.episode_id}/{len(self.records):03d}", "dataset": DATASET,
                "scene_name": self.scene.name, "question_type": task, "question": question,
                "options": options, "ground_truth": str(ground_truth), "episode_id": self.episode_id,
@@ -188,16 +188,19 @@ class QuestionGenerator:
                "object_ids": [int(i) for i in object_ids]}
         if value is not None:
             rec["answer_value"] = value
+        if direction is not None:
+            rec["direction"] = direction      # the COMPASS word asked (memory comparisons; a training probe reads it)
         self.records.append(rec)
 
-    def _mc(self, task: str, question: str, correct: str, distractors: list[str], object_ids=()) -> None:
+    def _mc(self, task: str, question: str, correct: str, distractors: list[str], object_ids=(),
+            direction: str | None = None) -> None:
         """Options with the correct one at a uniformly random letter."""
         k = len(distractors) + 1
         pos = LETTERS.index(self.balancer.pick(task, "letter", LETTERS[:k], self.rng))
         others = list(self.rng.permutation(distractors)) if distractors else []
         opts = others[:pos] + [correct] + others[pos:]
         self._add(task, question, LETTERS[pos], options=[f"{LETTERS[i]}. {o}" for i, o in enumerate(opts)],
-                  object_ids=object_ids, value=correct)
+                  object_ids=object_ids, value=correct, direction=direction)
 
     # -- tasks --------------------------------------------------------------------------------
     def counting(self, n: int) -> None:
@@ -352,7 +355,7 @@ class QuestionGenerator:
         for k, (best, picks) in self._balanced_picks("memory_object_extreme", by_class, n):
             q = self._template("memory_object_extreme").format(d=k, opts=", ".join(o.category for o in picks))
             self._mc("memory_object_extreme", q, best.category, [o.category for o in picks if o is not best],
-                     [o.id for o in picks])
+                     [o.id for o in picks], direction=k)
 
     def object_pair(self, n: int) -> None:
         """Which of two objects lies further along a compass direction: the comparison of the
@@ -366,7 +369,8 @@ class QuestionGenerator:
         for k, (further, other) in self._balanced_picks("memory_object_pair", by_class, n):
             first, second = (further, other) if self.rng.random() < 0.5 else (other, further)
             q = self._template("memory_object_pair").format(d=k, a=first.category, b=second.category)
-            self._mc("memory_object_pair", q, further.category, [other.category], [further.id, other.id])
+            self._mc("memory_object_pair", q, further.category, [other.category], [further.id, other.id],
+                     direction=k)
 
     def object_quadrant(self, n: int) -> None:
         room = self.scene.room

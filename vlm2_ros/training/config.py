@@ -15,9 +15,10 @@ SCENE_SOURCES = ("data", "generated")
 BRIDGE_SOURCES = ("stream", "oracle")     # memories built once per stage; only the language bridge learns
 LOSS_WEIGHTS = ("depth_loss_weight", "answer_loss_weight", "category_loss_weight", "position_loss_weight",
                 "point_loss_weight", "objectness_loss_weight", "grounding_loss_weight", "gather_loss_weight",
-                "choice_loss_weight")
+                "choice_loss_weight", "direction_loss_weight")
 # The probes that read the language model's hidden states after grounding_layer layers.
-LANGUAGE_PROBE_WEIGHTS = ("grounding_loss_weight", "gather_loss_weight", "choice_loss_weight")
+LANGUAGE_PROBE_WEIGHTS = ("grounding_loss_weight", "gather_loss_weight", "choice_loss_weight",
+                          "direction_loss_weight")
 # Memory sources that train one module on one loss: (train, the loss weight that must be > 0, the
 # weights that may be > 0 beside it (every other must be 0), why).
 SINGLE_PURPOSE_SOURCES = {
@@ -89,6 +90,10 @@ class StageConfig:
     # the questions whose answer is one of them (pair, furthest, relative distance). With both
     # positions gathered, the pair question's choice stayed at chance until it was taught.
     choice_loss_weight: float = 0.0
+    # What is asked, at the same place: a fourth probe classifies the compass direction (sim.questions
+    # COMPASS) a memory comparison asks (pair, furthest). The choice is the extreme along it; before
+    # this probe the asked direction could be read at no position and layer (21-27 % of four).
+    direction_loss_weight: float = 0.0
     # Where the memory the questions read comes from. "clip": the sample's clip is unrolled with
     # gradients (every module can learn). "stream": built as at inference, from every frame up to
     # the question through the frozen perception and memory, once per stage; only the language
@@ -220,7 +225,7 @@ class TrainConfig:
                 raise TrainConfigError(f"stage {stage.name!r}: question_types names memory tasks, which generated "
                                        "scenes ask memory_questions_per_task of; set it > 0")
         if len({s.grounding_layer for s in self.stages if s.probes_language_model}) > 1:
-            raise TrainConfigError("the stages that train the grounding, gather or choice probe read different "
+            raise TrainConfigError("the stages that train the grounding, gather, choice or direction probe read different "
                                    "grounding_layer values; there is one probe of each: give them the same layer")
         from ..model.vlm2 import VLM2Config
         unknown = sorted(set(self.model) - {f.name for f in dataclasses.fields(VLM2Config)})

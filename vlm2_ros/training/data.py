@@ -41,6 +41,7 @@ class TrainingEpisode:
     # per question: (category, world centre in metres) of each object it names that is alone in its
     # category in the scene, so its name in the question means that one object
     named_objects: list[list[tuple[str, tuple[float, float, float]]]]
+    directions: list[str | None]   # per question: the compass word a memory comparison asks, else None
     path: str                   # the episode directory (every frame, for streamed memories)
     asked_at: int               # frame index the questions are asked at
     stream_key: str             # which frames a streamed memory holds: the episode's content and asked_at
@@ -102,11 +103,13 @@ def oracle_memory(scene: Scene, visibility: dict[int, tuple[int, int, int]], ask
     return memory
 
 
-def question_fields(scene: Scene, questions: list[dict]) -> tuple[list[str], list[str], list[str], list]:
+def question_fields(scene: Scene, questions: list[dict]) -> tuple[list[str], list[str], list[str], list, list]:
     """A sample's question fields from question records (AskedQuestions): the prompts as the model
-    reads them, the ground truths as answer text, the question types and each one's named objects."""
+    reads them, the ground truths as answer text, the question types, each one's named objects and
+    the compass direction it asks (None for all but the memory comparisons)."""
     return ([format_prompt(q) for q in questions], [str(q["ground_truth"]) for q in questions],
-            [str(q["question_type"]) for q in questions], [named_objects(scene, q) for q in questions])
+            [str(q["question_type"]) for q in questions], [named_objects(scene, q) for q in questions],
+            [q.get("direction") for q in questions])
 
 
 class AskedQuestions(Protocol):
@@ -115,6 +118,7 @@ class AskedQuestions(Protocol):
     answers: list[str]
     tasks: list[str]
     named_objects: list[list[tuple[str, tuple[float, float, float]]]]
+    directions: list[str | None]
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,7 @@ class GeneratedSample:
     answers: list[str]
     tasks: list[str]
     named_objects: list[list[tuple[str, tuple[float, float, float]]]]
+    directions: list[str | None]
 
 
 def generated_scene_seed(run_seed: int, step: int, index: int) -> int:

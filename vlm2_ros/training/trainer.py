@@ -45,7 +45,7 @@ from ..model.memory_readout import mean_pool
 from ..model.provenance import Provenance
 from ..model.vlm2 import VLM2Model
 from ..sim.episode import EpisodeDir
-from ..sim.questions import LETTERS, MEMORY_TASKS
+from ..sim.questions import COMPASS, LETTERS, MEMORY_TASKS
 from ..sim.scene import SEMANTIC_CLASSES
 from .config import BRIDGE_SOURCES, MODULES, StageConfig, TrainConfig, TrainConfigError
 from .data import (AskedQuestions, GeneratedSample, TrainingEpisode, generated_oracle_sample, generated_scene_seed,
@@ -57,8 +57,8 @@ STREAM_SAVE_EVERY = 50          # streamed samples between saves of the memory c
 PROBE_PREFIX = "probes."
 METRICS = ("loss_depth", "loss_category", "loss_position", "loss_point", "loss_objectness",   # logged every step
            "loss_answer", "loss_grounding", "category_accuracy", "position_error_m", "point_error_m",
-           "grounding_error_m", "loss_gather", "gather_error_m", "loss_choice", "choice_accuracy")
-PROBES = ("category", "position", "point", "grounding", "gather", "choice")   # training-only heads, each with its stage loss weight
+           "grounding_error_m", "loss_gather", "gather_error_m", "loss_choice", "choice_accuracy", "loss_direction", "direction_accuracy")
+PROBES = ("category", "position", "point", "grounding", "gather", "choice", "direction")   # training-only heads, each with its stage loss weight
 GATHERED_OBJECTS = 5        # the gather probe's slots: a relative-distance question names five objects
 
 
@@ -293,10 +293,11 @@ class Trainer:
                                                                      3 * GATHERED_OBJECTS),
                                            "choice": torch.nn.Linear(self.model.bridge.hidden_size,
                                                                      GATHERED_OBJECTS),
+                                           "direction": torch.nn.Linear(self.model.bridge.hidden_size, len(COMPASS)),
                                            }).to(config.device)
         if self._probe_state is not None:   # a run from before a later probe starts that one fresh
             missing, unexpected = self.probes.load_state_dict(self._probe_state, strict=False)
-            if unexpected or any(not k.startswith(("position.", "point.", "grounding.", "gather.", "choice.")) for k in missing):
+            if unexpected or any(not k.startswith(("position.", "point.", "grounding.", "gather.", "choice.", "direction.")) for k in missing):
                 raise ValueError(f"{self.out}: training state has probe tensors {unexpected} it should not, "
                                  f"or lacks {missing}")
         self.data = load_training_set(config.data, config.clip_frames, self.model.config.image_size,
@@ -702,7 +703,7 @@ class Trainer:
         """The samples' questions (TrainingEpisode or GeneratedSample) in one teacher-forced batch
         over their memories [1,M,C] each (streamed or oracle, the stage's memory), and with
         grounding_loss_weight the grounding probe's loss on the objects they name."""
-        tokens, prompts, answers, named, tasks = [], [], [], [], []
+        tokens, prompts, answers, named, tasks, directions = [], [], [], [], [], []
         for memory, sample in zip(memories, samples):
             asked = pick_questions(sample.tasks, questions, self.rng, stage.balance_tasks, stage.question_types)
             tokens.append(memory)
@@ -710,6 +711,7 @@ class Trainer:
             answers.append([sample.answers[i] for i in asked])
             named += [sample.named_objects[i] for i in asked]
             tasks += [sample.tasks[i] for i in asked]
+            directions += [sample.directions[i] for i in asked]
         result = self.model.bridge.answer_pass(torch.cat(tokens), prompts, answers,
                                                stage.grounding_layer if stage.probes_language_model else None)
         for task, question_loss in zip(tasks, result.question_losses.tolist()):
@@ -733,6 +735,11 @@ class Trainer:
             loss = loss + stage.choice_loss_weight * loss_choice
             metrics.update(loss_choice=float(loss_choice.detach()),
                            choice_accuracy=float(hits.float().mean()) if len(hits) else 0.0)
+        if stage.direction_loss_weight > 0:
+            loss_direction, hits = self.direction_loss(result.hidden, flat_prompts, directions)
+            loss = loss + stage.direction_loss_weight * loss_direction
+            metrics.update(loss_direction=float(loss_direction.detach()),
+                           direction_accuracy=float(hits.float().mean()) if len(hits) else 0.0)
         return loss, metrics
 
     def grounding_loss(self, hidden: torch.Tensor, prompts: list[str],
@@ -793,6 +800,18 @@ class Trainer:
             return hidden.sum() * 0.0, torch.zeros(0, dtype=torch.bool)
         logits = self.probes["choice"](self.answer_states(hidden, [prompts[r] for r in rows], rows))   # [N,5]
         target = torch.tensor(slots, device=hidden.device)
+        return F.cross_entropy(logits, target), (logits.detach().argmax(dim=-1) == target).cpu()
+
+    def direction_loss(self, hidden: torch.Tensor, prompts: list[str],
+                       directions: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy of the direction probe: at each question's last prompt token (hidden
+        [Q,L,d]), which COMPASS direction it asks; and whether the probe's pick was right [N], for
+        the N questions that ask one (the memory comparisons)."""
+        rows = [row for row, direction in enumerate(directions) if direction is not None]
+        if not rows:
+            return hidden.sum() * 0.0, torch.zeros(0, dtype=torch.bool)
+        logits = self.probes["direction"](self.answer_states(hidden, [prompts[r] for r in rows], rows))   # [N,4]
+        target = torch.tensor([list(COMPASS).index(directions[r]) for r in rows], device=hidden.device)
         return F.cross_entropy(logits, target), (logits.detach().argmax(dim=-1) == target).cpu()
 
     def named_in_order(self, prompt: str, objects: list[tuple[str, tuple[float, float, float]]]) -> list:
