@@ -171,6 +171,12 @@ def test_two_stage_run_writes_a_checkpoint_and_resumes(data, tmp_path):
     saved = load_file(str(run / "train_state.safetensors"))
     for name in ("category", "position"):                 # the training-only probes resume too
         assert torch.equal(probes[name].weight, saved[f"probes.{name}.weight"])
+    # a stage changed under a run stopped inside it: its optimizer state no longer fits, said plainly
+    changed = yaml.safe_load(config.read_text())
+    changed["stages"][1]["category_loss_weight"] = 1.0
+    (tmp_path / "changed.yaml").write_text(yaml.safe_dump(changed))
+    with pytest.raises(SystemExit, match="'answering': the run stopped at its step 2 .* add a stage"):
+        main(["train", "--config", str(tmp_path / "changed.yaml"), "--resume"])
     assert main(["train", "--config", str(config), "--resume"]) == 0
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows][-1] == 5

@@ -840,6 +840,13 @@ class Trainer:
             params = self.trainable_parameters(stage)
             optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=c.weight_decay)
             if self._optimizer_state is not None:          # resuming inside this stage
+                saved = len(self._optimizer_state["param_groups"][0]["params"])
+                if saved != len(params):
+                    raise TrainConfigError(
+                        f"stage {stage.name!r}: the run stopped at its step {self.stage_step} training {saved} "
+                        f"tensors, and the config now trains {len(params)} (its modules or probe loss weights "
+                        f"changed); a stage's optimizer state resumes only as it was: change the stages "
+                        f"after it, or add a stage")
                 optimizer.load_state_dict(self._optimizer_state)
                 self._optimizer_state = None
             schedule = lambda s, st=stage: min(1.0, (s + 1) / max(1, st.warmup_steps)) * 0.5 * (  # noqa: E731
