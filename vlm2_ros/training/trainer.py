@@ -900,8 +900,11 @@ def plot_curves(log_path: Path, png: Path) -> None:
               ("point_error_m", "patch world point: error (m)"),
               ("loss_objectness", "readout objectness: cross-entropy"),
               ("loss_answer", "answer tokens: cross-entropy"),
-              ("grounding_error_m", "grounding probe at named objects: error (m)"))
-    fig, axes = plt.subplots(2, 4, figsize=(20, 7.6))
+              ("grounding_error_m", "grounding probe at named objects: error (m)"),
+              ("gather_error_m", "gather probe at the answer: error (m)"),
+              ("choice_accuracy", "choice probe at the answer: accuracy"),
+              ("direction_accuracy", "direction probe at the answer: accuracy"))
+    fig, axes = plt.subplots(3, 4, figsize=(20, 11.4))
     by_type = axes.flat[len(panels)]
     for task in dict.fromkeys(t for r in rows for t in r.get("loss_answer_by_type", {})):
         points = [(r["step"], r["loss_answer_by_type"][task]) for r in rows if task in r.get("loss_answer_by_type", {})]
@@ -914,7 +917,9 @@ def plot_curves(log_path: Path, png: Path) -> None:
             if points:
                 ax.plot(*zip(*points), label=stage)
         ax.set(xlabel="step", title=title)
-    for ax in axes.flat:
+    for ax in axes.flat[len(panels) + 1:]:       # the grid's spare cells
+        ax.remove()
+    for ax in axes.flat[:len(panels) + 1]:
         if ax.lines:
             ax.legend(fontsize=8)
         else:                        # a loss no stage of this run weighs
