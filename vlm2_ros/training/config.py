@@ -225,8 +225,9 @@ class TrainConfig:
                 raise TrainConfigError(f"stage {stage.name!r}: question_types names memory tasks, which generated "
                                        "scenes ask memory_questions_per_task of; set it > 0")
         if len({s.grounding_layer for s in self.stages if s.probes_language_model}) > 1:
-            raise TrainConfigError("the stages that train the grounding, gather, choice or direction probe read different "
-                                   "grounding_layer values; there is one probe of each: give them the same layer")
+            raise TrainConfigError("the stages that train the grounding, gather, choice or direction probe read "
+                                   "different grounding_layer values; there is one probe of each: give them the "
+                                   "same layer")
         from ..model.vlm2 import VLM2Config
         unknown = sorted(set(self.model) - {f.name for f in dataclasses.fields(VLM2Config)})
         if unknown:
