@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from vlm2_ros.model.hf_backbone import BackboneLoader
-from vlm2_ros.model.language_bridge import LanguageBridge, LanguageBridgeConfig, PromptBatch
+from vlm2_ros.model.language_bridge import LanguageBridge, LanguageBridgeConfig, PromptBatch, memory_relevance
 from vlm2_ros.model.semantic_encoder import SemanticEncoder, SemanticEncoderConfig
 from vlm2_ros.model.tiny_checkpoints import save_tiny_llava_onevision, save_tiny_qwen2_5_vl
 from vlm2_ros.model.tiny_language_model import (DEFAULT_WORDS, build_tiny_language_model, build_word_tokenizer,
@@ -182,6 +182,14 @@ def test_option_scores_are_the_teacher_forced_log_likelihoods(bridge_name, reque
     with torch.no_grad():
         expected = [-float(bridge.loss(mem, [question], [o])) * len(bridge.answer_ids(o)) for o in options]
     assert torch.allclose(scored.log_likelihoods, torch.tensor(expected), atol=1e-4)
+    # the memory's relevance as a whole prompt's forward pass gives it (plain positions score the
+    # options over one run of the memory prefix)
+    batch = bridge.encode_prompts(8, [question], [options[0]])
+    with torch.no_grad():
+        hidden = bridge._hidden(mem, batch).last_hidden_state[0]
+    first_answer = int((batch.labels[0] != -100).nonzero()[0])
+    relevance = memory_relevance(hidden[batch.memory_start:batch.memory_start + 8], hidden[first_answer - 1])
+    assert torch.allclose(scored.memory_relevance, relevance, atol=1e-5)
     assert scored.memory_relevance.shape == (8,) and abs(float(scored.memory_relevance.sum()) - 1) < 1e-5
     with pytest.raises(ValueError, match="one memory set"):
         bridge.score_options(memory(8, bridge.config.memory_dim), question, options)

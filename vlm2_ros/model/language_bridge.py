@@ -373,18 +373,37 @@ class LanguageBridge(nn.Module):
             start = batch.memory_start + batch.num_memory
             return AnswerPass(*self._answer_losses(out.last_hidden_state, batch.labels),
                               out.hidden_states[hidden_layer][:, start:] if states else None)
+        cache, p, _ = self._memory_prefix(memory_tokens, repeat)
+        suffix, labels, mask = self._suffix_batch(flat_questions, flat_answers, p, device)
+        out = self.decoder(input_ids=suffix, attention_mask=mask, past_key_values=cache, use_cache=True,
+                           position_ids=(p + torch.arange(suffix.shape[1], device=device)).expand(len(suffix), -1),
+                           output_hidden_states=states)                            # [Q,L,d]
+        return AnswerPass(*self._answer_losses(out.last_hidden_state, labels),
+                          out.hidden_states[hidden_layer] if states else None)
+
+    def _memory_prefix(self, memory_tokens: torch.Tensor, repeat: torch.Tensor):
+        """Plain positions only: the prompt up to the end of the memory, run once per memory set
+        [E,M,C]. Returns its keys/values with row i holding set repeat[i] ([Q,...] per layer), the
+        prefix length p, and the final hidden states of the sets' memory tokens [E,M,d]."""
         sets, num_memory = memory_tokens.shape[:2]
+        device = memory_tokens.device
         prefix_ids = torch.tensor([self._prefix + [self.placeholder_id] * num_memory], device=device).expand(sets, -1)
         p = prefix_ids.shape[1]
         prefix = PromptBatch(prefix_ids, torch.ones_like(prefix_ids), torch.full_like(prefix_ids, -100),
                              len(self._prefix), num_memory)
-        cache = self.decoder(inputs_embeds=self._inputs_embeds(memory_tokens, prefix),
-                             attention_mask=prefix.attention_mask,
-                             position_ids=torch.arange(p, device=device).expand(sets, -1),
-                             use_cache=True).past_key_values
-        cache.batch_select_indices(repeat)                                          # [Q,...] per layer
+        out = self.decoder(inputs_embeds=self._inputs_embeds(memory_tokens, prefix),
+                           attention_mask=prefix.attention_mask,
+                           position_ids=torch.arange(p, device=device).expand(sets, -1), use_cache=True)
+        cache = out.past_key_values
+        cache.batch_select_indices(repeat)
+        return cache, p, out.last_hidden_state[:, len(self._prefix):]
+
+    def _suffix_batch(self, questions: list[str], answers: list[str], p: int, device):
+        """The rows after a p-token memory prefix: each question's tokens then its answer's target
+        tokens, right-padded. Returns ids [Q,L], labels [Q,L] (-100 off the answer) and the
+        attention mask over prefix and row [Q,p+L]."""
         rows, label_rows = [], []
-        for question, answer in zip(flat_questions, flat_answers):
+        for question, answer in zip(questions, answers):
             ids, target = self._question_ids(question), self.target_ids(question, answer)
             rows.append(ids + target)
             label_rows.append([-100] * len(ids) + target)
@@ -397,12 +416,7 @@ class LanguageBridge(nn.Module):
             suffix[i, :len(ids)] = torch.tensor(ids)
             labels[i, :len(lab)] = torch.tensor(lab)
             mask[i, p:p + len(ids)] = 1
-        suffix, labels, mask = suffix.to(device), labels.to(device), mask.to(device)
-        out = self.decoder(input_ids=suffix, attention_mask=mask, past_key_values=cache, use_cache=True,
-                           position_ids=(p + torch.arange(length, device=device)).expand(len(rows), -1),
-                           output_hidden_states=states)                            # [Q,L,d]
-        return AnswerPass(*self._answer_losses(out.last_hidden_state, labels),
-                          out.hidden_states[hidden_layer] if states else None)
+        return suffix.to(device), labels.to(device), mask.to(device)
 
     def answer_position(self, question: str) -> int:
         """The index, in answer_pass's row of `question`, of its last prompt token: the one whose
@@ -430,15 +444,27 @@ class LanguageBridge(nn.Module):
     def score_options(self, memory_tokens: torch.Tensor, question: str, options: list[str],
                       entry_grid: tuple[int, int] | None = None) -> ScoredOptions:
         """Log-likelihood of each option's text (and EOS) as the answer to `question`, for one
-        memory set [1,M,C_in]: every option runs as a row of one teacher-forced batch."""
+        memory set [1,M,C_in]: every option runs as a row of one teacher-forced batch. With plain
+        positions the prompt up to the end of the memory runs once for all options (answer_pass)."""
         if memory_tokens.ndim != 3 or memory_tokens.shape[0] != 1:
             raise ValueError(f"score_options takes one memory set [1,M,C], got {tuple(memory_tokens.shape)}")
         if not options:
             raise ValueError("no options to score")
-        batch = self.encode_prompts(memory_tokens.shape[1], [question] * len(options), list(options),
-                                    memory_tokens.device)
-        hidden = self._hidden(memory_tokens.expand(len(options), -1, -1), batch, entry_grid).last_hidden_state
-        targets = batch.labels[:, 1:]                                                # [K,L-1]
+        device = memory_tokens.device
+        if self._rope_index is None:
+            cache, p, memory_hidden = self._memory_prefix(memory_tokens, torch.zeros(len(options), dtype=torch.long,
+                                                                                    device=device))
+            suffix, labels, mask = self._suffix_batch([question] * len(options), list(options), p, device)
+            hidden = self.decoder(input_ids=suffix, attention_mask=mask, past_key_values=cache,
+                                  position_ids=(p + torch.arange(suffix.shape[1], device=device)).expand(
+                                      len(options), -1)).last_hidden_state                  # [K,L,d]
+            keys = memory_hidden[0]                                                         # [M,d]
+        else:
+            batch = self.encode_prompts(memory_tokens.shape[1], [question] * len(options), list(options), device)
+            hidden = self._hidden(memory_tokens.expand(len(options), -1, -1), batch, entry_grid).last_hidden_state
+            labels = batch.labels
+            keys = hidden[0, batch.memory_start:batch.memory_start + batch.num_memory]
+        targets = labels[:, 1:]                                                      # [K,L-1]
         keep = targets != -100
         # logits at the answer positions only: a large vocabulary over the whole prompt is big
         logp = torch.log_softmax(self.lm_head(hidden[:, :-1][keep]).float(), dim=-1)   # [T,V]
@@ -446,8 +472,7 @@ class LanguageBridge(nn.Module):
         rows = keep.nonzero()[:, 0]
         log_likelihoods = torch.zeros(len(options), device=logp.device).index_add_(0, rows, token_logp)
         # the memory's relevance to the answer, as generate measures it, at the first answer token
-        s, m = batch.memory_start, batch.num_memory
-        relevance = memory_relevance(hidden[0, s:s + m], hidden[0, int(keep[0].nonzero()[0])])
+        relevance = memory_relevance(keys, hidden[0, int(keep[0].nonzero()[0])])
         return ScoredOptions(log_likelihoods.cpu(), relevance.cpu())
 
     def listed_options(self, question: str) -> dict[str, str]:

@@ -399,17 +399,18 @@ class Trainer:
         with torch.no_grad():
             for own, other in zip(picks, np.roll(picks, 1)):
                 sample = self.data[int(own)]
-                for prompt, answer, task, named in zip(sample.prompts, sample.answers, sample.tasks,
-                                                       sample.named_objects):
-                    passes = [bridge.answer_pass(memories[int(m)], [[prompt]], [[answer]], grounding_layer)
-                              for m in (own, other)]
+                # all of a sample's questions in one pass per memory (the memory prefix runs once)
+                passes = [bridge.answer_pass(memories[int(m)], [sample.prompts], [sample.answers], grounding_layer)
+                          for m in (own, other)]
+                for i, (prompt, answer, task, named) in enumerate(zip(sample.prompts, sample.answers, sample.tasks,
+                                                                      sample.named_objects)):
                     for key in (task, "all"):
-                        losses.setdefault(key, []).append(tuple(float(p.loss) for p in passes))
+                        losses.setdefault(key, []).append(tuple(float(p.question_losses[i]) for p in passes))
                     if answer in tuple(LETTERS):
                         hits.setdefault(task, []).append(tuple(chosen_letter(memories[int(m)], prompt) == answer
                                                                for m in (own, other)))
                     if grounding_layer is not None and named:
-                        errors = [self.grounding_loss(p.hidden, [prompt], [named])[1] for p in passes]
+                        errors = [self.grounding_loss(p.hidden[i:i + 1], [prompt], [named])[1] for p in passes]
                         for key in (task, "all"):
                             grounding.setdefault(key, []).extend(zip(errors[0].tolist(), errors[1].tolist()))
         self.model.train()
