@@ -705,8 +705,8 @@ class Trainer:
     def memory_answer_loss(self, stage: StageConfig, memories: list[torch.Tensor], samples: list[AskedQuestions],
                            questions: int) -> tuple[torch.Tensor, dict[str, float]]:
         """The samples' questions (TrainingEpisode or GeneratedSample) in one teacher-forced batch
-        over their memories [1,M,C] each (streamed or oracle, the stage's memory), and with
-        grounding_loss_weight the grounding probe's loss on the objects they name."""
+        over their memories [1,M,C] each (streamed or oracle, the stage's memory), plus the loss of
+        each language probe (grounding, gather, choice, direction) the stage gives a weight."""
         tokens, prompts, answers, named, tasks, directions = [], [], [], [], [], []
         for memory, sample in zip(memories, samples):
             asked = pick_questions(sample.tasks, questions, self.rng, stage.balance_tasks, stage.question_types)
@@ -723,27 +723,24 @@ class Trainer:
         loss = stage.answer_loss_weight * result.loss
         metrics = {**dict.fromkeys(METRICS, 0.0), "loss_answer": float(result.loss.detach())}
         flat_prompts = [p for ps in prompts for p in ps]
-        if stage.grounding_loss_weight > 0:
-            loss_grounding, errors = self.grounding_loss(result.hidden, flat_prompts, named)
-            loss = loss + stage.grounding_loss_weight * loss_grounding
-            metrics.update(loss_grounding=float(loss_grounding.detach()),
-                           grounding_error_m=float(errors.mean()) if len(errors) else 0.0)
-        if stage.gather_loss_weight > 0:
-            loss_gather, errors = self.gather_loss(result.hidden, flat_prompts, named)
-            loss = loss + stage.gather_loss_weight * loss_gather
-            metrics.update(loss_gather=float(loss_gather.detach()),
-                           gather_error_m=float(errors.mean()) if len(errors) else 0.0)
-        if stage.choice_loss_weight > 0:
-            loss_choice, hits = self.choice_loss(result.hidden, flat_prompts, [a for row in answers for a in row],
-                                                 named)
-            loss = loss + stage.choice_loss_weight * loss_choice
-            metrics.update(loss_choice=float(loss_choice.detach()),
-                           choice_accuracy=float(hits.float().mean()) if len(hits) else 0.0)
-        if stage.direction_loss_weight > 0:
-            loss_direction, hits = self.direction_loss(result.hidden, flat_prompts, directions)
-            loss = loss + stage.direction_loss_weight * loss_direction
-            metrics.update(loss_direction=float(loss_direction.detach()),
-                           direction_accuracy=float(hits.float().mean()) if len(hits) else 0.0)
+        flat_answers = [a for row in answers for a in row]
+        # the language probes: weight, the metric of their per-item measure, and the loss
+        language_probes = {
+            "grounding": (stage.grounding_loss_weight, "grounding_error_m",
+                          lambda: self.grounding_loss(result.hidden, flat_prompts, named)),
+            "gather": (stage.gather_loss_weight, "gather_error_m",
+                       lambda: self.gather_loss(result.hidden, flat_prompts, named)),
+            "choice": (stage.choice_loss_weight, "choice_accuracy",
+                       lambda: self.choice_loss(result.hidden, flat_prompts, flat_answers, named)),
+            "direction": (stage.direction_loss_weight, "direction_accuracy",
+                          lambda: self.direction_loss(result.hidden, flat_prompts, directions)),
+        }
+        for name, (weight, measure, probe_loss) in language_probes.items():
+            if weight > 0:
+                value, per_item = probe_loss()
+                loss = loss + weight * value
+                metrics[f"loss_{name}"] = float(value.detach())
+                metrics[measure] = float(per_item.float().mean()) if len(per_item) else 0.0
         return loss, metrics
 
     def grounding_loss(self, hidden: torch.Tensor, prompts: list[str],
@@ -800,11 +797,7 @@ class Trainer:
             if text in order:
                 rows.append(row)
                 slots.append(order.index(text))
-        if not rows:
-            return hidden.sum() * 0.0, torch.zeros(0, dtype=torch.bool)
-        logits = self.probes["choice"](self.answer_states(hidden, [prompts[r] for r in rows], rows))   # [N,5]
-        target = torch.tensor(slots, device=hidden.device)
-        return F.cross_entropy(logits, target), (logits.detach().argmax(dim=-1) == target).cpu()
+        return self.classifier_loss("choice", hidden, prompts, rows, slots)
 
     def direction_loss(self, hidden: torch.Tensor, prompts: list[str],
                        directions: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -812,10 +805,17 @@ class Trainer:
         [Q,L,d]), which COMPASS direction it asks; and whether the probe's pick was right [N], for
         the N questions that ask one (the memory comparisons)."""
         rows = [row for row, direction in enumerate(directions) if direction is not None]
+        return self.classifier_loss("direction", hidden, prompts, rows,
+                                    [list(COMPASS).index(directions[r]) for r in rows])
+
+    def classifier_loss(self, probe: str, hidden: torch.Tensor, prompts: list[str], rows: list[int],
+                        classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy of a classifying language probe at the last prompt token of the questions
+        `rows` (hidden [Q,L,d]) against their `classes`, and whether its pick was right [N]."""
         if not rows:
             return hidden.sum() * 0.0, torch.zeros(0, dtype=torch.bool)
-        logits = self.probes["direction"](self.answer_states(hidden, [prompts[r] for r in rows], rows))   # [N,4]
-        target = torch.tensor([list(COMPASS).index(directions[r]) for r in rows], device=hidden.device)
+        logits = self.probes[probe](self.answer_states(hidden, [prompts[r] for r in rows], rows))   # [N,K]
+        target = torch.tensor(classes, device=hidden.device)
         return F.cross_entropy(logits, target), (logits.detach().argmax(dim=-1) == target).cpu()
 
     def named_in_order(self, prompt: str, objects: list[tuple[str, tuple[float, float, float]]]) -> list:
