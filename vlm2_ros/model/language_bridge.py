@@ -373,18 +373,27 @@ class LanguageBridge(nn.Module):
             start = batch.memory_start + batch.num_memory
             return AnswerPass(*self._answer_losses(out.last_hidden_state, batch.labels),
                               out.hidden_states[hidden_layer][:, start:] if states else None)
-        cache, p, _ = self._memory_prefix(memory_tokens, repeat)
-        suffix, labels, mask = self._suffix_batch(flat_questions, flat_answers, p, device)
-        out = self.decoder(input_ids=suffix, attention_mask=mask, past_key_values=cache, use_cache=True,
-                           position_ids=(p + torch.arange(suffix.shape[1], device=device)).expand(len(suffix), -1),
-                           output_hidden_states=states)                            # [Q,L,d]
+        out, labels, _ = self._prefixed_pass(memory_tokens, repeat, flat_questions, flat_answers, states)
         return AnswerPass(*self._answer_losses(out.last_hidden_state, labels),
                           out.hidden_states[hidden_layer] if states else None)
 
+    def _prefixed_pass(self, memory_tokens: torch.Tensor, repeat: torch.Tensor, questions: list[str],
+                       answers: list[str], output_hidden_states: bool = False):
+        """Plain positions only: the prompt up to the end of the memory runs once per memory set
+        [E,M,C], then row i (questions[i] and answers[i]'s target tokens) over the keys/values of
+        set repeat[i]. Returns the rows' decoder output [Q,L,d], their labels [Q,L] (-100 off the
+        answer) and the final hidden states of the sets' memory tokens [E,M,d]."""
+        cache, p, memory_hidden = self._memory_prefix(memory_tokens, repeat)
+        suffix, labels, mask = self._suffix_batch(questions, answers, p, memory_tokens.device)
+        positions = (p + torch.arange(suffix.shape[1], device=suffix.device)).expand(len(suffix), -1)
+        out = self.decoder(input_ids=suffix, attention_mask=mask, past_key_values=cache, use_cache=True,
+                           position_ids=positions, output_hidden_states=output_hidden_states)
+        return out, labels, memory_hidden
+
     def _memory_prefix(self, memory_tokens: torch.Tensor, repeat: torch.Tensor):
-        """Plain positions only: the prompt up to the end of the memory, run once per memory set
-        [E,M,C]. Returns its keys/values with row i holding set repeat[i] ([Q,...] per layer), the
-        prefix length p, and the final hidden states of the sets' memory tokens [E,M,d]."""
+        """The prompt up to the end of the memory, run once per memory set [E,M,C]. Returns its
+        keys/values with row i holding set repeat[i] ([Q,...] per layer), the prefix length p, and
+        the final hidden states of the sets' memory tokens [E,M,d]."""
         sets, num_memory = memory_tokens.shape[:2]
         device = memory_tokens.device
         prefix_ids = torch.tensor([self._prefix + [self.placeholder_id] * num_memory], device=device).expand(sets, -1)
@@ -452,12 +461,10 @@ class LanguageBridge(nn.Module):
             raise ValueError("no options to score")
         device = memory_tokens.device
         if self._rope_index is None:
-            cache, p, memory_hidden = self._memory_prefix(memory_tokens, torch.zeros(len(options), dtype=torch.long,
-                                                                                    device=device))
-            suffix, labels, mask = self._suffix_batch([question] * len(options), list(options), p, device)
-            hidden = self.decoder(input_ids=suffix, attention_mask=mask, past_key_values=cache,
-                                  position_ids=(p + torch.arange(suffix.shape[1], device=device)).expand(
-                                      len(options), -1)).last_hidden_state                  # [K,L,d]
+            out, labels, memory_hidden = self._prefixed_pass(
+                memory_tokens, torch.zeros(len(options), dtype=torch.long, device=device),
+                [question] * len(options), list(options))
+            hidden = out.last_hidden_state                                                  # [K,L,d]
             keys = memory_hidden[0]                                                         # [M,d]
         else:
             batch = self.encode_prompts(memory_tokens.shape[1], [question] * len(options), list(options), device)
