@@ -96,6 +96,28 @@ def test_answers_match_the_scene(synthetic_set):
             assert r["answer_value"] == best.category
 
 
+def test_relation_angles_are_the_angles_the_direction_and_route_answers_turn_on(synthetic_set):
+    from vlm2_ros.sim.questions import relation_angles, turn_class
+
+    # standing at the origin facing north (+y): (-1, 1) lies 45 degrees to the left (positive)
+    assert relation_angles("object_rel_direction_hard", [(0, 0), (0, 1), (-1, 1)]) == pytest.approx([45.0])
+    assert relation_angles("object_rel_direction_easy", [(0, 0), (0, 1), (1, -1)]) == pytest.approx([-135.0])
+    # north to b, then east to c (a right turn), then back west to d (a turn back)
+    assert relation_angles("route_planning", [(0, 0), (0, 1), (1, 1), (0, 1.1)]) == pytest.approx(
+        [-90.0, 174.29], abs=0.01)
+    with pytest.raises(ValueError, match="turns on no angle"):
+        relation_angles("object_counting", [(0, 0)])
+    with pytest.raises(ValueError, match="turns on no angle"):
+        relation_angles("route_planning", [(0, 0), (0, 1), (1, 1)])
+    recs, scenes = synthetic_set
+    routes = [r for r in recs if r["question_type"] == "route_planning"]
+    assert routes
+    for r in routes:     # the route's answer is the two turns these angles make
+        objs = {o.id: o for o in scenes[r["episode_id"]].objects}
+        angles = relation_angles("route_planning", [objs[i].center for i in r["object_ids"]])
+        assert ", ".join(turn_class(a) for a in angles) == r["answer_value"]
+
+
 def _compass(record: dict) -> str:
     return next(d for d in ("east", "west", "north", "south")
                 if any(f"{word} {d}" in record["question"] for word in ("furthest", "further", "the")))

@@ -2,6 +2,7 @@
 plot, resume continuing where it stopped, and the losses going down when fitting one sample."""
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -114,6 +115,8 @@ def test_balanced_picks_take_every_task_in_turn():
      "choice_loss_weight reads the language model"),
     ({"stages": [{"name": "x", "steps": 1, "train": ["bridge"], "direction_loss_weight": 1.0}]},
      "direction_loss_weight reads the language model"),
+    ({"stages": [{"name": "x", "steps": 1, "train": ["bridge"], "bearing_loss_weight": 1.0}]},
+     "bearing_loss_weight reads the language model"),
     ({"stages": [{"name": "x", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "memory": "stream",
                   "grounding_loss_weight": 1.0, "grounding_layer": -1}]}, "grounding_layer"),
     ({"stages": [{"name": n, "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "memory": "stream",
@@ -739,6 +742,45 @@ def test_direction_probe_classifies_the_compass_word_a_comparison_asks(data, tmp
     assert trainer.direction_loss(hidden, prompts, ["north", None])[1].tolist() == [False]
     loss, hits = trainer.direction_loss(hidden, prompts, [None, None])
     assert float(loss) == 0.0 and len(hits) == 0 and probe.out_features == len(COMPASS)
+
+
+def test_bearing_probe_gives_the_angles_a_direction_or_route_turns_on(data, tmp_path):
+    from vlm2_ros.sim.questions import relation_angles
+    from vlm2_ros.training.trainer import BEARINGS, Trainer
+
+    (tmp_path / "data").symlink_to(data)
+    config = write_config(tmp_path / "train.yaml", questions_per_task=2, stages=[{
+        "name": "bearing", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "memory": "oracle",
+        "bearing_loss_weight": 1.0, "episodes_per_step": 2, "questions_per_episode": 8,
+        "question_types": ["object_rel_direction_hard", "route_planning", "object_counting"]}])
+    trainer = Trainer(load_train_config(config), progress=False)
+    loss, metrics = trainer.step_losses(trainer.config.stages[0])
+    assert metrics["loss_bearing"] > 0 and 0.0 <= metrics["bearing_error_deg"] <= 180.0
+    loss.backward()
+    assert trainer.probes["bearing"].weight.grad.abs().sum() > 0
+    bridge = trainer.model.bridge
+    prompts = ["If I am standing by the sofa and facing the table, is the chair to my left or right?",
+               "How many chair(s) are in this room?"]
+    sofa, table, chair = (0.0, 0.0, 0.4), (0.0, 2.0, 0.4), (-1.0, 1.0, 0.5)      # the chair 45 degrees left
+    named = [[("sofa", sofa), ("table", table), ("chair", chair)], []]
+    tasks = ["object_rel_direction_easy", "object_counting"]
+    length = max(bridge.answer_position(p) for p in prompts) + 3
+    hidden = torch.zeros(2, length, bridge.hidden_size)
+    hidden[0, bridge.answer_position(prompts[0]), 0] = 1.0     # only the answer position reaches the probe
+    probe = trainer.probes["bearing"]
+    angle = math.radians(relation_angles(tasks[0], [sofa, table, chair])[0])
+    with torch.no_grad():
+        probe.weight.zero_()
+        probe.bias.zero_()
+        probe.weight[:2, 0] = torch.tensor([math.cos(angle), math.sin(angle)])   # slot 0: the one angle asked
+    loss, errors = trainer.bearing_loss(hidden, prompts, tasks, named)       # counting turns on none: skipped
+    assert float(loss) < 1e-10 and errors.shape == (1,) and float(errors[0]) < 1e-3
+    mirrored = [[("sofa", sofa), ("table", table), ("chair", (1.0, 1.0, 0.5))], []]    # now 45 degrees right
+    assert float(trainer.bearing_loss(hidden, prompts, tasks, mirrored)[1][0]) == pytest.approx(90.0, abs=1e-3)
+    hidden[0, bridge.answer_position(prompts[0]), 0] = 0.0     # the probe reads no other position
+    assert float(trainer.bearing_loss(hidden, prompts, tasks, named)[0]) == pytest.approx(1.0)
+    loss, errors = trainer.bearing_loss(hidden, prompts[1:], tasks[1:], named[1:])
+    assert float(loss) == 0.0 and len(errors) == 0 and probe.out_features == 2 * BEARINGS
 
 
 def test_memory_reliance_reports_the_grounding_error_with_each_memory(data, tmp_path):

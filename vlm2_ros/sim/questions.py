@@ -110,6 +110,19 @@ def signed_angle(a_xy, b_xy, c_xy) -> float:
     return math.degrees(math.atan2(f[0] * v[1] - f[1] * v[0], f[0] * v[0] + f[1] * v[1]))
 
 
+def relation_angles(task: str, centres_xy) -> list[float]:
+    """The signed angles (degrees) a relative-direction or route question turns on, from the floor
+    centres of the objects it names in the template's order (a, b, c, and d for a route): for a
+    direction, c seen from a facing b; for a route, the turn at b towards c, then at c towards d
+    (each heading on from the leg before)."""
+    xy = [np.asarray(c[:2], dtype=float) for c in centres_xy]
+    if task in DIRECTION_CLASSES and len(xy) == 3:
+        return [signed_angle(xy[0], xy[1], xy[2])]
+    if task == "route_planning" and len(xy) == 4:
+        return [signed_angle(xy[1], 2 * xy[1] - xy[0], xy[2]), signed_angle(xy[2], 2 * xy[2] - xy[1], xy[3])]
+    raise ValueError(f"{task} with {len(xy)} objects turns on no angle (relative direction: 3, route: 4)")
+
+
 def direction_class(task: str, angle: float) -> str | None:
     """Answer class of a relative-direction question, None when within a margin of a boundary."""
     a = abs(angle)
@@ -269,7 +282,7 @@ class QuestionGenerator:
         classes = DIRECTION_CLASSES[task]
         by_class: dict[str, list] = {c: [] for c in classes}
         for a, b, c in self._triples():
-            k = direction_class(task, signed_angle(a.center[:2], b.center[:2], c.center[:2]))
+            k = direction_class(task, relation_angles(task, (a.center, b.center, c.center))[0])
             if k is not None:
                 by_class[k].append((a, b, c))
         for _ in range(n):
@@ -292,8 +305,7 @@ class QuestionGenerator:
             xy = [np.asarray(o.center[:2]) for o in (a, b, c, d)]
             if min(np.linalg.norm(xy[i + 1] - xy[i]) for i in range(3)) < 0.8:
                 continue
-            t1 = turn_class(signed_angle(xy[1], 2 * xy[1] - xy[0], xy[2]))
-            t2 = turn_class(signed_angle(xy[2], 2 * xy[2] - xy[1], xy[3]))
+            t1, t2 = (turn_class(angle) for angle in relation_angles("route_planning", xy))
             if t1 and t2:
                 by_class.setdefault((t1, t2), []).append((a, b, c, d))
         all_pairs = [(x, y) for x in TURNS for y in TURNS]

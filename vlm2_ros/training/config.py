@@ -15,10 +15,10 @@ SCENE_SOURCES = ("data", "generated")
 BRIDGE_SOURCES = ("stream", "oracle")     # memories built once per stage; only the language bridge learns
 LOSS_WEIGHTS = ("depth_loss_weight", "answer_loss_weight", "category_loss_weight", "position_loss_weight",
                 "point_loss_weight", "objectness_loss_weight", "grounding_loss_weight", "gather_loss_weight",
-                "choice_loss_weight", "direction_loss_weight")
+                "choice_loss_weight", "direction_loss_weight", "bearing_loss_weight")
 # The probes that read the language model's hidden states after grounding_layer layers.
 LANGUAGE_PROBE_WEIGHTS = ("grounding_loss_weight", "gather_loss_weight", "choice_loss_weight",
-                          "direction_loss_weight")
+                          "direction_loss_weight", "bearing_loss_weight")
 # Memory sources that train one module on one loss: (train, the loss weight that must be > 0, the
 # weights that may be > 0 beside it (every other must be 0), why).
 SINGLE_PURPOSE_SOURCES = {
@@ -94,6 +94,12 @@ class StageConfig:
     # COMPASS) a memory comparison asks (pair, furthest). The choice is the extreme along it; before
     # this probe the asked direction could be read at no position and layer (21-27 % of four).
     direction_loss_weight: float = 0.0
+    # The angle a relative direction or route turns on, at the same place: a fifth probe gives
+    # (cos, sin) of the third object's bearing seen from the first facing the second (relative
+    # direction), or of each of a route's two turns (sim.questions.relation_angles). Left/right
+    # was learnt from the answers alone; front/back (the hard quadrants) and the route's turns
+    # were not (at chance after 900 steps): the answer needs an angle no other probe asks for.
+    bearing_loss_weight: float = 0.0
     # Where the memory the questions read comes from. "clip": the sample's clip is unrolled with
     # gradients (every module can learn). "stream": built as at inference, from every frame up to
     # the question through the frozen perception and memory, once per stage; only the language
@@ -225,9 +231,9 @@ class TrainConfig:
                 raise TrainConfigError(f"stage {stage.name!r}: question_types names memory tasks, which generated "
                                        "scenes ask memory_questions_per_task of; set it > 0")
         if len({s.grounding_layer for s in self.stages if s.probes_language_model}) > 1:
-            raise TrainConfigError("the stages that train the grounding, gather, choice or direction probe read "
-                                   "different grounding_layer values; there is one probe of each: give them the "
-                                   "same layer")
+            raise TrainConfigError("the stages that train the grounding, gather, choice, direction or bearing probe "
+                                   "read different grounding_layer values; there is one probe of each: give them "
+                                   "the same layer")
         from ..model.vlm2 import VLM2Config
         unknown = sorted(set(self.model) - {f.name for f in dataclasses.fields(VLM2Config)})
         if unknown:

@@ -45,7 +45,7 @@ from ..model.memory_readout import mean_pool
 from ..model.provenance import Provenance
 from ..model.vlm2 import VLM2Model
 from ..sim.episode import EpisodeDir
-from ..sim.questions import COMPASS, LETTERS, MEMORY_TASKS
+from ..sim.questions import COMPASS, DIRECTION_CLASSES, LETTERS, MEMORY_TASKS, relation_angles
 from ..sim.scene import SEMANTIC_CLASSES
 from .config import BRIDGE_SOURCES, MODULES, StageConfig, TrainConfig, TrainConfigError
 from .data import (AskedQuestions, GeneratedSample, TrainingEpisode, generated_oracle_sample, generated_scene_seed,
@@ -58,11 +58,13 @@ PROBE_PREFIX = "probes."
 METRICS = ("loss_depth", "loss_category", "loss_position", "loss_point", "loss_objectness",   # logged every step
            "loss_answer", "loss_grounding", "category_accuracy", "position_error_m", "point_error_m",
            "grounding_error_m", "loss_gather", "gather_error_m", "loss_choice", "choice_accuracy",
-           "loss_direction", "direction_accuracy")
+           "loss_direction", "direction_accuracy", "loss_bearing", "bearing_error_deg")
 # training-only heads, each with its stage loss weight; every one after "category" came later, and
 # a run saved before one of them starts it fresh
-PROBES = ("category", "position", "point", "grounding", "gather", "choice", "direction")
+PROBES = ("category", "position", "point", "grounding", "gather", "choice", "direction", "bearing")
 GATHERED_OBJECTS = 5        # the gather probe's slots: a relative-distance question names five objects
+BEARINGS = 2                # the bearing probe's angles: a route turns twice, a relative direction is one
+BEARING_TASKS = (*DIRECTION_CLASSES, "route_planning")     # the questions the bearing probe reads
 
 
 def memory_digest(model: VLM2Model) -> str:
@@ -297,6 +299,7 @@ class Trainer:
                                            "choice": torch.nn.Linear(self.model.bridge.hidden_size,
                                                                      GATHERED_OBJECTS),
                                            "direction": torch.nn.Linear(self.model.bridge.hidden_size, len(COMPASS)),
+                                           "bearing": torch.nn.Linear(self.model.bridge.hidden_size, 2 * BEARINGS),
                                            }).to(config.device)
         if self._probe_state is not None:   # a run from before a later probe starts that one fresh
             missing, unexpected = self.probes.load_state_dict(self._probe_state, strict=False)
@@ -706,7 +709,7 @@ class Trainer:
                            questions: int) -> tuple[torch.Tensor, dict[str, float]]:
         """The samples' questions (TrainingEpisode or GeneratedSample) in one teacher-forced batch
         over their memories [1,M,C] each (streamed or oracle, the stage's memory), plus the loss of
-        each language probe (grounding, gather, choice, direction) the stage gives a weight."""
+        each language probe (grounding, gather, choice, direction, bearing) the stage gives a weight."""
         tokens, prompts, answers, named, tasks, directions = [], [], [], [], [], []
         for memory, sample in zip(memories, samples):
             asked = pick_questions(sample.tasks, questions, self.rng, stage.balance_tasks, stage.question_types)
@@ -734,6 +737,8 @@ class Trainer:
                        lambda: self.choice_loss(result.hidden, flat_prompts, flat_answers, named)),
             "direction": (stage.direction_loss_weight, "direction_accuracy",
                           lambda: self.direction_loss(result.hidden, flat_prompts, directions)),
+            "bearing": (stage.bearing_loss_weight, "bearing_error_deg",
+                        lambda: self.bearing_loss(result.hidden, flat_prompts, tasks, named)),
         }
         for name, (weight, measure, probe_loss) in language_probes.items():
             if weight > 0:
@@ -807,6 +812,30 @@ class Trainer:
         rows = [row for row, direction in enumerate(directions) if direction is not None]
         return self.classifier_loss("direction", hidden, prompts, rows,
                                     [list(COMPASS).index(directions[r]) for r in rows])
+
+    def bearing_loss(self, hidden: torch.Tensor, prompts: list[str], tasks: list[str],
+                     named: list[list[tuple[str, tuple[float, float, float]]]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Squared error of the bearing probe: at each relative-direction or route question's last
+        prompt token (hidden [Q,L,d]), (cos, sin) of each angle the question turns on
+        (sim.questions.relation_angles over its named objects; slot k: the k-th angle); and each
+        angle's error in degrees [N] (N = 0 when no question asks a direction or a route)."""
+        rows, slots, targets = [], [], []
+        for row, (task, objects) in enumerate(zip(tasks, named)):
+            if task not in BEARING_TASKS:
+                continue
+            for slot, angle in enumerate(relation_angles(task, [centre for _, centre in objects])):
+                rows.append(row)
+                slots.append(slot)
+                targets.append((math.cos(math.radians(angle)), math.sin(math.radians(angle))))
+        if not rows:
+            return hidden.sum() * 0.0, hidden.new_zeros(0)
+        predicted = self.probes["bearing"](self.answer_states(hidden, prompts))             # [Q,2*2]
+        predicted = predicted.view(len(prompts), BEARINGS, 2)[rows, slots]                 # [N,2]
+        target = torch.tensor(targets, device=hidden.device)                               # [N,2]
+        loss = (predicted - target).square().sum(dim=-1).mean()
+        p, t = predicted.detach(), target
+        error = torch.atan2(p[:, 0] * t[:, 1] - p[:, 1] * t[:, 0], (p * t).sum(dim=-1)).abs()
+        return loss, torch.rad2deg(error)
 
     def classifier_loss(self, probe: str, hidden: torch.Tensor, prompts: list[str], rows: list[int],
                         classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -907,7 +936,8 @@ def plot_curves(log_path: Path, png: Path) -> None:
               ("grounding_error_m", "grounding probe at named objects: error (m)"),
               ("gather_error_m", "gather probe at the answer: error (m)"),
               ("choice_accuracy", "choice probe at the answer: accuracy"),
-              ("direction_accuracy", "direction probe at the answer: accuracy"))
+              ("direction_accuracy", "direction probe at the answer: accuracy"),
+              ("bearing_error_deg", "bearing probe at the answer: error (degrees)"))
     fig, axes = plt.subplots(3, 4, figsize=(20, 11.4))
     by_type = axes.flat[len(panels)]
     for task in dict.fromkeys(t for r in rows for t in r.get("loss_answer_by_type", {})):
