@@ -183,6 +183,13 @@ def test_two_stage_run_writes_a_checkpoint_and_resumes(data, tmp_path):
     assert main(["train", "--config", str(config), "--resume"]) == 0
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows][-1] == 5
+    # a stage added after the finished run, training other tensors: it starts its own optimizer
+    added = yaml.safe_load(config.read_text())
+    added["stages"].append({"name": "more", "steps": 1, "train": ["geometry"], "answer_loss_weight": 0.0})
+    config.write_text(yaml.safe_dump(added))
+    assert main(["train", "--config", str(config), "--resume"]) == 0
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["step"]) for r in rows][-1] == ("more", 6)
     # a run written before the position probe (category probe only, as "category_probe.*") resumes
     from safetensors.torch import save_file
     state = load_file(str(run / "train_state.safetensors"))

@@ -872,7 +872,9 @@ class Trainer:
             stage = c.stages[self.stage_index]
             params = self.trainable_parameters(stage)
             optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=c.weight_decay)
-            if self._optimizer_state is not None:          # resuming inside this stage
+            # resuming inside this stage; a stage added after a finished run starts its optimizer
+            # fresh, as every stage of an unbroken run does
+            if self._optimizer_state is not None and self.stage_step > 0:
                 saved = len(self._optimizer_state["param_groups"][0]["params"])
                 if saved != len(params):
                     raise TrainConfigError(
@@ -881,7 +883,7 @@ class Trainer:
                         f"changed); a stage's optimizer state resumes only as it was: change the stages "
                         f"after it, or add a stage")
                 optimizer.load_state_dict(self._optimizer_state)
-                self._optimizer_state = None
+            self._optimizer_state = None
             schedule = lambda s, st=stage: min(1.0, (s + 1) / max(1, st.warmup_steps)) * 0.5 * (  # noqa: E731
                 1 + math.cos(math.pi * min(1.0, s / st.steps)))
             bar = tqdm(total=stage.steps, initial=self.stage_step, desc=f"stage {stage.name}", unit="step",
