@@ -590,7 +590,7 @@ def test_init_modules_take_a_trained_module_under_a_new_semantic_encoder(data, t
         Trainer(config, progress=False)
 
 
-def test_the_recipe_config_is_valid():
+def test_the_recipe_configs_are_valid():
     from pathlib import Path
 
     from vlm2_ros.model.vlm2 import VLM2Config
@@ -599,6 +599,10 @@ def test_the_recipe_config_is_valid():
     config = load_train_config(recipe)
     assert [s.name for s in config.stages] == ["geometry", "perception", "answering"]
     VLM2Config(**config.model)                            # its model changes make a valid config
+    oracle = load_train_config(recipe.with_name("train_tiny_oracle.yaml"))
+    assert [s.name for s in oracle.stages] == ["compare1", "compare2", "directions"]
+    assert all(s.scenes == "generated" and s.memory == "oracle" for s in oracle.stages)
+    assert oracle.stages[-1].bearing_loss_weight > 0
 
 
 def test_named_objects_are_the_questions_objects_alone_in_their_category(data):
