@@ -1,4 +1,6 @@
 """Language bridge (tiny causal LM, tiny Qwen2.5-VL, LLaVA-Video's LM) and the word-level tokenizer."""
+import re
+
 import pytest
 import torch
 
@@ -80,6 +82,26 @@ def test_build_word_vocabulary_is_general_and_deterministic():
     assert tok.decode(tok("The wombat is 4.2 m away.", add_special_tokens=False)["input_ids"]) == \
         "The wombat is 4.2 m away."
     assert len(default_vocabulary()) > 3 * len(DEFAULT_WORDS) // 2
+
+
+def test_vocabulary_version_2_reads_every_word_of_the_question_templates():
+    from vlm2_ros.engine.answer import CHOICE_INSTRUCTION, OPEN_INSTRUCTION
+    from vlm2_ros.sim.questions import TEMPLATES, TURNS
+    from vlm2_ros.sim.scene import SEMANTIC_CLASSES
+
+    texts = [re.sub(r"\{\w+\}", "chair", t) for templates in TEMPLATES.values() for t in templates]   # fillers known
+    texts += [CHOICE_INSTRUCTION, OPEN_INSTRUCTION]
+    texts += [*SEMANTIC_CLASSES, *TURNS, "Options:"]
+    v1, v2 = (build_word_tokenizer(default_vocabulary(version)) for version in (1, 2))
+    unknown = {version: [t for t in texts if tok.unk_token_id in tok(t, add_special_tokens=False)["input_ids"]]
+               for version, tok in ((1, v1), (2, v2))}
+    assert unknown[2] == []
+    # version 1 is the shipped weights' and stays as it was, "further" and all
+    assert any("further" in t for t in unknown[1]) and set(default_vocabulary(1)) < set(default_vocabulary(2))
+    model, tok = build_tiny_language_model(vocabulary_version=2, **SMALL_LM)
+    assert tok.get_vocab() == v2.get_vocab() and model.config.vocab_size == len(v2)
+    with pytest.raises(ValueError, match="vocabulary_version"):
+        default_vocabulary(3)
 
 
 def test_tiny_lm_directory_loads_through_the_auto_classes(tiny_dir):

@@ -99,6 +99,14 @@ DEFAULT_WORDS = (
     "A", "B", "C", "D", "E", "F",
 )
 
+# Words of the question templates (sim.questions) and the prompt's instructions that the list above
+# missed, each read as <unk> ("further", "map", "towards", ...). Vocabulary version 2 adds them;
+# version 1 stays as it was, since the shipped weights were trained with it.
+ADDED_WORDS_V2 = ("give", "starting", "along", "apart", "big", "further", "holds", "large", "lies", "looking",
+                  "map", "origin", "points", "positive", "quarter", "seen", "side", "their", "they", "towards",
+                  "x", "y", "y-axis", "using", "single", "word", "phrase")
+VOCABULARY_WORDS = {1: DEFAULT_WORDS, 2: DEFAULT_WORDS + ADDED_WORDS_V2}
+
 
 def _normalizer():
     from tokenizers import Regex, normalizers
@@ -143,8 +151,10 @@ def build_word_vocabulary(texts: Iterable[str], extra_words: Iterable[str] = DEF
     return sorted(vocabulary)
 
 
-def default_vocabulary() -> list[str]:
-    return build_word_vocabulary(DEFAULT_QUESTION_TEXTS, DEFAULT_WORDS)
+def default_vocabulary(version: int = 1) -> list[str]:
+    if version not in VOCABULARY_WORDS:
+        raise ValueError(f"tiny LM vocabulary_version must be one of {sorted(VOCABULARY_WORDS)}, got {version!r}")
+    return build_word_vocabulary(DEFAULT_QUESTION_TEXTS, VOCABULARY_WORDS[version])
 
 
 def build_word_tokenizer(vocabulary: Iterable[str], extra_special_tokens: Iterable[str] = ()):
@@ -173,15 +183,18 @@ TINY_DEFAULTS = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4
                      tie_word_embeddings=True)
 
 
-def build_tiny_language_model(vocabulary: Iterable[str] | None = None, seed: int = 0, **overrides):
+def build_tiny_language_model(vocabulary: Iterable[str] | None = None, seed: int = 0, vocabulary_version: int = 1,
+                              **overrides):
     """(LlamaForCausalLM, tokenizer) in memory, random weights from `seed` (the global RNG is left
-    untouched). `overrides` replace TINY_DEFAULTS (hidden_size, num_hidden_layers, ...)."""
+    untouched), over `vocabulary` or else default_vocabulary(vocabulary_version). `overrides`
+    replace TINY_DEFAULTS (hidden_size, num_hidden_layers, ...)."""
     from transformers import LlamaConfig, LlamaForCausalLM
     unknown = set(overrides) - set(TINY_DEFAULTS)
     if unknown:
-        raise ValueError(f"unknown tiny LM settings {sorted(unknown)}; known: {sorted(TINY_DEFAULTS)}")
+        raise ValueError(f"unknown tiny LM settings {sorted(unknown)}; known: "
+                         f"{sorted([*TINY_DEFAULTS, 'vocabulary_version'])}")
     settings = {**TINY_DEFAULTS, **overrides}
-    tokenizer = build_word_tokenizer(default_vocabulary() if vocabulary is None else vocabulary)
+    tokenizer = build_word_tokenizer(default_vocabulary(vocabulary_version) if vocabulary is None else vocabulary)
     rope_theta = settings.pop("rope_theta")
     config = LlamaConfig(vocab_size=len(tokenizer),
                          rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
