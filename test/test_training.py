@@ -117,6 +117,8 @@ def test_balanced_picks_take_every_task_in_turn():
      "direction_loss_weight reads the language model"),
     ({"stages": [{"name": "x", "steps": 1, "train": ["bridge"], "bearing_loss_weight": 1.0}]},
      "bearing_loss_weight reads the language model"),
+    ({"stages": [{"name": "x", "steps": 1, "train": ["bridge"], "copy_loss_weight": 1.0}]},
+     "copy_loss_weight reads the language model"),
     ({"stages": [{"name": "x", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "memory": "stream",
                   "grounding_loss_weight": 1.0, "grounding_layer": -1}]}, "grounding_layer"),
     ({"stages": [{"name": n, "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "memory": "stream",
@@ -794,6 +796,69 @@ def test_bearing_probe_gives_the_angles_a_direction_or_route_turns_on(data, tmp_
     assert float(loss) == 0.0 and len(errors) == 0 and probe.out_features == 2 * BEARINGS
 
 
+def test_copy_loss_trains_the_copy_heads_attention_onto_the_answers_name(data, tmp_path):
+    from vlm2_ros.engine.answer import build_prompt
+    from vlm2_ros.training.trainer import Trainer
+
+    (tmp_path / "data").symlink_to(data)
+    config = write_config(tmp_path / "train.yaml", questions_per_task=2, memory_questions_per_task=2,
+                          model={"bridge": {"choice_answer": "option_text"}}, stages=[{
+        "name": "copy", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "memory": "oracle",
+        "copy_loss_weight": 1.0, "copy_layer": -2, "episodes_per_step": 2, "questions_per_episode": 8,
+        "question_types": ["memory_object_pair", "object_counting"]}])
+    trainer = Trainer(load_train_config(config), progress=False)
+    bridge = trainer.model.bridge
+    assert bridge.decoder.config._attn_implementation == "eager"     # the fused kernels return no weights
+    loss, metrics = trainer.step_losses(trainer.config.stages[0])
+    assert metrics["loss_copy"] > 0 and 0.0 < metrics["copy_attention"] < 1.0
+    loss.backward()
+    assert bridge.decoder.layers[-2].self_attn.q_proj.weight.grad.abs().sum() > 0    # the copy layer's query learns
+
+    question = "On the map, which lies further north: the chair or the table?"
+    prompt = build_prompt(question, ["table", "chair"])
+    named = [[("chair", (1.0, 2.0, 0.5)), ("table", (3.0, 0.5, 0.4))]]
+    ids = bridge.question_ids(prompt)
+    chair = bridge.answer_ids("chair")[0]
+    sources = [j for j, t in enumerate(ids) if t == chair]
+    assert len(sources) == 2                                       # named in the question and listed as B
+    row_start, keys = 7, 7 + len(ids) + 2
+    attention = torch.full((1, 2, len(ids) + 2, keys), 1e-3)
+    query = len(ids) - 1                                           # the position that predicts the answer's first token
+    attention[0, 0, query, row_start + sources[0]] = 0.25
+    attention[0, 0, query, row_start + sources[1]] = 0.25
+    attention[0, 1, query] = 0.0                                   # only head 0 is the copy head
+    loss, mass = trainer.copy_loss(attention, row_start, [prompt], ["B"], named)   # B: the chair
+    assert mass.shape == (1,) and float(mass[0]) == pytest.approx(0.5)
+    assert float(loss) == pytest.approx(-math.log(0.5))
+    loss, mass = trainer.copy_loss(attention, row_start, [prompt], ["A"], named)   # A: the table, not attended
+    assert float(mass[0]) == pytest.approx(1e-3 * ids.count(bridge.answer_ids("table")[0]))
+    # an answer that names no object (a count): nothing to copy, a zero loss
+    loss, mass = trainer.copy_loss(attention, row_start, ["How many chair(s) are in this room?"], ["3"], [[]])
+    assert float(loss) == 0.0 and len(mass) == 0
+
+
+def test_answer_pass_returns_a_layers_attention_over_the_whole_prompt():
+    from vlm2_ros.model.language_bridge import LanguageBridge, LanguageBridgeConfig
+
+    bridge = LanguageBridge(LanguageBridgeConfig(memory_dim=8, tiny_lm={"hidden_size": 32, "intermediate_size": 64,
+                                                                        "num_hidden_layers": 2}))
+    memory = torch.randn(1, 6, 8)
+    questions, answers = [["How many chair(s) are in this room?", "Is it?"]], [["3", "no"]]
+    with pytest.raises(ValueError, match="eager"):
+        bridge.answer_pass(memory, questions, answers, attention_layer=0)
+    plain = bridge.answer_pass(memory, questions, answers)
+    bridge.decoder.set_attn_implementation("eager")
+    result = bridge.answer_pass(memory, questions, answers, attention_layer=-1)
+    assert torch.allclose(result.loss, plain.loss, atol=1e-5)            # the same model, only its weights returned
+    rows = result.attention.shape[2]
+    assert result.attention.shape[:2] == (2, bridge.decoder.config.num_attention_heads)
+    assert result.attention.shape[3] == result.row_start + rows and result.row_start > 6   # prefix + memory first
+    assert torch.allclose(result.attention.sum(dim=-1)[1, :, :len(bridge.question_ids("Is it?"))],
+                          torch.ones(1))                                 # each real position's weights sum to 1
+    with pytest.raises(ValueError, match="attention_layer"):
+        bridge.answer_pass(memory, questions, answers, attention_layer=2)
+
+
 def test_memory_reliance_reports_the_grounding_error_with_each_memory(data, tmp_path):
     from vlm2_ros.training.config import load_train_config
     from vlm2_ros.training.trainer import Trainer
@@ -898,8 +963,8 @@ def test_question_types_stage_asks_only_those_questions(data, tmp_path):
     trainer = Trainer(load_train_config(config), progress=False)
     asked = []
     answer_pass = trainer.model.bridge.answer_pass
-    trainer.model.bridge.answer_pass = lambda memory, prompts, answers, layer=None: asked.append(prompts) or \
-        answer_pass(memory, prompts, answers, layer)
+    trainer.model.bridge.answer_pass = lambda memory, prompts, answers, *layers: asked.append(prompts) or \
+        answer_pass(memory, prompts, answers, *layers)
     trainer.step_losses(trainer.config.stages[0])
     memory_prompts = {p for s in trainer.data for p, t in zip(s.prompts, s.tasks) if t in MEMORY_TASKS}
     flat = [p for prompts in asked[0] for p in prompts]
@@ -954,8 +1019,8 @@ def test_generated_stage_trains_on_new_scenes_each_step(data, tmp_path):
     trainer = Trainer(load_train_config(config), progress=False)
     asked = []
     answer_pass = trainer.model.bridge.answer_pass
-    trainer.model.bridge.answer_pass = lambda memory, prompts, answers, layer=None: asked.append(
-        (memory, prompts)) or answer_pass(memory, prompts, answers, layer)
+    trainer.model.bridge.answer_pass = lambda memory, prompts, answers, *layers: asked.append(
+        (memory, prompts)) or answer_pass(memory, prompts, answers, *layers)
     trainer.run()
     assert len(asked) == 3 and all(memory.shape == (2, 160, 256) for memory, _ in asked)
     data_prompts = {p for s in trainer.data for p in s.prompts}

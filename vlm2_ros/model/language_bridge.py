@@ -151,6 +151,10 @@ class AnswerPass:
     loss: torch.Tensor                # teacher-forced cross-entropy over the answer tokens and EOS
     question_losses: torch.Tensor     # [Q] the same per question, over its own tokens (detached)
     hidden: torch.Tensor | None       # [Q,L,d] after answer_pass's hidden_layer, per question row
+    # [Q,H,L,K] attention weights of answer_pass's attention_layer, each row's positions over the
+    # prompt's K positions (memory prefix included): the row's j-th token is key row_start + j
+    attention: torch.Tensor | None = None
+    row_start: int = 0
 
 
 class MemoryProjector(nn.Module):
@@ -227,7 +231,8 @@ class LanguageBridge(nn.Module):
         """The prompt's text from the end of the memory to where the answer starts."""
         return f"\nQuestion: {question.strip()}\nAnswer:"
 
-    def _question_ids(self, question: str) -> list[int]:
+    def question_ids(self, question: str) -> list[int]:
+        """The tokens of question_text: the start of answer_pass's rows."""
         return self._encode(self.question_text(question))
 
     def answer_ids(self, answer: str) -> list[int]:
@@ -248,7 +253,7 @@ class LanguageBridge(nn.Module):
             raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
         rows, label_rows = [], []
         for i, question in enumerate(questions):
-            ids = self._prefix + [self.placeholder_id] * num_memory + self._question_ids(question)
+            ids = self._prefix + [self.placeholder_id] * num_memory + self.question_ids(question)
             labels = [-100] * len(ids)
             if answers is not None:
                 target = self.target_ids(question, answers[i])
@@ -313,13 +318,13 @@ class LanguageBridge(nn.Module):
         return int(self._rope_index.__self__.config.vision_config.spatial_merge_size)
 
     def _hidden(self, memory_tokens: torch.Tensor, batch: PromptBatch, entry_grid=None, use_cache=False,
-                output_hidden_states=False):
+                output_hidden_states=False, output_attentions=False):
         if memory_tokens.ndim != 3 or memory_tokens.shape[-1] != self.config.memory_dim:
             raise ValueError(f"memory_tokens must be [B,M,{self.config.memory_dim}], got {tuple(memory_tokens.shape)}")
         return self.decoder(inputs_embeds=self._inputs_embeds(memory_tokens, batch),
                             attention_mask=batch.attention_mask,
                             position_ids=self.position_ids(batch, entry_grid), use_cache=use_cache,
-                            output_hidden_states=output_hidden_states)
+                            output_hidden_states=output_hidden_states, output_attentions=output_attentions)
 
     # ------------------------------------------------------------------ training
     def loss(self, memory_tokens: torch.Tensor, questions: list[str], answers: list[str],
@@ -348,10 +353,13 @@ class LanguageBridge(nn.Module):
         return self.answer_pass(memory_tokens, questions, answers).loss
 
     def answer_pass(self, memory_tokens: torch.Tensor, questions: list[list[str]], answers: list[list[str]],
-                    hidden_layer: int | None = None) -> AnswerPass:
+                    hidden_layer: int | None = None, attention_layer: int | None = None) -> AnswerPass:
         """The answer loss of several questions per memory set (memory_tokens [E,M,C], questions[e]
         and answers[e] asked of set e) and, with `hidden_layer`, the hidden states after that many
-        decoder layers over each question's row: its question_text tokens, then its answer's.
+        decoder layers over each question's row: its question_text tokens, then its answer's; with
+        `attention_layer` (a decoder layer's index, negative from the last), that layer's attention
+        weights from each row's positions (the decoder must run eager attention:
+        `decoder.set_attn_implementation("eager")`; the fused kernels do not return them).
         With plain positions (causal_lm) the prompt up to the end of the memory runs once per set
         and its keys/values serve every question on it: the same loss at a fraction of the cost,
         the memory being most of each prompt. MRoPE (qwen2_5_vl) positions depend on the whole
@@ -361,6 +369,13 @@ class LanguageBridge(nn.Module):
             raise ValueError("one non-empty question list and an answer list of the same length per memory set")
         if hidden_layer is not None and not 0 <= hidden_layer <= self.num_layers:
             raise ValueError(f"hidden_layer must be in [0, {self.num_layers}], got {hidden_layer}")
+        attentions = attention_layer is not None
+        if attentions and not -self.num_layers <= attention_layer < self.num_layers:
+            raise ValueError(f"attention_layer must be in [{-self.num_layers}, {self.num_layers}), "
+                             f"got {attention_layer}")
+        if attentions and self.decoder.config._attn_implementation != "eager":
+            raise ValueError("attention weights need the decoder's eager attention: "
+                             "decoder.set_attn_implementation('eager')")
         states = hidden_layer is not None
         device = memory_tokens.device
         flat_questions = [q for qs in questions for q in qs]
@@ -369,16 +384,19 @@ class LanguageBridge(nn.Module):
                                          torch.tensor(counts, device=device))
         if self._rope_index is not None:
             batch = self.encode_prompts(memory_tokens.shape[1], flat_questions, flat_answers, device)
-            out = self._hidden(memory_tokens[repeat], batch, output_hidden_states=states)
+            out = self._hidden(memory_tokens[repeat], batch, output_hidden_states=states, output_attentions=attentions)
             start = batch.memory_start + batch.num_memory
             return AnswerPass(*self._answer_losses(out.last_hidden_state, batch.labels),
-                              out.hidden_states[hidden_layer][:, start:] if states else None)
-        out, labels, _ = self._prefixed_pass(memory_tokens, repeat, flat_questions, flat_answers, states)
+                              out.hidden_states[hidden_layer][:, start:] if states else None,
+                              out.attentions[attention_layer][:, :, start:] if attentions else None, start)
+        out, labels, _ = self._prefixed_pass(memory_tokens, repeat, flat_questions, flat_answers, states, attentions)
         return AnswerPass(*self._answer_losses(out.last_hidden_state, labels),
-                          out.hidden_states[hidden_layer] if states else None)
+                          out.hidden_states[hidden_layer] if states else None,
+                          out.attentions[attention_layer] if attentions else None,
+                          len(self._prefix) + memory_tokens.shape[1])
 
     def _prefixed_pass(self, memory_tokens: torch.Tensor, repeat: torch.Tensor, questions: list[str],
-                       answers: list[str], output_hidden_states: bool = False):
+                       answers: list[str], output_hidden_states: bool = False, output_attentions: bool = False):
         """Plain positions only: the prompt up to the end of the memory runs once per memory set
         [E,M,C], then row i (questions[i] and answers[i]'s target tokens) over the keys/values of
         set repeat[i]. Returns the rows' decoder output [Q,L,d], their labels [Q,L] (-100 off the
@@ -387,7 +405,8 @@ class LanguageBridge(nn.Module):
         suffix, labels, mask = self._suffix_batch(questions, answers, p, memory_tokens.device)
         positions = (p + torch.arange(suffix.shape[1], device=suffix.device)).expand(len(suffix), -1)
         out = self.decoder(input_ids=suffix, attention_mask=mask, past_key_values=cache, use_cache=True,
-                           position_ids=positions, output_hidden_states=output_hidden_states)
+                           position_ids=positions, output_hidden_states=output_hidden_states,
+                           output_attentions=output_attentions)
         return out, labels, memory_hidden
 
     def _memory_prefix(self, memory_tokens: torch.Tensor, repeat: torch.Tensor):
@@ -413,7 +432,7 @@ class LanguageBridge(nn.Module):
         attention mask over prefix and row [Q,p+L]."""
         rows, label_rows = [], []
         for question, answer in zip(questions, answers):
-            ids, target = self._question_ids(question), self.target_ids(question, answer)
+            ids, target = self.question_ids(question), self.target_ids(question, answer)
             rows.append(ids + target)
             label_rows.append([-100] * len(ids) + target)
         length = max(len(r) for r in rows)
@@ -430,7 +449,7 @@ class LanguageBridge(nn.Module):
     def answer_position(self, question: str) -> int:
         """The index, in answer_pass's row of `question`, of its last prompt token: the one whose
         hidden state predicts the first answer token."""
-        return len(self._question_ids(question)) - 1
+        return len(self.question_ids(question)) - 1
 
     def phrase_positions(self, question: str, phrase: str) -> list[int]:
         """Where each whole-word occurrence of `phrase` in `question` ends: the index, in the

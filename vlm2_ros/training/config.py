@@ -15,17 +15,19 @@ SCENE_SOURCES = ("data", "generated")
 BRIDGE_SOURCES = ("stream", "oracle")     # memories built once per stage; only the language bridge learns
 LOSS_WEIGHTS = ("depth_loss_weight", "answer_loss_weight", "category_loss_weight", "position_loss_weight",
                 "point_loss_weight", "objectness_loss_weight", "grounding_loss_weight", "gather_loss_weight",
-                "choice_loss_weight", "direction_loss_weight", "bearing_loss_weight")
+                "choice_loss_weight", "direction_loss_weight", "bearing_loss_weight", "copy_loss_weight")
 # The probes that read the language model's hidden states after grounding_layer layers.
 LANGUAGE_PROBE_WEIGHTS = ("grounding_loss_weight", "gather_loss_weight", "choice_loss_weight",
                           "direction_loss_weight", "bearing_loss_weight")
+# The losses on the language model over memories built before the stage (its probes and its attention).
+BRIDGE_LOSS_WEIGHTS = (*LANGUAGE_PROBE_WEIGHTS, "copy_loss_weight")
 # Memory sources that train one module on one loss: (train, the loss weight that must be > 0, the
 # weights that may be > 0 beside it (every other must be 0), why).
 SINGLE_PURPOSE_SOURCES = {
-    "stream": (["bridge"], "answer_loss_weight", LANGUAGE_PROBE_WEIGHTS,
+    "stream": (["bridge"], "answer_loss_weight", BRIDGE_LOSS_WEIGHTS,
                "freezes everything before the language model"),
     "window": (["geometry"], "depth_loss_weight", (), "runs the geometry encoder alone"),
-    "oracle": (["bridge"], "answer_loss_weight", LANGUAGE_PROBE_WEIGHTS,
+    "oracle": (["bridge"], "answer_loss_weight", BRIDGE_LOSS_WEIGHTS,
                "gives the language model the scene's ground truth, not a perception"),
 }
 
@@ -100,6 +102,14 @@ class StageConfig:
     # was learnt from the answers alone; front/back (the hard quadrants) and the route's turns
     # were not (at chance after 900 steps): the answer needs an angle no other probe asks for.
     bearing_loss_weight: float = 0.0
+    # The copy, in the language model's own attention: where the answer names an object (pair,
+    # furthest, relative distance, appearance order), the first head of decoder layer `copy_layer`
+    # (negative: from the last) at the position that predicts each of the name's tokens is trained
+    # to attend to where the question holds that token (cross-entropy of its attention mass there).
+    # Not a probe: no parameters of its own. With the choice made at layer 2 (choice probe right
+    # from step 400), the answer still did not copy the chosen name 1,900 steps later.
+    copy_loss_weight: float = 0.0
+    copy_layer: int = -1
     # Where the memory the questions read comes from. "clip": the sample's clip is unrolled with
     # gradients (every module can learn). "stream": built as at inference, from every frame up to
     # the question through the frozen perception and memory, once per stage; only the language
@@ -151,7 +161,7 @@ class StageConfig:
             if self.train != modules or weights[loss] == 0 or any(weights[name] for name in others):
                 raise TrainConfigError(f"stage {self.name!r}: memory {self.memory!r} {why}: train must be "
                                        f"{modules}, {loss} > 0 and {', '.join(others)} 0")
-        for probe in LANGUAGE_PROBE_WEIGHTS:
+        for probe in BRIDGE_LOSS_WEIGHTS:
             if getattr(self, probe) > 0 and self.memory not in BRIDGE_SOURCES:
                 raise TrainConfigError(f"stage {self.name!r}: {probe} reads the language model over "
                                        f"memories built before the stage: set memory to one of {BRIDGE_SOURCES}")

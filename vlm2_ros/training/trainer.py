@@ -58,7 +58,8 @@ PROBE_PREFIX = "probes."
 METRICS = ("loss_depth", "loss_category", "loss_position", "loss_point", "loss_objectness",   # logged every step
            "loss_answer", "loss_grounding", "category_accuracy", "position_error_m", "point_error_m",
            "grounding_error_m", "loss_gather", "gather_error_m", "loss_choice", "choice_accuracy",
-           "loss_direction", "direction_accuracy", "loss_bearing", "bearing_error_deg")
+           "loss_direction", "direction_accuracy", "loss_bearing", "bearing_error_deg", "loss_copy",
+           "copy_attention")
 # training-only heads, each with its stage loss weight; every one after "category" came later, and
 # a run saved before one of them starts it fresh
 PROBES = ("category", "position", "point", "grounding", "gather", "choice", "direction", "bearing")
@@ -283,6 +284,12 @@ class Trainer:
             if stage.probes_language_model and stage.grounding_layer > layers:
                 raise TrainConfigError(f"stage {stage.name!r}: grounding_layer {stage.grounding_layer} is past the "
                                        f"language model's {layers} layers")
+            if stage.copy_loss_weight > 0 and not -layers <= stage.copy_layer < layers:
+                raise TrainConfigError(f"stage {stage.name!r}: copy_layer {stage.copy_layer} is not one of the "
+                                       f"language model's {layers} layers")
+        if any(s.copy_loss_weight > 0 for s in config.stages):
+            # the copy loss reads attention weights, which the fused attention kernels do not return
+            self.model.bridge.decoder.set_attn_implementation("eager")
         if self.model.readout.objectness is None and any(s.objectness_loss_weight > 0 for s in config.stages):
             raise TrainConfigError("objectness_loss_weight trains the readout's objectness score, and this model "
                                    "pools its memory by the mean: set model: {readout_pool: objectness}")
@@ -720,15 +727,16 @@ class Trainer:
             tasks += [sample.tasks[i] for i in asked]
             directions += [sample.directions[i] for i in asked]
         result = self.model.bridge.answer_pass(torch.cat(tokens), prompts, answers,
-                                               stage.grounding_layer if stage.probes_language_model else None)
+                                               stage.grounding_layer if stage.probes_language_model else None,
+                                               stage.copy_layer if stage.copy_loss_weight > 0 else None)
         for task, question_loss in zip(tasks, result.question_losses.tolist()):
             self._answer_losses.setdefault(task, []).append(question_loss)
         loss = stage.answer_loss_weight * result.loss
         metrics = {**dict.fromkeys(METRICS, 0.0), "loss_answer": float(result.loss.detach())}
         flat_prompts = [p for ps in prompts for p in ps]
         flat_answers = [a for row in answers for a in row]
-        # the language probes: weight, the metric of their per-item measure, and the loss
-        language_probes = {
+        # the language probes and the copy loss: weight, the metric of their per-item measure, and the loss
+        language_losses = {
             "grounding": (stage.grounding_loss_weight, "grounding_error_m",
                           lambda: self.grounding_loss(result.hidden, flat_prompts, named)),
             "gather": (stage.gather_loss_weight, "gather_error_m",
@@ -739,14 +747,43 @@ class Trainer:
                           lambda: self.direction_loss(result.hidden, flat_prompts, directions)),
             "bearing": (stage.bearing_loss_weight, "bearing_error_deg",
                         lambda: self.bearing_loss(result.hidden, flat_prompts, tasks, named)),
+            "copy": (stage.copy_loss_weight, "copy_attention",
+                     lambda: self.copy_loss(result.attention, result.row_start, flat_prompts, flat_answers, named)),
         }
-        for name, (weight, measure, probe_loss) in language_probes.items():
+        for name, (weight, measure, item_loss) in language_losses.items():
             if weight > 0:
-                value, per_item = probe_loss()
+                value, per_item = item_loss()
                 loss = loss + weight * value
                 metrics[f"loss_{name}"] = float(value.detach())
                 metrics[measure] = float(per_item.float().mean()) if len(per_item) else 0.0
         return loss, metrics
+
+    def copy_loss(self, attention: torch.Tensor, row_start: int, prompts: list[str], answers: list[str],
+                  named: list[list[tuple[str, tuple[float, float, float]]]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy of the copy head's attention (head 0 of attention [Q,H,L,K], the rows' positions
+        over the prompt's keys, row token j at key row_start + j): at the position that predicts
+        each answer token that is a word of a named object's name, minus the log of the attention
+        mass on the question's tokens equal to it; and that mass [N] per such answer token (N = 0
+        when no answer names an object; the loss is then 0)."""
+        bridge = self.model.bridge
+        rows, queries, keys = [], [], []
+        for row, (prompt, answer, objects) in enumerate(zip(prompts, answers, named)):
+            words = {t for category, _ in objects for t in bridge.answer_ids(category)[:-1]}   # EOS dropped
+            question = bridge.question_ids(prompt)
+            for k, token in enumerate(bridge.target_ids(prompt, answer)):
+                sources = [j for j, t in enumerate(question) if t == token]
+                if token in words and sources:
+                    rows.append(row)
+                    queries.append(len(question) + k - 1)      # the position that predicts answer token k
+                    keys.append(sources)
+        if not rows:
+            return attention.sum() * 0.0, attention.new_zeros(0)
+        weights = attention[rows, 0, queries]                                             # [N,K]
+        mask = torch.zeros_like(weights, dtype=torch.bool)
+        for n, sources in enumerate(keys):
+            mask[n, [row_start + j for j in sources]] = True
+        mass = (weights * mask).sum(dim=-1)                                               # [N]
+        return -mass.clamp(min=1e-6).log().mean(), mass.detach()
 
     def grounding_loss(self, hidden: torch.Tensor, prompts: list[str],
                        named: list[list[tuple[str, tuple[float, float, float]]]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -939,8 +976,9 @@ def plot_curves(log_path: Path, png: Path) -> None:
               ("gather_error_m", "gather probe at the answer: error (m)"),
               ("choice_accuracy", "choice probe at the answer: accuracy"),
               ("direction_accuracy", "direction probe at the answer: accuracy"),
-              ("bearing_error_deg", "bearing probe at the answer: error (degrees)"))
-    fig, axes = plt.subplots(3, 4, figsize=(20, 11.4))
+              ("bearing_error_deg", "bearing probe at the answer: error (degrees)"),
+              ("copy_attention", "copy head: attention on the answer's name"))
+    fig, axes = plt.subplots(3, 5, figsize=(25, 11.4))
     by_type = axes.flat[len(panels)]
     for task in dict.fromkeys(t for r in rows for t in r.get("loss_answer_by_type", {})):
         points = [(r["step"], r["loss_answer_by_type"][task]) for r in rows if task in r.get("loss_answer_by_type", {})]
