@@ -983,13 +983,14 @@ def plot_curves(log_path: Path, png: Path) -> None:
     for task in dict.fromkeys(t for r in rows for t in r.get("loss_answer_by_type", {})):
         points = [(r["step"], r["loss_answer_by_type"][task]) for r in rows if task in r.get("loss_answer_by_type", {})]
         by_type.plot(*zip(*points), label=task)
-    by_type.set(xlabel="step", title="answer tokens by question type: cross-entropy")
+    # log scale: a new type's first steps (10 and more) would flatten the learnt ones' (0.01-1)
+    by_type.set(xlabel="step", title="answer tokens by question type: cross-entropy", yscale="log")
     for ax, (key, title) in zip(axes.flat, panels):
-        for stage in dict.fromkeys(r["stage"] for r in rows):
+        for index, stage in enumerate(dict.fromkeys(r["stage"] for r in rows)):
             # a loss a step did not compute is logged as 0 (the position loss skips clips without poses)
             points = [(r["step"], r[key]) for r in rows if r["stage"] == stage and r.get(key)]
-            if points:
-                ax.plot(*zip(*points), label=stage)
+            if points:      # one colour per stage in every panel, whichever stages a panel has
+                ax.plot(*zip(*points), label=stage, color=f"C{index % 10}")
         ax.set(xlabel="step", title=title)
     for ax in axes.flat[len(panels) + 1:]:       # the grid's spare cells
         ax.remove()
