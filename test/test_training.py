@@ -816,7 +816,6 @@ def test_copy_loss_trains_the_copy_heads_attention_onto_the_answers_name(data, t
 
     question = "On the map, which lies further north: the chair or the table?"
     prompt = build_prompt(question, ["table", "chair"])
-    named = [[("chair", (1.0, 2.0, 0.5)), ("table", (3.0, 0.5, 0.4))]]
     ids = bridge.question_ids(prompt)
     chair = bridge.answer_ids("chair")[0]
     sources = [j for j, t in enumerate(ids) if t == chair]
@@ -827,14 +826,29 @@ def test_copy_loss_trains_the_copy_heads_attention_onto_the_answers_name(data, t
     attention[0, 0, query, row_start + sources[0]] = 0.25
     attention[0, 0, query, row_start + sources[1]] = 0.25
     attention[0, 1, query] = 0.0                                   # only head 0 is the copy head
-    loss, mass = trainer.copy_loss(attention, row_start, [prompt], ["B"], named)   # B: the chair
+    loss, mass = trainer.copy_loss(attention, row_start, [prompt], ["B"])   # B: the chair
     assert mass.shape == (1,) and float(mass[0]) == pytest.approx(0.5)
     assert float(loss) == pytest.approx(-math.log(0.5))
-    loss, mass = trainer.copy_loss(attention, row_start, [prompt], ["A"], named)   # A: the table, not attended
+    loss, mass = trainer.copy_loss(attention, row_start, [prompt], ["A"])   # A: the table, not attended
     assert float(mass[0]) == pytest.approx(1e-3 * ids.count(bridge.answer_ids("table")[0]))
     # an answer that names no object (a count): nothing to copy, a zero loss
-    loss, mass = trainer.copy_loss(attention, row_start, ["How many chair(s) are in this room?"], ["3"], [[]])
+    loss, mass = trainer.copy_loss(attention, row_start, ["How many chair(s) are in this room?"], ["3"])
     assert float(loss) == 0.0 and len(mass) == 0
+    # an appearance order copies every category it lists, one per answer word, whether or not the
+    # room holds one object of it; the words of "trash can" are two copies
+    order = ["chair, trash can, sofa, lamp", "lamp, sofa, trash can, chair", "sofa, chair, lamp, trash can",
+             "trash can, lamp, chair, sofa"]
+    prompt = build_prompt("What will be the first-time appearance order of the following categories in the "
+                          "video: sofa, chair, lamp, trash can?", order)
+    ids = bridge.question_ids(prompt)
+    answer = bridge.target_ids(prompt, "A")
+    attention = torch.full((1, 1, len(ids) + len(answer), len(ids) + len(answer)), 0.0)
+    loss, mass = trainer.copy_loss(attention, 0, [prompt], ["A"])
+    assert len(mass) == 5 and float(loss) == pytest.approx(-math.log(1e-6))
+    chair = bridge.answer_ids("chair")[0]
+    attention[0, 0, len(ids) - 1, [j for j, t in enumerate(ids) if t == chair]] = 0.2   # predicts "chair"
+    loss, mass = trainer.copy_loss(attention, 0, [prompt], ["A"])
+    assert float(mass[0]) == pytest.approx(0.2 * ids.count(chair)) and float(mass[1:].sum()) == 0.0
 
 
 def test_answer_pass_returns_a_layers_attention_over_the_whole_prompt():

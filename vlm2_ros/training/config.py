@@ -102,11 +102,11 @@ class StageConfig:
     # was learnt from the answers alone; front/back (the hard quadrants) and the route's turns
     # were not (at chance after 900 steps): the answer needs an angle no other probe asks for.
     bearing_loss_weight: float = 0.0
-    # The copy, in the language model's own attention: where the answer names an object the
-    # question names and that is alone in its category (pair, furthest, relative distance; in an
-    # appearance order only such categories), the first head of decoder layer `copy_layer`
-    # (negative: from the last) at the position that predicts each of the name's tokens is trained
-    # to attend to where the question holds that token (cross-entropy of its attention mass there).
+    # The copy, in the language model's own attention: where the answer names an object category
+    # the question names (pair, furthest, relative distance, each category of an appearance
+    # order), the first head of decoder layer `copy_layer` (negative: from the last) at the
+    # position that predicts each of the name's tokens is trained to attend to where the question
+    # holds that token (cross-entropy of its attention mass there).
     # Not a probe: no parameters of its own. With the choice made at layer 2 (choice probe right
     # from step 400), the answer still did not copy the chosen name 1,900 steps later.
     copy_loss_weight: float = 0.0

@@ -46,7 +46,7 @@ from ..model.provenance import Provenance
 from ..model.vlm2 import VLM2Model
 from ..sim.episode import EpisodeDir
 from ..sim.questions import COMPASS, DIRECTION_CLASSES, LETTERS, MEMORY_TASKS, relation_angles
-from ..sim.scene import SEMANTIC_CLASSES
+from ..sim.scene import CATEGORIES, SEMANTIC_CLASSES
 from .config import BRIDGE_SOURCES, MODULES, StageConfig, TrainConfig, TrainConfigError
 from .data import (AskedQuestions, GeneratedSample, TrainingEpisode, generated_oracle_sample, generated_scene_seed,
                    load_frames, load_training_set, oracle_memory)
@@ -748,7 +748,7 @@ class Trainer:
             "bearing": (stage.bearing_loss_weight, "bearing_error_deg",
                         lambda: self.bearing_loss(result.hidden, flat_prompts, tasks, named)),
             "copy": (stage.copy_loss_weight, "copy_attention",
-                     lambda: self.copy_loss(result.attention, result.row_start, flat_prompts, flat_answers, named)),
+                     lambda: self.copy_loss(result.attention, result.row_start, flat_prompts, flat_answers)),
         }
         for name, (weight, measure, item_loss) in language_losses.items():
             if weight > 0:
@@ -758,17 +758,17 @@ class Trainer:
                 metrics[measure] = float(per_item.float().mean()) if len(per_item) else 0.0
         return loss, metrics
 
-    def copy_loss(self, attention: torch.Tensor, row_start: int, prompts: list[str], answers: list[str],
-                  named: list[list[tuple[str, tuple[float, float, float]]]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def copy_loss(self, attention: torch.Tensor, row_start: int, prompts: list[str],
+                  answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy of the copy head's attention (head 0 of attention [Q,H,L,K], the rows' positions
         over the prompt's keys, row token j at key row_start + j): at the position that predicts
-        each answer token that is a word of a named object's name, minus the log of the attention
-        mass on the question's tokens equal to it; and that mass [N] per such answer token (N = 0
-        when no answer names an object; the loss is then 0)."""
+        each answer token that is a word of an object category's name and is in the question, minus
+        the log of the attention mass on the question's tokens equal to it; and that mass [N] per
+        such answer token (N = 0 when no answer names a category; the loss is then 0)."""
         bridge = self.model.bridge
+        words = {t for category in CATEGORIES for t in bridge.answer_ids(category)[:-1]}   # EOS dropped
         rows, queries, keys = [], [], []
-        for row, (prompt, answer, objects) in enumerate(zip(prompts, answers, named)):
-            words = {t for category, _ in objects for t in bridge.answer_ids(category)[:-1]}   # EOS dropped
+        for row, (prompt, answer) in enumerate(zip(prompts, answers)):
             question = bridge.question_ids(prompt)
             for k, token in enumerate(bridge.target_ids(prompt, answer)):
                 sources = [j for j, t in enumerate(question) if t == token]
