@@ -592,6 +592,22 @@ def test_init_modules_take_each_module_from_its_checkpoint_under_a_new_semantic_
     assert all(torch.equal(v, stored[k]) for k, v in model.semantic.backend.backbone.state_dict().items())
     assert "+geometry,fusion from perception@sha256:" in trainer.weights
     assert "+bridge from answering@sha256:" in trainer.weights
+    # the bridge's run's language probes come along with init_probes; the others start fresh
+    from safetensors.torch import save_file
+    hidden = model.bridge.hidden_size
+    (tmp_path / "answering_run").mkdir()
+    save_file({"probes.grounding.weight": torch.full((3, hidden), 0.5), "probes.grounding.bias": torch.ones(3)},
+              str(tmp_path / "answering_run" / "train_state.safetensors"))
+    with_probes = dataclasses.replace(config, init_probes=str(tmp_path / "answering_run"))
+    probes = Trainer(with_probes, progress=False).probes
+    assert torch.equal(probes["grounding"].weight, torch.full((3, hidden), 0.5))
+    assert not torch.equal(probes["gather"].weight[:3], torch.full((3, hidden), 0.5))
+    save_file({"probes.grounding.weight": torch.ones(3, hidden + 1)},
+              str(tmp_path / "answering_run" / "train_state.safetensors"))
+    with pytest.raises(TrainConfigError, match="do not fit"):
+        Trainer(with_probes, progress=False)
+    with pytest.raises(TrainConfigError, match="holds no training state"):
+        Trainer(dataclasses.replace(config, init_probes=str(tmp_path)), progress=False)
     # a module whose config differs cannot be taken
     config = dataclasses.replace(config, init_modules={"semantic": str(tmp_path / "perception")})
     with pytest.raises(TrainConfigError, match="another config"):

@@ -196,6 +196,9 @@ class TrainConfig:
     # preset's initialisation with `model` changes; e.g. a trained geometry encoder under a new
     # semantic encoder, or one run's perception under another run's language bridge.
     init_modules: dict[str, str] = field(default_factory=dict)
+    # A run directory whose training-only probes (its training state's) this run starts from, e.g.
+    # the language probes of the run its bridge comes from, which already read that bridge.
+    init_probes: str | None = None
     # Model config fields (VLM2Config) changed from the preset's, for a run from the preset's
     # initialisation, e.g. {readout_pool: objectness}. The checkpoint records the result.
     model: dict = field(default_factory=dict)
@@ -290,7 +293,7 @@ def load_train_config(path: str | Path) -> TrainConfig:
     def resolve(value):                                  # relative paths: from the config's folder
         return str((path.parent / value).resolve()) if value and not Path(value).is_absolute() else value
 
-    for key in ("data", "out", "init_checkpoint"):
+    for key in ("data", "out", "init_checkpoint", "init_probes"):
         setattr(config, key, resolve(getattr(config, key)))
     if isinstance(config.init_modules, dict):
         config.init_modules = {module: resolve(str(checkpoint)) for module, checkpoint in config.init_modules.items()}

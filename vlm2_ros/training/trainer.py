@@ -229,6 +229,14 @@ def copy_modules(source: VLM2Model, target: VLM2Model, modules: list[str], where
             raise TrainConfigError(f"init_modules: cannot copy {name!r} from {where} ({e})") from None
 
 
+def run_probes(run: Path) -> dict[str, torch.Tensor]:
+    """The training-only probes' tensors in a run directory's training state (init_probes)."""
+    path = run / STATE_TENSORS
+    if not path.is_file():
+        raise TrainConfigError(f"init_probes: {run} holds no training state ({STATE_TENSORS})")
+    return {k[len(PROBE_PREFIX):]: v for k, v in load_file(str(path)).items() if k.startswith(PROBE_PREFIX)}
+
+
 def data_set_record(data: str | Path) -> dict | None:
     """What `vlm2 sim dataset` recorded about the training data (seed, sizes, episode count), so a
     checkpoint says how to make its data again; None for data without a dataset.json."""
@@ -283,6 +291,8 @@ class Trainer:
                 self.model, self.weights = load_model(config.preset, checkpoint_dir=config.init_checkpoint,
                                                       seed=config.seed, use_shipped=False,
                                                       config_changes=config.model)
+            if config.init_probes:
+                self._probe_state = run_probes(Path(config.init_probes))
         layers = self.model.bridge.num_layers
         for stage in config.stages:
             if stage.probes_language_model and stage.grounding_layer > layers:
@@ -313,9 +323,14 @@ class Trainer:
                                            "bearing": torch.nn.Linear(self.model.bridge.hidden_size, 2 * BEARINGS),
                                            }).to(config.device)
         if self._probe_state is not None:   # a run from before a later probe starts that one fresh
-            missing, unexpected = self.probes.load_state_dict(self._probe_state, strict=False)
-            if unexpected or any(k.startswith("category.") for k in missing):
-                raise ValueError(f"{self.out}: training state has probe tensors {unexpected} it should not, "
+            resumed = resume and has_state
+            where = self.out if resumed else config.init_probes
+            try:
+                missing, unexpected = self.probes.load_state_dict(self._probe_state, strict=False)
+            except RuntimeError as e:       # another model's sizes
+                raise TrainConfigError(f"{where}: its probes do not fit this run's model ({e})") from None
+            if unexpected or (resumed and any(k.startswith("category.") for k in missing)):
+                raise ValueError(f"{where}: training state has probe tensors {unexpected} it should not, "
                                  f"or lacks {missing}")
         self.data = load_training_set(config.data, config.clip_frames, self.model.config.image_size,
                                       config.questions_per_task, config.memory_questions_per_task)
