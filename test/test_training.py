@@ -624,7 +624,8 @@ def test_the_recipe_configs_are_valid():
     assert [s.name for s in config.stages] == ["geometry", "perception", "answering"]
     VLM2Config(**config.model)                            # its model changes make a valid config
     oracle = load_train_config(recipe.with_name("train_tiny_oracle.yaml"))
-    assert [s.name for s in oracle.stages] == ["compare1", "compare2", "directions", "directions2", "names1", "names2"]
+    assert [s.name for s in oracle.stages] == ["compare1", "compare2", "directions", "directions2", "names1", "names2",
+                                                   "names3"]
     assert all(s.scenes == "generated" and s.memory == "oracle" for s in oracle.stages)
     assert oracle.stages[-1].bearing_loss_weight > 0 and oracle.stages[-1].copy_loss_weight > 0
 
