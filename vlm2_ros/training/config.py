@@ -295,6 +295,5 @@ def load_train_config(path: str | Path) -> TrainConfig:
 
     for key in ("data", "out", "init_checkpoint", "init_probes"):
         setattr(config, key, resolve(getattr(config, key)))
-    if isinstance(config.init_modules, dict):
-        config.init_modules = {module: resolve(str(checkpoint)) for module, checkpoint in config.init_modules.items()}
+    config.init_modules = {module: resolve(str(checkpoint)) for module, checkpoint in config.init_modules.items()}
     return config
