@@ -555,6 +555,9 @@ def test_a_pretrained_cnn_backbone_stays_frozen_unless_asked():
     ({"init_modules": ["geometry"]}, "maps each module to the checkpoint"),
     ({"init_modules": {"wings": "ckpt"}}, "unknown modules"),
     ({"init_modules": {"geometry": "ckpt"}, "init_checkpoint": "ckpt"}, "use one"),
+    ({"init_probes": "../out/run"}, "maps each training-only probe"),
+    ({"perceive_min_share": 0.0}, "perceive_min_share"),
+    ({"perceive_merge_m": -1.0}, "perceive_merge_m"),
 ])
 def test_bad_init_modules_name_the_problem(tmp_path, change, message):
     with pytest.raises(TrainConfigError, match=message):
@@ -592,22 +595,34 @@ def test_init_modules_take_each_module_from_its_checkpoint_under_a_new_semantic_
     assert all(torch.equal(v, stored[k]) for k, v in model.semantic.backend.backbone.state_dict().items())
     assert "+geometry,fusion from perception@sha256:" in trainer.weights
     assert "+bridge from answering@sha256:" in trainer.weights
-    # the bridge's run's language probes come along with init_probes; the others start fresh
+    # init_probes takes each named probe from the run it maps to; the others start fresh
     from safetensors.torch import save_file
-    hidden = model.bridge.hidden_size
-    (tmp_path / "answering_run").mkdir()
-    save_file({"probes.grounding.weight": torch.full((3, hidden), 0.5), "probes.grounding.bias": torch.ones(3)},
+    hidden, dim = model.bridge.hidden_size, model.config.fusion.dim
+    for run in ("answering_run", "perception_run"):
+        (tmp_path / run).mkdir()
+    save_file({"probes.grounding.weight": torch.full((3, hidden), 0.5), "probes.grounding.bias": torch.ones(3),
+               "probes.point.weight": torch.full((3, dim), 9.0), "probes.point.bias": torch.ones(3)},
               str(tmp_path / "answering_run" / "train_state.safetensors"))
-    with_probes = dataclasses.replace(config, init_probes=str(tmp_path / "answering_run"))
-    probes = Trainer(with_probes, progress=False).probes
+    save_file({"probes.point.weight": torch.full((3, dim), 0.25), "probes.point.bias": torch.zeros(3)},
+              str(tmp_path / "perception_run" / "train_state.safetensors"))
+    with_probes = dataclasses.replace(config, init_probes={"grounding": str(tmp_path / "answering_run"),
+                                                           "point": str(tmp_path / "perception_run")})
+    trainer = Trainer(with_probes, progress=False)
+    probes = trainer.probes
     assert torch.equal(probes["grounding"].weight, torch.full((3, hidden), 0.5))
+    assert torch.equal(probes["point"].weight, torch.full((3, dim), 0.25))       # not the answering run's
     assert not torch.equal(probes["gather"].weight[:3], torch.full((3, hidden), 0.5))
+    assert {"grounding", "point"} <= set(trainer.trained_probes())                # taken trained
+    for probes_taken, message in (({"wings": str(tmp_path / "answering_run")}, "unknown probes"),
+                                  ({"choice": str(tmp_path / "answering_run")}, "holds no 'choice' probe"),
+                                  ({"grounding": str(tmp_path)}, "holds no training state")):
+        with pytest.raises(TrainConfigError, match=message):
+            Trainer(dataclasses.replace(config, init_probes=probes_taken), progress=False)
     save_file({"probes.grounding.weight": torch.ones(3, hidden + 1)},
               str(tmp_path / "answering_run" / "train_state.safetensors"))
     with pytest.raises(TrainConfigError, match="do not fit"):
-        Trainer(with_probes, progress=False)
-    with pytest.raises(TrainConfigError, match="holds no training state"):
-        Trainer(dataclasses.replace(config, init_probes=str(tmp_path)), progress=False)
+        Trainer(dataclasses.replace(with_probes, init_probes={"grounding": str(tmp_path / "answering_run")}),
+                progress=False)
     # a module whose config differs cannot be taken
     config = dataclasses.replace(config, init_modules={"semantic": str(tmp_path / "perception")})
     with pytest.raises(TrainConfigError, match="another config"):
@@ -959,6 +974,66 @@ def test_oracle_stage_trains_the_language_model_on_the_scene_and_reliance_reads_
     rows = json.loads((tmp_path / "run" / "memory_reliance.json").read_text())
     assert rows["all"]["own"] != rows["all"]["other"]
     assert not (tmp_path / "run" / "streamed_memories.safetensors").exists()     # read the oracle memories
+
+
+def test_perceived_stage_reads_the_probes_objects_out_of_streamed_memories(data, tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    import vlm2_ros.training.trainer as trainer_module
+    from vlm2_ros.engine.engine import SpatialMemoryEngine
+    from vlm2_ros.model.checkpoint import load_model, save_checkpoint
+    from vlm2_ros.model.object_memory import object_tokens, perceive_objects
+    from vlm2_ros.sim.episode import EpisodeDir
+    from vlm2_ros.sim.scene import SEMANTIC_CLASSES
+    from vlm2_ros.training.trainer import Trainer
+
+    (tmp_path / "data").symlink_to(data)
+    perception, _ = load_model("tiny", use_shipped=False, seed=3)
+    save_checkpoint(perception, tmp_path / "perception" / "checkpoint")
+    dim, classes = perception.config.fusion.dim, len(SEMANTIC_CLASSES)
+    generator = torch.Generator().manual_seed(0)
+    save_file({"probes.category.weight": torch.randn(classes, dim, generator=generator),
+               "probes.category.bias": torch.zeros(classes),
+               "probes.point.weight": 0.1 * torch.randn(3, dim, generator=generator),
+               "probes.point.bias": torch.ones(3)},
+              str(tmp_path / "perception" / "train_state.safetensors"))
+    stage = {"name": "read", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "memory": "perceived",
+             "warmup_steps": 0}
+    settings = dict(questions_per_episode=4, questions_per_task=2, perceive_min_share=0.2, stages=[stage],
+                    init_modules={module: "perception/checkpoint" for module in
+                                  ("geometry", "semantic", "fusion", "memory", "readout")})
+    untaken = Trainer(load_train_config(write_config(tmp_path / "bare.yaml", **settings)), progress=False)
+    with pytest.raises(TrainConfigError, match="has not trained"):
+        untaken.memories("perceived")
+    config = write_config(tmp_path / "train.yaml", init_probes={"category": "perception", "point": "perception"},
+                          **settings)
+    trainer = Trainer(load_train_config(config), progress=False)
+    trainer.data = trainer.data[:1]
+    sample = trainer.data[0]
+    # the room and objects the probes read in every token the engine's memory holds at the question
+    engine = SpatialMemoryEngine(trainer.model, weights="w")
+    episode = EpisodeDir(sample.path)
+    for i in range(sample.asked_at + 1):
+        engine.ingest(episode.frame(i), int(episode.stamps_ns[i]), episode.intrinsics, episode.poses[i])
+    memory = engine.stream.memory
+    with torch.no_grad():
+        tokens = torch.cat([memory.episodic.tokens, memory.working.tokens], dim=1)[0].flatten(0, 1)
+        shares = trainer.probes["category"](tokens).softmax(-1)
+        points = trainer.probes["point"](tokens) * trainer.model.config.fusion.position_scale_m
+    frames = torch.cat([memory.episodic.provenance.frame_index, memory.working.provenance.frame_index], dim=1)[0]
+    boxes = perceive_objects(shares, points, frames.repeat_interleave(trainer.model.num_tokens_per_frame), 0.2)
+    assert len(boxes) > 1
+    expected = object_tokens(boxes, classes, 160, trainer.model.config.bridge.memory_dim,
+                             trainer.model.config.fusion.position_scale_m)
+    assert torch.allclose(trainer.memories("perceived")[0], expected, atol=1e-5)
+    # the readings are kept in the run directory: a run with the same weights and probes streams nothing
+    assert (tmp_path / "run" / "streamed_readings.safetensors").is_file()
+    monkeypatch.setattr(trainer_module, "stream_episode", lambda *a: pytest.fail("streamed again"))
+    again = Trainer(load_train_config(config), progress=False)
+    again.data = again.data[:1]
+    assert torch.allclose(again.memories("perceived")[0], expected, atol=1e-5)
+    first, _ = fit(again, again.config.stages[0], steps=1)
+    assert first["loss_answer"] > 0
 
 
 def test_option_text_run_teaches_and_scores_the_options_text(data, tmp_path):

@@ -62,8 +62,10 @@ def diagnose_command(config, reliance_samples: int | None, room_size_probe: bool
         raise SystemExit("vlm2 train: --memory-reliance needs at least 1 sample")
     if position_episodes is not None and position_episodes < 1:
         raise SystemExit("vlm2 train: --position-probe needs at least 1 episode")
-    if not (Path(config.out) / STATE_JSON).is_file():
-        raise SystemExit(f"vlm2 train: {config.out} holds no training run to measure")
+    if not (Path(config.out) / STATE_JSON).is_file() and not (config.init_modules or config.init_checkpoint):
+        # a run not trained yet is measured as init_modules / init_checkpoint (and init_probes) build it
+        raise SystemExit(f"vlm2 train: {config.out} holds no training run to measure, and the config takes "
+                         "no trained weights (init_modules, init_checkpoint)")
     trainer = Trainer(config, resume=True)
     if position_episodes is not None:
         try:
@@ -80,6 +82,13 @@ def diagnose_command(config, reliance_samples: int | None, room_size_probe: bool
             print(f"| {grid} | {row['located']} of {row['objects']} | {meters(row['median_error_m'])} | "
                   f"{meters(row['room_centre_median_error_m'])} | {row['recognised']} | "
                   f"{row['median_best_share']:.2f} |")
+        objects = result["perceived_objects"]
+        if objects is not None:
+            print(f"perceived objects (share >= {objects['min_share']}, merged within {objects['merge_m']} m): "
+                  f"{objects['boxes_per_episode']:.1f} boxes an episode for {objects['seen_per_episode']:.1f} objects "
+                  f"seen; {objects['located']} of {objects['objects']} single objects have a box of their category, "
+                  f"median error {meters(objects['median_error_m'])} m; room floor area "
+                  f"x{objects['median_room_area_ratio']:.2f} of the true (median)")
         return 0
     if room_size_probe:
         try:

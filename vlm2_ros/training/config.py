@@ -10,9 +10,9 @@ import yaml
 from ..sim.questions import MEMORY_TASKS, TASKS
 
 MODULES = ("geometry", "semantic", "fusion", "memory", "readout", "bridge")
-MEMORY_SOURCES = ("clip", "stream", "window", "oracle")
+MEMORY_SOURCES = ("clip", "stream", "window", "oracle", "perceived")
 SCENE_SOURCES = ("data", "generated")
-BRIDGE_SOURCES = ("stream", "oracle")     # memories built once per stage; only the language bridge learns
+BRIDGE_SOURCES = ("stream", "oracle", "perceived")   # memories built once per stage; only the language bridge learns
 LOSS_WEIGHTS = ("depth_loss_weight", "answer_loss_weight", "category_loss_weight", "position_loss_weight",
                 "point_loss_weight", "objectness_loss_weight", "grounding_loss_weight", "gather_loss_weight",
                 "choice_loss_weight", "direction_loss_weight", "bearing_loss_weight", "copy_loss_weight")
@@ -29,6 +29,8 @@ SINGLE_PURPOSE_SOURCES = {
     "window": (["geometry"], "depth_loss_weight", (), "runs the geometry encoder alone"),
     "oracle": (["bridge"], "answer_loss_weight", BRIDGE_LOSS_WEIGHTS,
                "gives the language model the scene's ground truth, not a perception"),
+    "perceived": (["bridge"], "answer_loss_weight", BRIDGE_LOSS_WEIGHTS,
+                  "reads the frozen perception's objects out of streamed memories"),
 }
 
 
@@ -121,7 +123,11 @@ class StageConfig:
     # "oracle": a diagnostic of the language model alone: instead of a memory, the scene's ground
     # truth at the question (data.oracle_memory: the room and each object seen so far, as class,
     # centre and extents); only the language bridge learns. What the language model cannot learn
-    # to answer from that, it will not learn from any memory.
+    # to answer from that, it will not learn from any memory. "perceived": the oracle's form (room
+    # box, then one token per object by first sighting) built from a streamed memory instead of the
+    # ground truth: the run's category and point probes read every token the memory holds, and tokens
+    # showing one category are grouped by place into objects (model.object_memory.perceive_objects,
+    # with the run's perceive_min_share and perceive_merge_m); only the language bridge learns.
     memory: str = "clip"
     episodes_per_step: int | None = None    # None: the run's setting (a "stream" step is cheap: take more;
                                             # a "window" step takes one window from each)
@@ -196,9 +202,11 @@ class TrainConfig:
     # preset's initialisation with `model` changes; e.g. a trained geometry encoder under a new
     # semantic encoder, or one run's perception under another run's language bridge.
     init_modules: dict[str, str] = field(default_factory=dict)
-    # A run directory whose training-only probes (its training state's) this run starts from, e.g.
-    # the language probes of the run its bridge comes from, which already read that bridge.
-    init_probes: str | None = None
+    # Training-only probes (trainer.PROBES) this run starts from, each mapped to the run directory
+    # whose training state holds it, e.g. the category and point probes of the run the perception
+    # comes from and the language probes of the run the bridge comes from. Probes taken count as
+    # trained (a "perceived" stage reads the memory with the category and point probes).
+    init_probes: dict[str, str] = field(default_factory=dict)
     # Model config fields (VLM2Config) changed from the preset's, for a run from the preset's
     # initialisation, e.g. {readout_pool: objectness}. The checkpoint records the result.
     model: dict = field(default_factory=dict)
@@ -212,6 +220,11 @@ class TrainConfig:
     # answer (sim.questions.MEMORY_TASKS: which quarter of the room an object is in, which of two
     # named objects lies further east, west, north or south, which of four furthest).
     memory_questions_per_task: int = 0
+    # How "perceived" memories group tokens into objects (model.object_memory.perceive_objects): a
+    # token shows a category when the category probe gives it at least this share, and joins an
+    # object of its category whose centre is within this many metres on the floor plane.
+    perceive_min_share: float = 0.5
+    perceive_merge_m: float = 1.0
     episodes_per_step: int = 2
     pose_probability: float = 0.5           # share of clips given the camera poses (else predicted)
     weight_decay: float = 0.01
@@ -256,6 +269,12 @@ class TrainConfig:
             raise TrainConfigError("init_modules maps each module to the checkpoint directory it is taken from, "
                                    f"e.g. {{geometry: ../out/run/checkpoint}}; got {self.init_modules!r}")
         check_modules(list(self.init_modules), "init_modules")
+        if not isinstance(self.init_probes, dict):
+            raise TrainConfigError("init_probes maps each training-only probe to the run directory it is taken from, "
+                                   f"e.g. {{category: ../out/run, grounding: ../out/other}}; got {self.init_probes!r}")
+        if not 0 < self.perceive_min_share <= 1 or self.perceive_merge_m <= 0:
+            raise TrainConfigError("perceive_min_share must be in (0, 1] and perceive_merge_m > 0, got "
+                                   f"{self.perceive_min_share} and {self.perceive_merge_m}")
         if self.init_modules and self.init_checkpoint:
             raise TrainConfigError("init_checkpoint takes the whole model, init_modules some modules from "
                                    "checkpoints and the rest fresh: use one")
@@ -293,7 +312,8 @@ def load_train_config(path: str | Path) -> TrainConfig:
     def resolve(value):                                  # relative paths: from the config's folder
         return str((path.parent / value).resolve()) if value and not Path(value).is_absolute() else value
 
-    for key in ("data", "out", "init_checkpoint", "init_probes"):
+    for key in ("data", "out", "init_checkpoint"):
         setattr(config, key, resolve(getattr(config, key)))
     config.init_modules = {module: resolve(str(checkpoint)) for module, checkpoint in config.init_modules.items()}
+    config.init_probes = {probe: resolve(str(run)) for probe, run in config.init_probes.items()}
     return config

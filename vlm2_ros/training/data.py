@@ -16,6 +16,7 @@ from tqdm import tqdm
 from ..camera import world_points
 from ..evaluation.data import episode_dirs
 from ..evaluation.predictors import format_prompt
+from ..model.object_memory import ObjectBox, object_tokens
 from ..sim.episode import EpisodeDir
 from ..sim.questions import Balancer, QuestionGenerator, generate_questions
 from ..sim.scene import SEMANTIC_CLASSES, Scene, generate_scene, semantic_classes
@@ -81,26 +82,18 @@ def named_objects(scene: Scene, question: dict) -> list[tuple[str, tuple[float, 
 def oracle_memory(scene: Scene, visibility: dict[int, tuple[int, int, int]], asked_at: int, tokens: int,
                   dim: int, scale_m: float) -> torch.Tensor:
     """What a perfect memory would hand the language model at frame `asked_at` ("oracle" stages):
-    [1,tokens,dim], the room's box first, then one token per object seen up to that frame
-    (`visibility`: id -> (first seen, ...)), in the order first seen. A token is its semantic class
-    one-hot (SEMANTIC_CLASSES; "room" for the room), then its box's centre and extents in units
-    of scale_m; every other channel and token is 0."""
-    classes = len(SEMANTIC_CLASSES)
-    if dim < classes + 6:
-        raise ValueError(f"an oracle memory token needs {classes + 6} channels, the language bridge reads {dim}")
-    seen = [o for _, o in sorted(((visibility[o.id][0], o.id), o) for o in scene.objects
-                                 if o.id in visibility and visibility[o.id][0] <= asked_at)]
+    [1,tokens,dim] in model.object_memory's layout, the room's box first, then each object seen up
+    to that frame (`visibility`: id -> (first seen, ...)), in the order first seen."""
+    seen = sorted((visibility[o.id][0], o.id, o) for o in scene.objects
+                  if o.id in visibility and visibility[o.id][0] <= asked_at)
     if 1 + len(seen) > tokens:
         raise ValueError(f"scene {scene.name}: {len(seen)} objects seen by frame {asked_at}, more than the "
                          f"{tokens - 1} tokens an oracle memory has for them")
     room = scene.room
-    boxes = [(0, (room.width / 2, room.depth / 2, room.height / 2), (room.width, room.depth, room.height))]
-    boxes += [(SEMANTIC_CLASSES.index(o.category), o.center, o.size) for o in seen]
-    memory = torch.zeros(1, tokens, dim)
-    for slot, (semantic_class, centre, size) in enumerate(boxes):
-        memory[0, slot, semantic_class] = 1.0
-        memory[0, slot, classes:classes + 6] = torch.tensor([*centre, *size]) / scale_m
-    return memory
+    boxes = [ObjectBox(0, (room.width / 2, room.depth / 2, room.height / 2), (room.width, room.depth, room.height))]
+    boxes += [ObjectBox(SEMANTIC_CLASSES.index(o.category), tuple(o.center), tuple(o.size), first_seen)
+              for first_seen, _, o in seen]
+    return object_tokens(boxes, len(SEMANTIC_CLASSES), tokens, dim, scale_m)
 
 
 def question_fields(scene: Scene, questions: list[dict]) -> tuple[list[str], list[str], list[str], list, list]:

@@ -4,7 +4,9 @@ answered from the memory with teacher forcing. A "stream" stage instead builds e
 memory the way inference does (every frame up to the question, through the engine, perception
 frozen) once, and trains the language bridge on those memories: no train/test gap in how the
 memory was filled, and a step costs only the language model. An "oracle" stage trains the bridge
-the same way on the scene's ground truth instead of a memory (data.oracle_memory).
+the same way on the scene's ground truth instead of a memory (data.oracle_memory), and a
+"perceived" stage on a streamed memory put in the oracle's form by the run's category and point
+probes (model.object_memory.perceive_objects).
 
 Losses: depth (mean |log d - log d*| over pixels with rendered depth) on every frame's geometry
 output; category (cross-entropy of a training-only linear probe on every fused token H_t and
@@ -40,8 +42,10 @@ from ..engine.engine import SpatialMemoryEngine
 from ..engine.number_decoding import relative_accuracy
 from ..evaluation.model_predictor import stream_episode
 from ..model.checkpoint import load_checkpoint, load_model, save_checkpoint
+from ..model.dual_memory import MemoryState
 from ..model.fusion import pool_to_grid
 from ..model.memory_readout import mean_pool
+from ..model.object_memory import ObjectBox, object_tokens, perceive_objects
 from ..model.provenance import Provenance
 from ..model.vlm2 import VLM2Model
 from ..sim.episode import EpisodeDir
@@ -53,6 +57,7 @@ from .data import (AskedQuestions, GeneratedSample, TrainingEpisode, generated_o
 
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
 STREAMED_MEMORIES = "streamed_memories.safetensors"
+STREAMED_READINGS = "streamed_readings.safetensors"   # what the probes read in each token ("perceived" stages)
 STREAM_SAVE_EVERY = 50          # streamed samples between saves of the memory cache
 PROBE_PREFIX = "probes."
 METRICS = ("loss_depth", "loss_category", "loss_position", "loss_point", "loss_objectness",   # logged every step
@@ -229,12 +234,24 @@ def copy_modules(source: VLM2Model, target: VLM2Model, modules: list[str], where
             raise TrainConfigError(f"init_modules: cannot copy {name!r} from {where} ({e})") from None
 
 
-def run_probes(run: Path) -> dict[str, torch.Tensor]:
-    """The training-only probes' tensors in a run directory's training state (init_probes)."""
-    path = run / STATE_TENSORS
-    if not path.is_file():
-        raise TrainConfigError(f"init_probes: {run} holds no training state ({STATE_TENSORS})")
-    return {k[len(PROBE_PREFIX):]: v for k, v in load_file(str(path)).items() if k.startswith(PROBE_PREFIX)}
+def run_probes(probes: dict[str, str]) -> dict[str, torch.Tensor]:
+    """The tensors of each training-only probe in the training state of the run directory it maps
+    to (init_probes)."""
+    unknown = sorted(set(probes) - set(PROBES))
+    if unknown:
+        raise TrainConfigError(f"init_probes: unknown probes {unknown}; choose from {PROBES}")
+    tensors: dict[str, torch.Tensor] = {}
+    for run in sorted(set(probes.values())):
+        path = Path(run) / STATE_TENSORS
+        if not path.is_file():
+            raise TrainConfigError(f"init_probes: {run} holds no training state ({STATE_TENSORS})")
+        state = load_file(str(path))
+        for probe in (p for p in PROBES if probes.get(p) == run):
+            taken = {k[len(PROBE_PREFIX):]: v for k, v in state.items() if k.startswith(f"{PROBE_PREFIX}{probe}.")}
+            if not taken:
+                raise TrainConfigError(f"init_probes: the training state of {run} holds no {probe!r} probe")
+            tensors.update(taken)
+    return tensors
 
 
 def data_set_record(data: str | Path) -> dict | None:
@@ -292,7 +309,7 @@ class Trainer:
                                                       seed=config.seed, use_shipped=False,
                                                       config_changes=config.model)
             if config.init_probes:
-                self._probe_state = run_probes(Path(config.init_probes))
+                self._probe_state = run_probes(config.init_probes)
         layers = self.model.bridge.num_layers
         for stage in config.stages:
             if stage.probes_language_model and stage.grounding_layer > layers:
@@ -324,7 +341,7 @@ class Trainer:
                                            }).to(config.device)
         if self._probe_state is not None:   # a run from before a later probe starts that one fresh
             resumed = resume and has_state
-            where = self.out if resumed else config.init_probes
+            where = self.out if resumed else f"init_probes {config.init_probes}"
             try:
                 missing, unexpected = self.probes.load_state_dict(self._probe_state, strict=False)
             except RuntimeError as e:       # another model's sizes
@@ -336,6 +353,7 @@ class Trainer:
                                       config.questions_per_task, config.memory_questions_per_task)
         self._streamed: list[torch.Tensor] | None = None   # per sample, for "stream" stages
         self._oracle: list[torch.Tensor] | None = None     # per sample, for "oracle" stages
+        self._perceived: list[torch.Tensor] | None = None  # per sample, for "perceived" stages
         self._episodes: dict[str, EpisodeDir] = {}            # opened on demand, for "window" and "oracle" stages
         self._samples_asking: dict[tuple[str, ...], np.ndarray] = {}   # by question_types, for stage_samples
         self._answer_losses: dict[str, list[float]] = {}   # by question type, each question's since the last log line
@@ -347,29 +365,77 @@ class Trainer:
         nothing again, a run on a larger data set streams only the episodes it adds, and measuring
         the run on another data set (--memory-reliance) adds its episodes beside the others."""
         if self._streamed is None:
-            cache = self.out / STREAMED_MEMORIES
-            digest = memory_digest(self.model)
-            cached: dict[str, torch.Tensor] = {}
-            if cache.is_file() and safe_open_metadata(cache).get("memory_digest") == digest:
-                cached = load_file(str(cache))     # other data sets' entries stay: same weights, same memories
-
-            def save() -> None:
-                self.out.mkdir(parents=True, exist_ok=True)
-                with atomic_file(cache) as tmp:
-                    save_file({k: t.contiguous() for k, t in cached.items()}, str(tmp),
-                              metadata={"memory_digest": digest})
-
-            missing = [e for e in self.data if e.stream_key not in cached]
-            if missing:
-                engine = SpatialMemoryEngine(self.model, weights=self.weights, device=self.config.device)
-                for done, episode in enumerate(tqdm(missing, desc="streaming memories", unit="sample",
-                                                    disable=not self.progress), start=1):
-                    cached[episode.stream_key] = streamed_memory(engine, episode)
-                    if done % STREAM_SAVE_EVERY == 0 or done == len(missing):   # an interrupted run keeps these
-                        save()
-                self.model.train()       # the engine put the shared model in eval mode
-            self._streamed = [cached[e.stream_key] for e in self.data]
+            self._streamed = self.streamed(STREAMED_MEMORIES, memory_digest(self.model),
+                                           lambda engine, sample: streamed_memory(engine, sample))
         return self._streamed
+
+    def streamed(self, file: str, digest: str, read) -> list[torch.Tensor]:
+        """read(engine, sample) -> tensor, for every sample, once: cached in the run directory's
+        `file` under each sample's stream_key, valid while `digest` (what the tensors depend on) is
+        the file's; entries of samples not in this run's data stay."""
+        cache = self.out / file
+        cached: dict[str, torch.Tensor] = {}
+        if cache.is_file() and safe_open_metadata(cache).get("memory_digest") == digest:
+            cached = load_file(str(cache))     # other data sets' entries stay: same weights, same memories
+
+        def save() -> None:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with atomic_file(cache) as tmp:
+                save_file({k: t.contiguous() for k, t in cached.items()}, str(tmp), metadata={"memory_digest": digest})
+
+        missing = [e for e in self.data if e.stream_key not in cached]
+        if missing:
+            engine = SpatialMemoryEngine(self.model, weights=self.weights, device=self.config.device)
+            for done, episode in enumerate(tqdm(missing, desc=f"streaming ({file})", unit="sample",
+                                                disable=not self.progress), start=1):
+                cached[episode.stream_key] = read(engine, episode)
+                if done % STREAM_SAVE_EVERY == 0 or done == len(missing):   # an interrupted run keeps these
+                    save()
+            self.model.train()       # the engine put the shared model in eval mode
+        return [cached[e.stream_key] for e in self.data]
+
+    def token_readings(self, memory: MemoryState) -> torch.Tensor:
+        """What the run's category and point probes read in every token a memory holds (episodic
+        entries, then the working window): [E*N, K+4], each token's share of each of the K semantic
+        classes, its world point (metres) and the frame index of its entry."""
+        entries = torch.cat([memory.episodic.tokens, memory.working.tokens], dim=1)[0].float()       # [E,N,C]
+        frames = torch.cat([memory.episodic.provenance.frame_index, memory.working.provenance.frame_index], dim=1)[0]
+        tokens = entries.flatten(0, 1)                                                                # [E*N,C]
+        shares = self.probes["category"](tokens).softmax(dim=-1)                                     # [E*N,K]
+        points = self.probes["point"](tokens) * self.model.config.fusion.position_scale_m            # [E*N,3]
+        frames = frames.to(tokens.device).repeat_interleave(entries.shape[1]).float()[:, None]        # [E*N,1]
+        return torch.cat([shares, points, frames], dim=1)
+
+    def perceived_boxes(self, readings: torch.Tensor) -> list[ObjectBox]:
+        """The room and the objects token_readings show, grouped by perceive_objects."""
+        k = len(SEMANTIC_CLASSES)
+        return perceive_objects(readings[:, :k], readings[:, k:k + 3], readings[:, k + 3].round().long(),
+                                self.config.perceive_min_share, self.config.perceive_merge_m, self.oracle_tokens())
+
+    def perceived_memories(self) -> list[torch.Tensor]:
+        """Every sample's memory in the oracle's form (model.object_memory), from what the run's
+        category and point probes read in its streamed memory ("perceived" stages)."""
+        if self._perceived is None:
+            missing = [p for p in ("category", "point") if p not in self.trained_probes()]
+            if missing:
+                raise TrainConfigError(f"perceived memories are read by the category and point probes; this run "
+                                       f"has not trained {missing} (train them, or take them with init_probes)")
+            digest = hashlib.sha256(memory_digest(self.model).encode())
+            for name, tensor in sorted(self.probes.state_dict().items()):
+                if name.split(".")[0] in ("category", "point"):
+                    digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+
+            def read(engine: SpatialMemoryEngine, sample: TrainingEpisode) -> torch.Tensor:
+                stream_episode(engine, EpisodeDir(sample.path), sample.asked_at)
+                with torch.no_grad():
+                    return self.token_readings(engine.stream.memory).cpu()
+
+            c = self.model.config
+            self._perceived = [
+                object_tokens(self.perceived_boxes(readings), len(SEMANTIC_CLASSES), self.oracle_tokens(),
+                              c.bridge.memory_dim, c.fusion.position_scale_m).to(self.config.device)
+                for readings in self.streamed(STREAMED_READINGS, digest.hexdigest(), read)]
+        return self._perceived
 
     def oracle_tokens(self) -> int:
         """Tokens of an oracle memory: as many as the readout gives the language model from a full
@@ -391,7 +457,8 @@ class Trainer:
 
     def memories(self, source: str) -> list[torch.Tensor]:
         """Every sample's memory for a stage reading BRIDGE_SOURCES `source`."""
-        return self.oracle_memories() if source == "oracle" else self.stream_memories()
+        return {"oracle": self.oracle_memories, "perceived": self.perceived_memories,
+                "stream": self.stream_memories}[source]()
 
     def memory_reliance(self, samples: int = 60) -> dict[str, dict[str, float]]:
         """Does the language model read the memory? Per question type, the mean teacher-forced
@@ -483,9 +550,11 @@ class Trainer:
                 "log_correlation": float(np.corrcoef(probe, y)[0, 1])}
 
     def trained_probes(self) -> list[str]:
-        """The probes a stage of this run has trained so far (their loss weight > 0)."""
+        """The probes a stage of this run has trained so far (their loss weight > 0), and those it
+        took trained from other runs (init_probes)."""
         run = self.config.stages[:self.stage_index + 1]
-        return [name for name in PROBES if any(getattr(stage, f"{name}_loss_weight") > 0 for stage in run)]
+        return [name for name in PROBES if name in self.config.init_probes
+                or any(getattr(stage, f"{name}_loss_weight") > 0 for stage in run)]
 
     def position_probe(self, episodes: int = 8, min_share: float = 0.3) -> dict:
         """Does the memory hold where each object is, in a form a reader could use? Each of the
@@ -498,9 +567,12 @@ class Trainer:
         least `min_share`. Scored on the objects that are the only one of their category
         (floor-plane distance to the object's centre), beside guessing the room's centre.
         Recognition: per object, the largest share any token gives its category (the median over
-        objects, and how many objects some token gives at least 0.5). And the depth error
-        (mean |log d - log d*|) of the newest frame of the geometry windows the engine decodes,
-        every 20 frames of the same streams."""
+        objects, and how many objects some token gives at least 0.5). With the point probe, also
+        the objects a "perceived" memory would hold (perceived_boxes, the run's perceive_* settings):
+        how many an episode gives against how many it has seen, the same objects' errors (to the
+        nearest perceived box of their category), and the perceived room's floor area over the
+        true one. And the depth error (mean |log d - log d*|) of the newest frame of the geometry
+        windows the engine decodes, every 20 frames of the same streams."""
         trained = self.trained_probes()
         reader = "point" if "point" in trained else "position" if "position" in trained else None
         if "category" not in trained or reader is None:
@@ -520,6 +592,7 @@ class Trainer:
             grids[f"{readout_grid} {pool_kind}"] = self.model.readout.pool
         rows = {name: {"objects": 0, "errors": [], "room_centre_errors": [], "best_shares": []} for name in grids}
         depth_errors = []
+        perceived = {"objects": 0, "errors": [], "boxes": [], "seen": [], "room_area_ratios": []}
         with torch.no_grad():
             for sample in tqdm(picked, desc="position probe", unit="episode", disable=not self.progress):
                 episode = EpisodeDir(sample.path)
@@ -548,6 +621,19 @@ class Trainer:
                         row["errors"].append(float(np.linalg.norm(found[:2].numpy() - np.asarray(obj.center[:2]))))
                         row["room_centre_errors"].append(float(np.linalg.norm(
                             np.asarray([room.width / 2, room.depth / 2]) - np.asarray(obj.center[:2]))))
+                if reader == "point":
+                    room_box, *boxes = self.perceived_boxes(self.token_readings(memory))
+                    perceived["boxes"].append(len(boxes))
+                    perceived["seen"].append(sum(v[0] <= sample.asked_at for v in episode.visibility().values()))
+                    area = room_box.size[0] * room_box.size[1]
+                    perceived["room_area_ratios"].append(area / (room.width * room.depth))
+                    for obj in scene.unique_objects():
+                        perceived["objects"] += 1
+                        k = classes.index(obj.category)
+                        distances = [np.linalg.norm(np.asarray(b.centre[:2]) - np.asarray(obj.center[:2]))
+                                     for b in boxes if b.semantic_class == k]
+                        if distances:
+                            perceived["errors"].append(float(min(distances)))
                 length, geometry = self.model.config.geometry_window, self.model.geometry
                 for end in range(length - 1, sample.asked_at + 1, 20):
                     images, depth = load_frames(episode, range(end - length + 1, end + 1), self.model.config.image_size)
@@ -556,7 +642,15 @@ class Trainer:
                     depth_errors.append(float(depth_loss(out.depth[:, -1], depth[-1:].to(self.config.device))))
         self.model.train()
         median = lambda values: float(np.median(values)) if values else None  # noqa: E731
-        return {"episodes": len(picked), "reader": reader, "min_share": min_share,
+        objects = None
+        if reader == "point":
+            objects = {"objects": perceived["objects"], "located": len(perceived["errors"]),
+                       "median_error_m": median(perceived["errors"]),
+                       "boxes_per_episode": float(np.mean(perceived["boxes"])),
+                       "seen_per_episode": float(np.mean(perceived["seen"])),
+                       "median_room_area_ratio": median(perceived["room_area_ratios"]),
+                       "min_share": self.config.perceive_min_share, "merge_m": self.config.perceive_merge_m}
+        return {"episodes": len(picked), "reader": reader, "min_share": min_share, "perceived_objects": objects,
                 "depth_error": float(np.mean(depth_errors)) if depth_errors else None,
                 "grids": {name: {"objects": row["objects"], "located": len(row["errors"]),
                                  "median_error_m": median(row["errors"]),

@@ -1,0 +1,58 @@
+"""Perceived objects in the oracle's layout (model.object_memory)."""
+import pytest
+import torch
+
+from vlm2_ros.model.object_memory import ROOM_CLASS, ObjectBox, object_tokens, perceive_objects
+
+CLASSES = 4     # the room and three categories
+
+
+def tokens_showing(category: int, share: float, points: list, frame: int):
+    """Readings of tokens that each give `category` a share of `share` (the rest to the room)."""
+    shares = torch.zeros(len(points), CLASSES)
+    shares[:, category] = share
+    shares[:, ROOM_CLASS] += 1 - share
+    return shares, torch.tensor(points, dtype=torch.float32), torch.full((len(points),), frame)
+
+
+def perceive(*groups, **kwargs):
+    shares, points, frames = (torch.cat(parts) for parts in zip(*groups))
+    return perceive_objects(shares, points, frames, **kwargs)
+
+
+def test_tokens_of_one_category_group_by_place_into_boxes_in_the_order_first_seen():
+    walls = tokens_showing(ROOM_CLASS, 1.0, [[0, 0, 0], [6, 4, 3], [3, 2, 0], [0, 4, 3]], frame=0)
+    chair_a = tokens_showing(1, 0.9, [[1.0, 1.0, 0.4], [1.2, 1.0, 0.6]], frame=7)
+    chair_b = tokens_showing(1, 0.8, [[4.0, 3.0, 0.5]], frame=3)      # 3.6 m from chair_a: another chair
+    table = tokens_showing(2, 0.6, [[1.1, 1.1, 0.7]], frame=9)        # beside chair_a, another category
+    faint = tokens_showing(3, 0.3, [[5.0, 1.0, 0.5]], frame=1)        # below min_share: nothing
+    room, *objects = perceive(walls, chair_a, chair_b, table, faint, min_share=0.5, merge_radius_m=1.0,
+                              room_quantile=0.0)
+    assert room.semantic_class == ROOM_CLASS
+    assert room.centre == pytest.approx((3.0, 2.0, 1.5)) and room.size == pytest.approx((6.0, 4.0, 3.0))
+    assert [(o.semantic_class, o.first_seen) for o in objects] == [(1, 3), (1, 7), (2, 9)]
+    chair = objects[1]
+    assert chair.centre == pytest.approx((1.1, 1.0, 0.5), abs=1e-5)   # equal shares: the plain mean
+    assert chair.size == pytest.approx((0.2, 0.1, 0.2), abs=1e-5)     # 2 std per axis, at least 0.1 m
+    assert chair.support == pytest.approx(1.8)
+    # a wider merge radius makes the two chairs one object, first seen at the earlier sighting
+    room, *objects = perceive(walls, chair_a, chair_b, table, faint, merge_radius_m=5.0)
+    assert [(o.semantic_class, o.first_seen) for o in objects] == [(1, 3), (2, 9)]
+    # the faint one counts at a lower share; max_boxes keeps the best-supported objects beside the room
+    room, *objects = perceive(walls, chair_a, chair_b, table, faint, min_share=0.25, max_boxes=3)
+    assert [(o.semantic_class, o.first_seen) for o in objects] == [(1, 3), (1, 7)]
+
+
+def test_a_perceived_memory_is_written_like_the_oracle_and_bad_input_is_named():
+    boxes = [ObjectBox(ROOM_CLASS, (3.0, 2.0, 1.5), (6.0, 4.0, 3.0)), ObjectBox(2, (1.0, 1.0, 0.5), (0.4, 0.4, 1.0))]
+    memory = object_tokens(boxes, CLASSES, tokens=5, dim=16, scale_m=2.0)
+    assert memory.shape == (1, 5, 16)
+    assert memory[0, 1, :CLASSES].tolist() == [0, 0, 1, 0]
+    assert memory[0, 1, CLASSES:CLASSES + 6].tolist() == pytest.approx([0.5, 0.5, 0.25, 0.2, 0.2, 0.5])
+    assert not memory[0, 2:].any() and not memory[..., CLASSES + 6:].any()
+    with pytest.raises(ValueError, match="channels"):
+        object_tokens(boxes, CLASSES, tokens=5, dim=CLASSES + 5, scale_m=2.0)
+    with pytest.raises(ValueError, match="more than"):
+        object_tokens(boxes, CLASSES, tokens=1, dim=16, scale_m=2.0)
+    with pytest.raises(ValueError, match="must agree"):
+        perceive_objects(torch.zeros(3, CLASSES), torch.zeros(2, 3), torch.zeros(3))
