@@ -512,6 +512,8 @@ def test_position_probe_reads_where_each_object_is(data, tmp_path, reader, pool)
     assert main(["train", "--config", str(config), "--position-probe", "2"]) == 0
     result = json.loads((tmp_path / "b" / "position_probe.json").read_text())
     assert result["episodes"] == 2 and result["reader"] == reader and result["depth_error"] > 0
+    assert result["patch_point_error_m"] > 0
+    assert (result["perceived_objects"] is None) == (reader == "position")    # boxes need the point probe
     assert set(result["grids"]) == {"6x8", "2x2 mean"} | ({"2x2 objectness"} if pool == "objectness" else set())
     # Probes that say every token shows one object, at its centre: the reader finds exactly it.
     trainer = Trainer(load_train_config(config), resume=True, progress=False)
@@ -535,6 +537,10 @@ def test_position_probe_reads_where_each_object_is(data, tmp_path, reader, pool)
         assert abs(row["median_best_share"] - float(np.median([1.0] + others))) < 0.01
         assert abs(row["room_centre_median_error_m"] - float(np.hypot(room.width / 2 - target.center[0],
                                                                       room.depth / 2 - target.center[1]))) < 1e-6
+    if reader == "point":       # one box, of the target's category, at its centre
+        objects = result["perceived_objects"]
+        assert objects["boxes_per_episode"] == 1 and objects["located"] == 1 and objects["median_error_m"] < 1e-3
+        assert objects["objects"] == len(scene.unique_objects()) and objects["seen_per_episode"] > 1
 
 
 def test_a_pretrained_cnn_backbone_stays_frozen_unless_asked():

@@ -62,6 +62,15 @@ def load_frames(episode: EpisodeDir, indices, image_size: tuple[int, int]) -> tu
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(depth)
 
 
+def load_world_points(episode: EpisodeDir, indices, image_size: tuple[int, int]) -> torch.Tensor:
+    """The world point of every pixel of frames `indices` (rendered depth and pose) at the model's
+    input size: [T,H,W,3] float32 metres (nearest-neighbour like depth and classes, so a pixel's
+    point and class belong together)."""
+    h, w = image_size
+    return torch.from_numpy(np.stack([cv2.resize(world_points(episode.depth(i), episode.intrinsics, episode.poses[i]),
+                                                 (w, h), interpolation=cv2.INTER_NEAREST) for i in indices]))
+
+
 def episode_digest(path: Path) -> str:
     """Names a rendered episode by its content (metadata and scene), not its directory: the same
     episode in another copy of a data set, or in a larger one from the same seed, has the same digest."""
@@ -176,11 +185,9 @@ def load_training_episode(path: Path, clip_frames: int, image_size: tuple[int, i
         images, depth = load_frames(episode, idx, image_size)
         classes = np.stack([cv2.resize(semantic_classes(episode.scene, episode.mask(i)), (w, h),
                                        interpolation=cv2.INTER_NEAREST) for i in idx])
-        # nearest-neighbour like depth and classes, so a pixel's point and class belong together
-        points = np.stack([cv2.resize(world_points(episode.depth(i), episode.intrinsics, episode.poses[i]),
-                                      (w, h), interpolation=cv2.INTER_NEAREST) for i in idx])
+        points = load_world_points(episode, idx, image_size)
         samples.append(TrainingEpisode(
-            episode.episode_id, images, depth, torch.from_numpy(classes), torch.from_numpy(points),
+            episode.episode_id, images, depth, torch.from_numpy(classes), points,
             torch.from_numpy(episode.poses[idx].astype(np.float32)),
             torch.from_numpy(episode.stamps_ns[idx].astype(np.int64)), torch.from_numpy(idx.astype(np.int64)),
             *question_fields(episode.scene, questions),

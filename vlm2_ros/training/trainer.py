@@ -47,13 +47,13 @@ from ..model.fusion import pool_to_grid
 from ..model.memory_readout import mean_pool
 from ..model.object_memory import ObjectBox, object_tokens, perceive_objects
 from ..model.provenance import Provenance
-from ..model.vlm2 import VLM2Model
+from ..model.vlm2 import VLM2Model, transform_points
 from ..sim.episode import EpisodeDir
 from ..sim.questions import COMPASS, DIRECTION_CLASSES, LETTERS, MEMORY_TASKS, relation_angles
 from ..sim.scene import CATEGORIES, SEMANTIC_CLASSES
 from .config import BRIDGE_SOURCES, MODULES, StageConfig, TrainConfig, TrainConfigError
 from .data import (AskedQuestions, GeneratedSample, TrainingEpisode, generated_oracle_sample, generated_scene_seed,
-                   load_frames, load_training_set, oracle_memory)
+                   load_frames, load_training_set, load_world_points, oracle_memory)
 
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
 STREAMED_MEMORIES = "streamed_memories.safetensors"
@@ -572,7 +572,9 @@ class Trainer:
         how many an episode gives against how many it has seen, the same objects' errors (to the
         nearest perceived box of their category), and the perceived room's floor area over the
         true one. And the depth error (mean |log d - log d*|) of the newest frame of the geometry
-        windows the engine decodes, every 20 frames of the same streams."""
+        windows the engine decodes, every 20 frames of the same streams, with the median floor-plane
+        error of the patch points the fusion gets from that depth and the given pose (C_t): how
+        well any reader of the memory could place a patch."""
         trained = self.trained_probes()
         reader = "point" if "point" in trained else "position" if "position" in trained else None
         if "category" not in trained or reader is None:
@@ -591,7 +593,7 @@ class Trainer:
         if pool_kind != "mean":                          # what the language model reads, beside the mean
             grids[f"{readout_grid} {pool_kind}"] = self.model.readout.pool
         rows = {name: {"objects": 0, "errors": [], "room_centre_errors": [], "best_shares": []} for name in grids}
-        depth_errors = []
+        depth_errors, patch_errors = [], []
         perceived = {"objects": 0, "errors": [], "boxes": [], "seen": [], "room_area_ratios": []}
         with torch.no_grad():
             for sample in tqdm(picked, desc="position probe", unit="episode", disable=not self.progress):
@@ -634,12 +636,17 @@ class Trainer:
                                      for b in boxes if b.semantic_class == k]
                         if distances:
                             perceived["errors"].append(float(min(distances)))
-                length, geometry = self.model.config.geometry_window, self.model.geometry
+                length, geometry, device = self.model.config.geometry_window, self.model.geometry, self.config.device
                 for end in range(length - 1, sample.asked_at + 1, 20):
                     images, depth = load_frames(episode, range(end - length + 1, end + 1), self.model.config.image_size)
-                    tokens = geometry.encode_frames(images.to(self.config.device).float() / 255.0)
+                    tokens = geometry.encode_frames(images.to(device).float() / 255.0)
                     out = geometry.decode_window(tokens[None], self.model.geometry_grid, newest_only=True)
-                    depth_errors.append(float(depth_loss(out.depth[:, -1], depth[-1:].to(self.config.device))))
+                    depth_errors.append(float(depth_loss(out.depth[:, -1], depth[-1:].to(device))))
+                    # the patch points C_t the fusion gets (predicted depth, given pose) against the rendered ones
+                    pose = torch.from_numpy(episode.poses[end].astype(np.float32))[None].to(device)
+                    predicted = pool_to_grid(transform_points(pose, out.local_points[:, -1]), hs_ws)[0]      # [N,3]
+                    truth = pool_to_grid(load_world_points(episode, [end], self.model.config.image_size), hs_ws)[0]
+                    patch_errors += (predicted[:, :2].cpu() - truth[:, :2]).norm(dim=-1).tolist()
         self.model.train()
         median = lambda values: float(np.median(values)) if values else None  # noqa: E731
         objects = None
@@ -652,6 +659,7 @@ class Trainer:
                        "min_share": self.config.perceive_min_share, "merge_m": self.config.perceive_merge_m}
         return {"episodes": len(picked), "reader": reader, "min_share": min_share, "perceived_objects": objects,
                 "depth_error": float(np.mean(depth_errors)) if depth_errors else None,
+                "patch_point_error_m": median(patch_errors),
                 "grids": {name: {"objects": row["objects"], "located": len(row["errors"]),
                                  "median_error_m": median(row["errors"]),
                                  "room_centre_median_error_m": median(row["room_centre_errors"]),
