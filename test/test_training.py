@@ -1008,9 +1008,12 @@ def test_perceived_stage_reads_the_probes_objects_out_of_streamed_memories(data,
     settings = dict(questions_per_episode=4, questions_per_task=2, perceive_min_share=0.2, stages=[stage],
                     init_modules={module: "perception/checkpoint" for module in
                                   ("geometry", "semantic", "fusion", "memory", "readout")})
-    untaken = Trainer(load_train_config(write_config(tmp_path / "bare.yaml", **settings)), progress=False)
+    bare = write_config(tmp_path / "bare.yaml", **settings)
+    untaken = Trainer(load_train_config(bare), progress=False)
     with pytest.raises(TrainConfigError, match="has not trained"):
         untaken.memories("perceived")
+    with pytest.raises(SystemExit, match="has not trained"):     # measured before any training: init_modules
+        main(["train", "--config", str(bare), "--memory-reliance", "1"])
     config = write_config(tmp_path / "train.yaml", init_probes={"category": "perception", "point": "perception"},
                           **settings)
     trainer = Trainer(load_train_config(config), progress=False)

@@ -56,6 +56,7 @@ def train_command(args: argparse.Namespace) -> int:
 def diagnose_command(config, reliance_samples: int | None, room_size_probe: bool,
                      position_episodes: int | None = None) -> int:
     from ..atomic_io import write_json_atomic
+    from .config import TrainConfigError
     from .trainer import STATE_JSON, Trainer
 
     if reliance_samples is not None and reliance_samples < 1:
@@ -99,7 +100,10 @@ def diagnose_command(config, reliance_samples: int | None, room_size_probe: bool
         write_json_atomic(Path(config.out) / "room_size_probe.json", result)
         print(json.dumps(result, indent=2))
         return 0
-    rows = trainer.memory_reliance(reliance_samples)
+    try:
+        rows = trainer.memory_reliance(reliance_samples)
+    except TrainConfigError as e:          # e.g. perceived memories without the probes that read them
+        raise SystemExit(f"vlm2 train: {e}") from None
     write_json_atomic(Path(config.out) / "memory_reliance.json", rows)
     print("| question type | questions | loss, own memory | loss, another scene's | accuracy, own | accuracy, "
           "another's | grounding error, own (m) | grounding error, another's (m) |\n|---|---|---|---|---|---|---|---|")
