@@ -365,8 +365,7 @@ class Trainer:
         nothing again, a run on a larger data set streams only the episodes it adds, and measuring
         the run on another data set (--memory-reliance) adds its episodes beside the others."""
         if self._streamed is None:
-            self._streamed = self.streamed(STREAMED_MEMORIES, memory_digest(self.model),
-                                           lambda engine, sample: streamed_memory(engine, sample))
+            self._streamed = self.streamed(STREAMED_MEMORIES, memory_digest(self.model), streamed_memory)
         return self._streamed
 
     def streamed(self, file: str, digest: str, read) -> list[torch.Tensor]:
