@@ -71,7 +71,7 @@ def perceive_objects(shares: torch.Tensor, points: torch.Tensor, frame_index: to
         room_points = points
     low, high = np.quantile(room_points, [room_quantile, 1 - room_quantile], axis=0)
     room = ObjectBox(ROOM_CLASS, tuple(float(v) for v in (low + high) / 2), tuple(float(v) for v in high - low),
-                     first_seen=int(frames.min(initial=0)), support=float(len(room_points)))
+                     support=float(len(room_points)))
     objects = []
     for k in range(shares.shape[1]):
         if k == ROOM_CLASS:

@@ -79,11 +79,22 @@ def memory_digest(model: VLM2Model) -> str:
     digest = hashlib.sha256()
     config = {k: v for k, v in model.config.to_dict().items() if k != "bridge"}
     digest.update(json.dumps(config, sort_keys=True).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        if not name.startswith("bridge."):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    hash_tensors(digest, {name: t for name, t in model.state_dict().items() if not name.startswith("bridge.")})
     return digest.hexdigest()
+
+
+def hash_tensors(digest, tensors: dict[str, torch.Tensor]) -> None:
+    """Feed each tensor's name and bytes, in name order, into a hashlib digest."""
+    for name, tensor in sorted(tensors.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+
+
+def memory_entries(memory: MemoryState) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every entry a memory holds, episodic then the working window: tokens [B,E,N,C] and the
+    frame index of each entry [B,E]."""
+    return (torch.cat([memory.episodic.tokens, memory.working.tokens], dim=1),
+            torch.cat([memory.episodic.provenance.frame_index, memory.working.provenance.frame_index], dim=1))
 
 
 def safe_open_metadata(path: Path) -> dict:
@@ -397,8 +408,8 @@ class Trainer:
         """What the run's category and point probes read in every token a memory holds (episodic
         entries, then the working window): [E*N, K+4], each token's share of each of the K semantic
         classes, its world point (metres) and the frame index of its entry."""
-        entries = torch.cat([memory.episodic.tokens, memory.working.tokens], dim=1)[0].float()       # [E,N,C]
-        frames = torch.cat([memory.episodic.provenance.frame_index, memory.working.provenance.frame_index], dim=1)[0]
+        entries, frames = memory_entries(memory)
+        entries, frames = entries[0].float(), frames[0]                                               # [E,N,C], [E]
         tokens = entries.flatten(0, 1)                                                                # [E*N,C]
         shares = self.probes["category"](tokens).softmax(dim=-1)                                     # [E*N,K]
         points = self.probes["point"](tokens) * self.model.config.fusion.position_scale_m            # [E*N,3]
@@ -420,9 +431,8 @@ class Trainer:
                 raise TrainConfigError(f"perceived memories are read by the category and point probes; this run "
                                        f"has not trained {missing} (train them, or take them with init_probes)")
             digest = hashlib.sha256(memory_digest(self.model).encode())
-            for name, tensor in sorted(self.probes.state_dict().items()):
-                if name.split(".")[0] in ("category", "point"):
-                    digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            hash_tensors(digest, {name: t for name, t in self.probes.state_dict().items()
+                                  if name.split(".")[0] in ("category", "point")})
 
             def read(engine: SpatialMemoryEngine, sample: TrainingEpisode) -> torch.Tensor:
                 stream_episode(engine, EpisodeDir(sample.path), sample.asked_at)
@@ -599,7 +609,7 @@ class Trainer:
                 episode = EpisodeDir(sample.path)
                 stream_episode(engine, episode, sample.asked_at)
                 memory = engine.stream.memory
-                entries = torch.cat([memory.episodic.tokens, memory.working.tokens], dim=1).float()   # [1,E,N,C]
+                entries = memory_entries(memory)[0].float()                                               # [1,E,N,C]
                 scene, room = episode.scene, episode.scene.room
                 for name, pool in grids.items():
                     tokens = pool(entries).flatten(0, 2)                                              # [M,C]
