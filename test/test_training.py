@@ -37,6 +37,19 @@ def write_config(path, **overrides):
     return path
 
 
+def ingested_frame_by_frame(model, sample):
+    """An engine over `model` that has ingested the sample's episode up to its question, one frame
+    at a time with its pose and intrinsics, as a robot's stream arrives."""
+    from vlm2_ros.engine.engine import SpatialMemoryEngine
+    from vlm2_ros.sim.episode import EpisodeDir
+
+    engine = SpatialMemoryEngine(model, weights="w")
+    episode = EpisodeDir(sample.path)
+    for i in range(sample.asked_at + 1):
+        engine.ingest(episode.frame(i), int(episode.stamps_ns[i]), episode.intrinsics, episode.poses[i])
+    return engine
+
+
 def fit_history(trainer, stage, steps: int, lr: float = 3e-3) -> list[dict]:
     """Plain AdamW steps on the stage's losses: every step's metrics."""
     optimizer = torch.optim.AdamW(trainer.trainable_parameters(stage), lr=lr)
@@ -367,8 +380,6 @@ def test_semantic_classes_follow_the_instance_mask():
 
 
 def test_stream_stage_memory_is_the_inference_memory_and_training_lowers_the_loss(data, tmp_path, monkeypatch):
-    from vlm2_ros.engine.engine import SpatialMemoryEngine
-    from vlm2_ros.sim.episode import EpisodeDir
     from vlm2_ros.training.config import StageConfig, TrainConfig
     from vlm2_ros.training.trainer import Trainer
 
@@ -380,11 +391,7 @@ def test_stream_stage_memory_is_the_inference_memory_and_training_lowers_the_los
     trainer.data = trainer.data[:1]
     sample = trainer.data[0]
     # the memory a "stream" stage trains on is what the engine reads after ingesting frame by frame
-    engine = SpatialMemoryEngine(trainer.model, weights="w")
-    episode = EpisodeDir(sample.path)
-    for i in range(sample.asked_at + 1):
-        engine.ingest(episode.frame(i), int(episode.stamps_ns[i]), episode.intrinsics, episode.poses[i])
-    expected = trainer.model.read_memory(engine.stream).tokens
+    expected = trainer.model.read_memory(ingested_frame_by_frame(trainer.model, sample).stream).tokens
     assert torch.allclose(trainer.stream_memories()[0], expected, atol=1e-5)
     assert not trainer.stream_memories()[0].is_inference()
     # kept in the run directory for --resume, per sample, keyed by the weights before the bridge:
@@ -986,10 +993,8 @@ def test_perceived_stage_reads_the_probes_objects_out_of_streamed_memories(data,
     from safetensors.torch import save_file
 
     import vlm2_ros.training.trainer as trainer_module
-    from vlm2_ros.engine.engine import SpatialMemoryEngine
     from vlm2_ros.model.checkpoint import load_model, save_checkpoint
     from vlm2_ros.model.object_memory import object_tokens, perceive_objects
-    from vlm2_ros.sim.episode import EpisodeDir
     from vlm2_ros.sim.scene import SEMANTIC_CLASSES
     from vlm2_ros.training.trainer import Trainer
 
@@ -1020,11 +1025,7 @@ def test_perceived_stage_reads_the_probes_objects_out_of_streamed_memories(data,
     trainer.data = trainer.data[:1]
     sample = trainer.data[0]
     # the room and objects the probes read in every token the engine's memory holds at the question
-    engine = SpatialMemoryEngine(trainer.model, weights="w")
-    episode = EpisodeDir(sample.path)
-    for i in range(sample.asked_at + 1):
-        engine.ingest(episode.frame(i), int(episode.stamps_ns[i]), episode.intrinsics, episode.poses[i])
-    memory = engine.stream.memory
+    memory = ingested_frame_by_frame(trainer.model, sample).stream.memory
     with torch.no_grad():
         tokens = torch.cat([memory.episodic.tokens, memory.working.tokens], dim=1)[0].flatten(0, 1)
         shares = trainer.probes["category"](tokens).softmax(-1)
