@@ -10,7 +10,6 @@ from vlm2_ros.model.checkpoint import (CONFIG_NAME, WEIGHTS_NAME, CheckpointErro
                                        load_checkpoint, load_model, save_checkpoint)
 from vlm2_ros.model.geometry_encoder import GeometryEncoder, GeometryEncoderConfig
 from vlm2_ros.model.presets import PRESETS, preset_config
-from vlm2_ros.model.provenance import Provenance
 from vlm2_ros.model.tiny_checkpoints import save_tiny_llava_onevision, save_tiny_qwen2_5_vl
 
 QUESTION = "How many chairs are in this room?"
@@ -27,7 +26,7 @@ def run(model, frames=3, seed=0):
     stream = model.empty_stream(1)
     with torch.no_grad():
         for i in range(frames):
-            stream, _ = model.step(stream, images[i], Provenance.single(torch.tensor([i]), torch.tensor([i])))
+            stream, _ = model.step(stream, images[i], torch.tensor([i]), torch.tensor([i]))
         readout = model.read_memory(stream)
         generated = model.bridge.generate(readout.tokens, QUESTION, max_new_tokens=4)
     return stream, readout.tokens, generated

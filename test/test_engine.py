@@ -9,7 +9,6 @@ from conftest import make_frames
 from vlm2_ros.camera import CameraIntrinsics
 from vlm2_ros.engine.engine import IngestError, NotReadyError, QueryCanceled, QueryError, SpatialMemoryEngine
 from vlm2_ros.engine.snapshot import SnapshotError
-from vlm2_ros.model.provenance import Provenance
 
 MC = "Which object is closest to the door?\nA. chair\nB. lamp\nC. sofa\nD. tv\nAnswer with the option's letter."
 STAMP0 = 1_700_000_000_000_000_000
@@ -37,8 +36,7 @@ def test_model_step_shapes_and_dtypes(tiny_model_factory):
     stream = model.empty_stream(2)
     with torch.no_grad():
         for i in range(3):
-            stream, out = model.step(stream, torch.rand(2, 3, h, w),
-                                     Provenance.single(torch.tensor([i, i]), torch.tensor([i, i])))
+            stream, out = model.step(stream, torch.rand(2, 3, h, w), torch.tensor([i, i]), torch.tensor([i, i]))
     n_tok, c = model.num_tokens_per_frame, model.config.fusion.dim
     assert out.fused.shape == (2, n_tok, c) and out.fused.dtype == torch.float32
     assert out.memory.shape == (2, n_tok, c)
@@ -59,6 +57,27 @@ def test_ingest_fills_memories_up_to_capacity(tiny_engine):
     assert s.last_stamp_ns == STAMP0 + 44 * 100_000_000
     wm = tiny_engine.stream.memory.working.provenance.frame_index[0].tolist()
     assert wm == list(range(37, 45))  # exactly the last L_w frames
+
+
+def test_memory_entries_carry_the_world_points_of_their_frame(tiny_model_factory):
+    """Each entry carries its patches' points C_t in the world frame of the given pose: the same
+    frames seen from a robot standing 2 m further along x sit 2 m further along x. An episodic
+    entry M_t is placed where frame t's patches were."""
+    frames, memories = make_frames(4), []
+    for shift in (0.0, 2.0):
+        engine = SpatialMemoryEngine(tiny_model_factory(), weights="test-untrained(seed=0)")
+        for i, frame in enumerate(frames):
+            pose = np.eye(4)
+            pose[:3, 3] = [0.1 * i + shift, 0.0, 1.5]
+            engine.ingest(frame, STAMP0 + i * 100_000_000, pose=pose)
+        memories.append(engine.stream.memory)
+    here, there = (m.working.provenance.patch_points for m in memories)
+    assert here.shape == (1, 4, engine.model.num_tokens_per_frame, 3) and here.dtype == torch.float32
+    assert torch.isfinite(here).all() and here.std() > 0
+    assert torch.allclose(there - here, torch.tensor([2.0, 0.0, 0.0]), atol=1e-4)
+    episodic = memories[0].episodic.provenance
+    for slot, frame in enumerate(episodic.frame_index[0].tolist()):
+        assert torch.equal(episodic.patch_points[0, slot], here[0, frame])
 
 
 def test_query_answer_is_typed_and_cites_evidence_in_memory(tiny_engine):

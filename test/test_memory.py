@@ -11,15 +11,17 @@ from vlm2_ros.model.working_memory import WorkingMemory
 torch.manual_seed(0)
 
 
-def prov(i: int, b: int = 1) -> Provenance:
-    return Provenance.single(torch.full((b,), 1000 * i), torch.full((b,), i))
+def prov(i: int, b: int = 1, n: int = 1) -> Provenance:
+    """Frame i's provenance; each of its n tokens carries the point (i, token, 0)."""
+    points = torch.stack([torch.full((n,), float(i)), torch.arange(n).float(), torch.zeros(n)], dim=-1)
+    return Provenance.single(torch.full((b,), 1000 * i), torch.full((b,), i), points.expand(b, n, 3))
 
 
 def test_working_memory_holds_exactly_the_last_entries():
     wm = WorkingMemory.empty(capacity=3, batch_size=1, num_tokens=2, dim=4)
     frames = [torch.full((1, 2, 4), float(i)) for i in range(7)]
     for i, f in enumerate(frames):
-        wm = wm.push(f, prov(i))
+        wm = wm.push(f, prov(i, n=2))
         assert len(wm) == min(i + 1, 3)
     assert torch.equal(wm.tokens[0], torch.stack([frames[4][0], frames[5][0], frames[6][0]]))
     assert wm.provenance.frame_index.tolist() == [[4, 5, 6]]
@@ -43,7 +45,7 @@ def test_episodic_memory_appends_until_full_then_never_exceeds_capacity():
     em = EpisodicMemory.empty(capacity=4, batch_size=1, num_tokens=3, dim=16)
     views = distinct_views(10)
     for i, v in enumerate(views):
-        em, slot = em.insert(v, prov(i))
+        em, slot = em.insert(v, prov(i, n=3))
         assert len(em) == min(i + 1, 4)
         assert int(slot) == (i if i < 4 else int(slot))
     assert len(em) == 4 and em.replacements == 6
@@ -53,9 +55,9 @@ def test_repeated_view_replaces_its_twin_and_new_view_survives():
     em = EpisodicMemory.empty(capacity=4, batch_size=1, num_tokens=3, dim=16)
     views = distinct_views(6)
     for i in range(4):
-        em, _ = em.insert(views[i], prov(i))
+        em, _ = em.insert(views[i], prov(i, n=3))
     twin_of_2 = views[2] + 0.01 * torch.randn_like(views[2])
-    em, slot = em.insert(twin_of_2, prov(10))
+    em, slot = em.insert(twin_of_2, prov(10, n=3))
     assert int(slot) == 2                                   # the twin replaced entry 2 ...
     assert torch.equal(em.tokens[0, 2], twin_of_2[0])
     assert em.provenance.frame_index.tolist() == [[0, 1, 10, 3]]
@@ -63,12 +65,12 @@ def test_repeated_view_replaces_its_twin_and_new_view_survives():
         assert torch.equal(em.tokens[0, i], views[i][0])
     # A new view takes some slot; afterwards, repeated views of the other places keep
     # replacing their own twins and never the new view.
-    em, new_slot = em.insert(views[4], prov(11))
+    em, new_slot = em.insert(views[4], prov(11, n=3))
     others = [i for i in range(4) if i != int(new_slot)]
     for step in range(3):
         for slot in others:
             twin = em.tokens[:, slot] + 0.01 * torch.randn_like(em.tokens[:, slot])
-            em, twin_slot = em.insert(twin, prov(20 + step))
+            em, twin_slot = em.insert(twin, prov(20 + step, n=3))
             assert int(twin_slot) == slot
     assert torch.equal(em.tokens[0, int(new_slot)], views[4][0])
     assert em.provenance.frame_index[0, int(new_slot)] == 11
@@ -77,11 +79,11 @@ def test_repeated_view_replaces_its_twin_and_new_view_survives():
 def test_episodic_replacement_picks_highest_cosine_per_batch_element():
     em = EpisodicMemory.empty(capacity=3, batch_size=2, num_tokens=2, dim=8)
     for i in range(3):
-        em, _ = em.insert(torch.randn(2, 2, 8), prov(i, b=2))
+        em, _ = em.insert(torch.randn(2, 2, 8), prov(i, b=2, n=2))
     query = torch.randn(2, 2, 8)
     keys = F.normalize(em.tokens.mean(2), dim=-1)
     expected = (keys @ F.normalize(query.mean(1), dim=-1).unsqueeze(-1)).squeeze(-1).argmax(1)
-    em2, slots = em.insert(query, prov(5, b=2))
+    em2, slots = em.insert(query, prov(5, b=2, n=2))
     assert slots.tolist() == expected.tolist()
     for b in range(2):
         assert torch.equal(em2.tokens[b, slots[b]], query[b])
@@ -104,8 +106,8 @@ def test_dual_memory_step_reads_window_including_current_frame_and_episodic_befo
     with torch.no_grad():
         for i, h in enumerate(frames):
             prev: MemoryState = state
-            memory, state, slot = dm(h, state, prov(i))
-            working = prev.working.push(h, prov(i))
+            memory, state, slot = dm(h, state, prov(i, n=3))
+            working = prev.working.push(h, prov(i, n=3))
             m_w = dm.working_read(h, working.tokens)
             if i == 0:
                 expected = m_w
@@ -124,7 +126,7 @@ def test_memory_modes(mode, working_len, episodic_len):
     state = dm.empty_state(1, 3)
     with torch.no_grad():
         for i in range(9):
-            _, state, _ = dm(torch.randn(1, 3, 8), state, prov(i))
+            _, state, _ = dm(torch.randn(1, 3, 8), state, prov(i, n=3))
     assert (len(state.working), len(state.episodic)) == (working_len, episodic_len)
 
 
@@ -140,7 +142,7 @@ def test_memory_step_is_differentiable_for_training():
                                      episodic={"capacity": 2}))
     state = dm.empty_state(2, 3)
     for i in range(5):
-        memory, state, _ = dm(torch.randn(2, 3, 8, requires_grad=True), state, prov(i, b=2))
+        memory, state, _ = dm(torch.randn(2, 3, 8, requires_grad=True), state, prov(i, b=2, n=3))
     (state.episodic.tokens.sum() + memory.sum()).backward()
     assert dm.gate.fc1.weight.grad is not None and torch.isfinite(dm.gate.fc1.weight.grad).all()
 
@@ -170,3 +172,21 @@ def test_objectness_readout_needs_whole_cells_and_a_known_pool():
         MemoryReadout(4, (6, 8), (4, 3), pool="objectness")
     with pytest.raises(ValueError, match="readout_pool"):
         MemoryReadout(4, (6, 8), (2, 2), pool="max")
+
+
+def test_carried_points_move_with_their_entries():
+    """Each entry keeps the points of the frame it came from, through the FIFO and replacement."""
+    wm = WorkingMemory.empty(capacity=2, batch_size=1, num_tokens=3, dim=4)
+    for i in range(5):
+        wm = wm.push(torch.randn(1, 3, 4), prov(i, n=3))
+    assert wm.provenance.patch_points.shape == (1, 2, 3, 3)
+    assert wm.provenance.patch_points[0, :, 0, 0].tolist() == [3.0, 4.0]      # frames 3 and 4
+    assert wm.provenance.patch_points[0, 1, :, 1].tolist() == [0.0, 1.0, 2.0]  # token by token
+    views = distinct_views(3, tokens=3, dim=16)
+    em = EpisodicMemory.empty(capacity=3, batch_size=1, num_tokens=3, dim=16)
+    for i in range(3):
+        em, _ = em.insert(views[i], prov(i, n=3))
+    em, slot = em.insert(views[1] + 0.01, prov(7, n=3))                      # replaces frame 1's entry
+    assert int(slot) == 1
+    assert em.provenance.patch_points[0, :, 0, 0].tolist() == [0.0, 7.0, 2.0]
+

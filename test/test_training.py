@@ -520,8 +520,9 @@ def test_position_probe_reads_where_each_object_is(data, tmp_path, reader, pool)
     result = json.loads((tmp_path / "b" / "position_probe.json").read_text())
     assert result["episodes"] == 2 and result["reader"] == reader and result["depth_error"] > 0
     assert result["patch_point_error_m"] > 0
-    assert (result["perceived_objects"] is None) == (reader == "position")    # boxes need the point probe
-    assert set(result["grids"]) == {"6x8", "2x2 mean"} | ({"2x2 objectness"} if pool == "objectness" else set())
+    assert result["perceived_objects"]["objects"] > 0
+    assert set(result["grids"]) == {"6x8", "6x8 carried", "2x2 mean"} | (
+        {"2x2 objectness"} if pool == "objectness" else set())
     # Probes that say every token shows one object, at its centre: the reader finds exactly it.
     trainer = Trainer(load_train_config(config), resume=True, progress=False)
     scene = EpisodeDir(trainer.data[0].path).scene
@@ -536,18 +537,22 @@ def test_position_probe_reads_where_each_object_is(data, tmp_path, reader, pool)
         trainer.probes["point"].bias.copy_(centre)
         trainer.probes["position"].bias.view(-1, 3)[k] = centre      # share ~1: the moment is the point
     result = trainer.position_probe(episodes=1)
+    # read from the carried points, the target is where the memory's points are on average
+    carried = ingested_frame_by_frame(trainer.model, trainer.data[0]).stream.memory
+    mean = torch.cat([carried.episodic.provenance.patch_points, carried.working.provenance.patch_points],
+                     dim=1).flatten(0, 2).mean(dim=0)
     room = scene.room
-    for row in result["grids"].values():
-        assert row["objects"] == len(scene.unique_objects()) and row["located"] == 1
-        assert row["median_error_m"] < 1e-3 and row["recognised"] == 1
+    for name, row in result["grids"].items():
+        assert row["objects"] == len(scene.unique_objects()) and row["located"] == 1 and row["recognised"] == 1
+        expected = float(np.hypot(*(mean[:2].numpy() - np.asarray(target.center[:2])))) if "carried" in name else 0
+        assert abs(row["median_error_m"] - expected) < 1e-3
         others = [0.0] * (len(scene.unique_objects()) - 1)       # every token shows the target only
         assert abs(row["median_best_share"] - float(np.median([1.0] + others))) < 0.01
         assert abs(row["room_centre_median_error_m"] - float(np.hypot(room.width / 2 - target.center[0],
                                                                       room.depth / 2 - target.center[1]))) < 1e-6
-    if reader == "point":       # one box, of the target's category, at its centre
-        objects = result["perceived_objects"]
-        assert objects["boxes_per_episode"] == 1 and objects["located"] == 1 and objects["median_error_m"] < 1e-3
-        assert objects["objects"] == len(scene.unique_objects()) and objects["seen_per_episode"] > 1
+    objects = result["perceived_objects"]        # boxes of the target's category only, one of them the closest
+    assert objects["boxes_per_episode"] >= 1 and objects["located"] == 1
+    assert objects["objects"] == len(scene.unique_objects()) and objects["seen_per_episode"] > 1
 
 
 def test_a_pretrained_cnn_backbone_stays_frozen_unless_asked():
@@ -1019,17 +1024,18 @@ def test_perceived_stage_reads_the_probes_objects_out_of_streamed_memories(data,
         untaken.memories("perceived")
     with pytest.raises(SystemExit, match="has not trained"):     # measured before any training: init_modules
         main(["train", "--config", str(bare), "--memory-reliance", "1"])
-    config = write_config(tmp_path / "train.yaml", init_probes={"category": "perception", "point": "perception"},
-                          **settings)
+    config = write_config(tmp_path / "train.yaml", init_probes={"category": "perception"}, **settings)
     trainer = Trainer(load_train_config(config), progress=False)
     trainer.data = trainer.data[:1]
     sample = trainer.data[0]
-    # the room and objects the probes read in every token the engine's memory holds at the question
+    # the room and objects in every token the engine's memory holds at the question: what the
+    # category probe reads in it, placed at the point it carries
     memory = ingested_frame_by_frame(trainer.model, sample).stream.memory
     with torch.no_grad():
         tokens = torch.cat([memory.episodic.tokens, memory.working.tokens], dim=1)[0].flatten(0, 1)
         shares = trainer.probes["category"](tokens).softmax(-1)
-        points = trainer.probes["point"](tokens) * trainer.model.config.fusion.position_scale_m
+    points = torch.cat([memory.episodic.provenance.patch_points, memory.working.provenance.patch_points],
+                       dim=1)[0].flatten(0, 1)
     frames = torch.cat([memory.episodic.provenance.frame_index, memory.working.provenance.frame_index], dim=1)[0]
     boxes = perceive_objects(shares, points, frames.repeat_interleave(trainer.model.num_tokens_per_frame), 0.2)
     assert len(boxes) > 1

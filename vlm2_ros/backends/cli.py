@@ -38,7 +38,8 @@ def export_command(args: argparse.Namespace) -> int:
             images = torch.rand(model.config.geometry_window, 3, h, w)
             (t1, s1), (t2, s2) = ref.encode_frames(images), onnx.encode_frames(images)
             window = t1[None]
-            f1, f2 = ref.fuse_window(window, s1[-1:]), onnx.fuse_window(window, s1[-1:])
-        result["max_abs_diff"] = max(float((a - b).abs().max()) for a, b in ((t1, t2), (s1, s2), (f1, f2)))
+            (f1, p1), (f2, p2) = ref.fuse_window(window, s1[-1:]), onnx.fuse_window(window, s1[-1:])
+        result["max_abs_diff"] = max(float((a - b).abs().max())
+                                     for a, b in ((t1, t2), (s1, s2), (f1, f2), (p1, p2)))
     print(json.dumps(result, indent=2))
     return 0

@@ -42,7 +42,7 @@ class FusionGraph(nn.Module):
         self.model = model
 
     def forward(self, semantic, local_points, confidence, geometry_tokens, camera_tokens, camera_to_frame):
-        # -> H_t [B,N,C]; shapes as VLM2Model.fuse_frame
+        # -> H_t [B,N,C], C_t [B,N,3]; shapes as VLM2Model.fuse_frame
         return self.model.fuse_frame(semantic, local_points, confidence, geometry_tokens, camera_tokens,
                                      camera_to_frame)
 

@@ -23,7 +23,7 @@ from .graphs import (GEOMETRY_WINDOW_OUTPUTS, FrameEncodersGraph, FusionGraph, G
                      hot_path_digest)
 
 EXPORT_FORMAT = "vlm2-onnx-export"
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2          # 2: the fusion graph also returns the patch points C_t
 EXPORT_INDEX = "export.json"
 # Opset 23 has a native Attention op (about 1.5x faster than opset 18's decomposed attention in
 # ONNX Runtime 1.31 on CPU for the geometry window); older runtimes (e.g. JetPack's) need 18.
@@ -73,7 +73,7 @@ def export_onnx(model: VLM2Model, out_dir: str | Path, weights: str = "", opset:
                     GEOMETRY_WINDOW_OUTPUTS, ({0: batch, 1: length},), opset)
             _export(FusionGraph(model), fusion_inputs, tmp / "fusion.onnx",
                     ["semantic", "local_points", "confidence", "geometry_tokens", "camera_tokens",
-                     "camera_to_frame"], ["fused"], tuple({0: batch} for _ in fusion_inputs), opset)
+                     "camera_to_frame"], ["fused", "patch_points"], tuple({0: batch} for _ in fusion_inputs), opset)
             import onnxruntime
             write_json_atomic(tmp / EXPORT_INDEX, {
                 "format": EXPORT_FORMAT, "version": EXPORT_VERSION, "digest": hot_path_digest(model),

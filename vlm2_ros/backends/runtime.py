@@ -2,7 +2,7 @@
 
     encode_frames(images [T,3,H,W]) -> (frame_tokens [T,P,D], semantic [T,hs,ws,C])
     fuse_window(window [B,t,P,D], semantic [B,hs,ws,C], poses [B,4,4] | None, pose_mask [B] | None)
-        -> H_t [B,N,C]
+        -> (H_t [B,N,C], its patch points C_t [B,N,3])
 
 TorchBackend calls the model (whatever device and dtype it has). OnnxBackend runs an export
 (onnx_export.py) with ONNX Runtime: the requested execution provider or a clear error, falling
@@ -21,7 +21,7 @@ import torch
 from ..model.geometry_encoder import CameraHead
 from ..model.vlm2 import VLM2Model, select_pose
 from .graphs import hot_path_digest
-from .onnx_export import ExportError, export_onnx, read_export_index
+from .onnx_export import EXPORT_VERSION, ExportError, export_onnx, read_export_index
 
 BACKENDS = ("torch", "onnx")
 ONNX_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
@@ -43,14 +43,15 @@ class TorchBackend:
     def encode_frames(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model.encode_frames(images)
 
-    def fuse_window(self, window, semantic, poses=None, pose_mask=None) -> torch.Tensor:
-        return self.model.fuse_window(window, semantic, poses, pose_mask)[0]
+    def fuse_window(self, window, semantic, poses=None, pose_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.fuse_window(window, semantic, poses, pose_mask)[:2]
 
 
 def default_export_dir(digest: str) -> Path:
-    """Where exports made on demand are kept: $VLM2_CACHE_DIR, else ~/.cache/vlm2_ros."""
+    """Where exports made on demand are kept: $VLM2_CACHE_DIR, else ~/.cache/vlm2_ros; one per
+    weights and export format, so an upgrade exports anew instead of meeting an old format."""
     root = Path(os.environ.get("VLM2_CACHE_DIR") or Path.home() / ".cache" / "vlm2_ros")
-    return root / "onnx" / digest[:16]
+    return root / "onnx" / f"{digest[:16]}-v{EXPORT_VERSION}"
 
 
 def _session(path: Path, provider: str, fp16: bool, threads: int):
@@ -124,7 +125,7 @@ class OnnxBackend:
         to = lambda parts: torch.from_numpy(np.concatenate(parts)).to(device, dtype)  # noqa: E731
         return to(tokens), to(semantic)
 
-    def fuse_window(self, window, semantic, poses=None, pose_mask=None) -> torch.Tensor:
+    def fuse_window(self, window, semantic, poses=None, pose_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
         if window.shape[1] > self.geometry_window:
             raise ValueError(f"window of {window.shape[1]} frames exceeds the export's {self.geometry_window}")
         device, dtype = semantic.device, semantic.dtype
@@ -133,11 +134,11 @@ class OnnxBackend:
         predicted = CameraHead.to_pose(torch.from_numpy(camera_raw))
         camera_to_frame = select_pose(predicted, None if poses is None else poses.cpu(),
                                       None if pose_mask is None else pose_mask.cpu())
-        (fused,) = self.sessions["fusion"].run(None, {
+        fused, patch_points = self.sessions["fusion"].run(None, {
             "semantic": self._np(semantic), "local_points": local_points, "confidence": confidence,
             "geometry_tokens": geometry_tokens, "camera_tokens": camera_tokens,
             "camera_to_frame": self._np(camera_to_frame)})
-        return torch.from_numpy(fused).to(device, dtype)
+        return torch.from_numpy(fused).to(device, dtype), torch.from_numpy(patch_points).to(device, dtype)
 
 
 def make_backend(kind: str, model: VLM2Model, *, export_dir: str | Path | None = None, provider: str = "auto",

@@ -57,11 +57,11 @@ def baseline_costs_ms(engine: SpatialMemoryEngine, stream: StreamState, frame: n
     model = engine.model
     big = all_frames_stream(stream, n)
     pixels = engine.preprocess(frame, None)[None].to(engine.device, engine.dtype)
-    provenance = Provenance.single(torch.tensor([0]), torch.tensor([stream.frames]))
+    stamp, index = torch.tensor([0]), torch.tensor([stream.frames])
     ingest = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        model.step(big, pixels, provenance)
+        model.step(big, pixels, stamp, index)
         ingest.append(time.perf_counter() - t0)
     query = float("nan")
     if with_query:

@@ -33,7 +33,7 @@ from .snapshot import SnapshotError, read_snapshot, write_snapshot
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)   # accepted in snapshots
-ENGINE_STATE_VERSION = 1
+ENGINE_STATE_VERSION = 2
 
 
 class IngestError(ValueError):
@@ -211,12 +211,11 @@ class SpatialMemoryEngine:
                 indices = []
                 for i in range(n):
                     index = stream.frames
-                    provenance = Provenance.single(torch.tensor([stamps[i]]), torch.tensor([index]),
-                                                   None if pose_arrays[i] is None
-                                                   else torch.from_numpy(pose_arrays[i])[None])
-                    pose = None if pose_arrays[i] is None else torch.from_numpy(pose_arrays[i])[None].to(self.device)
+                    pose = None if pose_arrays[i] is None else torch.from_numpy(pose_arrays[i])[None]
                     window = self.model.push_window(stream.geometry_window, frame_tokens[i:i + 1])
-                    fused = self.backend.fuse_window(window, semantic[i:i + 1], pose)
+                    fused, patch_points = self.backend.fuse_window(
+                        window, semantic[i:i + 1], None if pose is None else pose.to(self.device))
+                    provenance = Provenance.single(torch.tensor([stamps[i]]), torch.tensor([index]), patch_points, pose)
                     stream, _, _ = self.model.remember(stream, window, fused, provenance)
                     indices.append(index)
             elapsed = time.perf_counter() - started
@@ -401,9 +400,10 @@ class SpatialMemoryEngine:
                 raise SnapshotError(f"{source}: tensor '{name}.tokens' has shape {tuple(tokens.shape)}, "
                                     f"expected [1, <= {template.capacity}, {n_tok}, {dim}]")
             prov = Provenance(take(f"{name}.stamp_ns", (torch.int64,)), take(f"{name}.frame_index", (torch.int64,)),
-                              take(f"{name}.pose", (torch.float64,)), take(f"{name}.has_pose", (torch.bool,)))
+                              take(f"{name}.pose", (torch.float64,)), take(f"{name}.has_pose", (torch.bool,)),
+                              take(f"{name}.patch_points", (torch.float32,)))
             for k, v in prov.fields().items():
-                trailing = (4, 4) if k == "pose" else ()
+                trailing = {"pose": (4, 4), "patch_points": (n_tok, 3)}.get(k, ())
                 if tuple(v.shape) != (1, n, *trailing):
                     raise SnapshotError(f"{source}: tensor '{name}.{k}' has shape {tuple(v.shape)}, "
                                         f"expected {[1, n, *trailing]}")

@@ -40,7 +40,7 @@ class EpisodicMemory:
     def empty(cls, capacity: int, batch_size: int, num_tokens: int, dim: int,
               device=None, dtype=None) -> "EpisodicMemory":
         return cls(capacity, torch.zeros(batch_size, 0, num_tokens, dim, device=device, dtype=dtype),
-                   Provenance.empty(batch_size))
+                   Provenance.empty(batch_size, num_tokens))
 
     def __len__(self) -> int:
         return self.tokens.shape[1]

@@ -5,8 +5,8 @@ the history):
     frame tokens    = geometry.encode_frames(I_t)              cached for the last L_g frames
     X_t, G_t, Z_t   = geometry.decode_window(last L_g frames)  outputs of the newest frame
     F_t             = semantic(I_t)
-    H_t             = fusion(F_t, X_t in the common frame, G_t, Z_t)
-    M_t, W, E       = memory(H_t, W, E)
+    H_t, C_t        = fusion(F_t, X_t in the common frame, G_t, Z_t)    C_t: each patch's 3D point
+    M_t, W, E       = memory(H_t, W, E)          entries carry C_t in their provenance
 At a question: language_bridge(readout(W, E), question) -> text.
 
 The common 3D frame: when the robot supplies camera poses (odometry / TF), point maps are put in
@@ -156,45 +156,52 @@ class VLM2Model(nn.Module):
         return window_new
 
     def fuse_window(self, window: torch.Tensor, semantic: torch.Tensor, poses: torch.Tensor | None = None,
-                    pose_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, GeometryOutput]:
+                    pose_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, GeometryOutput]:
         """Geometry of the window's newest frame fused with its semantic tokens: window [B,t,P,D],
-        semantic [B,hs,ws,C] -> H_t [B,N,C], and the decoder's outputs for that frame (T=1).
-        poses [B,4,4] camera-to-world replace the decoder's own pose where pose_mask [B] (bool;
-        default all) is set. Runtimes (vlm2_ros.backends) split this the same way."""
+        semantic [B,hs,ws,C] -> H_t [B,N,C], its patch points C_t [B,N,3], and the decoder's
+        outputs for that frame (T=1). poses [B,4,4] camera-to-world replace the decoder's own pose
+        where pose_mask [B] (bool; default all) is set. Runtimes (vlm2_ros.backends) split this
+        the same way."""
         geo = self.geometry.decode_window(window, self.geometry_grid, newest_only=True)
         camera_to_frame = select_pose(geo.camera_poses[:, -1], poses, pose_mask)
-        fused = self.fuse_frame(semantic, geo.local_points[:, -1], geo.confidence[:, -1],
-                                geo.geometry_tokens[:, -1], geo.camera_tokens[:, -1:], camera_to_frame)
-        return fused, geo
+        fused, patch_points = self.fuse_frame(semantic, geo.local_points[:, -1], geo.confidence[:, -1],
+                                              geo.geometry_tokens[:, -1], geo.camera_tokens[:, -1:], camera_to_frame)
+        return fused, patch_points, geo
 
     def fuse_frame(self, semantic: torch.Tensor, local_points: torch.Tensor, confidence: torch.Tensor,
                    geometry_tokens: torch.Tensor, camera_tokens: torch.Tensor,
-                   camera_to_frame: torch.Tensor) -> torch.Tensor:
-        """H_t [B,N,C] from semantic [B,hs,ws,C], local_points [B,H,W,3] (camera frame), confidence
-        [B,H,W], geometry_tokens [B,Ng,Dg], camera_tokens [B,1,Dg], camera_to_frame [B,4,4]."""
+                   camera_to_frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(H_t [B,N,C], C_t [B,N,3]) from semantic [B,hs,ws,C], local_points [B,H,W,3] (camera
+        frame), confidence [B,H,W], geometry_tokens [B,Ng,Dg], camera_tokens [B,1,Dg],
+        camera_to_frame [B,4,4]."""
         points = transform_points(camera_to_frame, local_points)
-        return self.fusion(semantic, points, confidence, geometry_tokens, camera_tokens).fused
+        out = self.fusion(semantic, points, confidence, geometry_tokens, camera_tokens)
+        return out.fused, out.patch_points
 
     def remember(self, stream: StreamState, window: torch.Tensor, fused: torch.Tensor,
                  provenance: Provenance) -> tuple[StreamState, torch.Tensor | None, torch.Tensor | None]:
-        """Write H_t [B,N,C] into the dual memory: (new stream, M_t, episodic slot)."""
+        """Write H_t [B,N,C] into the dual memory with its provenance (frame t's, patch points
+        C_t included): (new stream, M_t, episodic slot)."""
         memory, memory_state, slot = self.memory(fused, stream.memory, provenance)
         return StreamState(window, memory_state, stream.frames + 1), memory, slot
 
     def advance(self, stream: StreamState, frame_tokens: torch.Tensor, semantic: torch.Tensor,
-                provenance: Provenance, poses: torch.Tensor | None = None) -> tuple[StreamState, StepOutput]:
+                stamp_ns: torch.Tensor, frame_index: torch.Tensor,
+                poses: torch.Tensor | None = None) -> tuple[StreamState, StepOutput]:
         """Sequential part of a step for one new frame per stream: frame_tokens [B,P,D],
-        semantic [B,hs,ws,C], poses [B,4,4] camera-to-world or None."""
+        semantic [B,hs,ws,C], stamp_ns and frame_index [B] (the entry's provenance), poses
+        [B,4,4] camera-to-world or None."""
         window = self.push_window(stream.geometry_window, frame_tokens)
-        fused, geo = self.fuse_window(window, semantic, poses)
+        fused, patch_points, geo = self.fuse_window(window, semantic, poses)
+        provenance = Provenance.single(stamp_ns, frame_index, patch_points, poses)
         stream, memory, slot = self.remember(stream, window, fused, provenance)
         return stream, StepOutput(fused, memory, slot, geo.depth[:, -1], geo.camera_poses[:, -1])
 
-    def step(self, stream: StreamState, images: torch.Tensor, provenance: Provenance,
+    def step(self, stream: StreamState, images: torch.Tensor, stamp_ns: torch.Tensor, frame_index: torch.Tensor,
              poses: torch.Tensor | None = None) -> tuple[StreamState, StepOutput]:
         """One frame per stream: images [B,3,H,W]."""
         frame_tokens, semantic = self.encode_frames(images)
-        return self.advance(stream, frame_tokens, semantic, provenance, poses)
+        return self.advance(stream, frame_tokens, semantic, stamp_ns, frame_index, poses)
 
     def read_memory(self, stream: StreamState) -> ReadoutTokens:
         return self.readout(stream.memory)

@@ -5,8 +5,8 @@ memory the way inference does (every frame up to the question, through the engin
 frozen) once, and trains the language bridge on those memories: no train/test gap in how the
 memory was filled, and a step costs only the language model. An "oracle" stage trains the bridge
 the same way on the scene's ground truth instead of a memory (data.oracle_memory), and a
-"perceived" stage on a streamed memory put in the oracle's form by the run's category and point
-probes (model.object_memory.perceive_objects).
+"perceived" stage on a streamed memory put in the oracle's form: the run's category probe says
+what each token shows, the point each token carries says where (model.object_memory.perceive_objects).
 
 Losses: depth (mean |log d - log d*| over pixels with rendered depth) on every frame's geometry
 output; category (cross-entropy of a training-only linear probe on every fused token H_t and
@@ -46,7 +46,6 @@ from ..model.dual_memory import MemoryState
 from ..model.fusion import pool_to_grid
 from ..model.memory_readout import mean_pool
 from ..model.object_memory import ObjectBox, object_tokens, perceive_objects
-from ..model.provenance import Provenance
 from ..model.vlm2 import VLM2Model, transform_points
 from ..sim.episode import EpisodeDir
 from ..sim.questions import COMPASS, DIRECTION_CLASSES, LETTERS, MEMORY_TASKS, relation_angles
@@ -57,7 +56,7 @@ from .data import (AskedQuestions, GeneratedSample, TrainingEpisode, generated_o
 
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
 STREAMED_MEMORIES = "streamed_memories.safetensors"
-STREAMED_READINGS = "streamed_readings.safetensors"   # what the probes read in each token ("perceived" stages)
+STREAMED_READINGS = "streamed_readings.safetensors"   # each token's class shares and point ("perceived" stages)
 STREAM_SAVE_EVERY = 50          # streamed samples between saves of the memory cache
 PROBE_PREFIX = "probes."
 METRICS = ("loss_depth", "loss_category", "loss_position", "loss_point", "loss_objectness",   # logged every step
@@ -90,11 +89,13 @@ def hash_tensors(digest, tensors: dict[str, torch.Tensor]) -> None:
         digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
 
 
-def memory_entries(memory: MemoryState) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every entry a memory holds, episodic then the working window: tokens [B,E,N,C] and the
-    frame index of each entry [B,E]."""
-    return (torch.cat([memory.episodic.tokens, memory.working.tokens], dim=1),
-            torch.cat([memory.episodic.provenance.frame_index, memory.working.provenance.frame_index], dim=1))
+def memory_entries(memory: MemoryState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every entry a memory holds, episodic then the working window: tokens [B,E,N,C], the
+    points they carry [B,E,N,3] and the frame index of each entry [B,E]."""
+    parts = (memory.episodic, memory.working)
+    return (torch.cat([part.tokens for part in parts], dim=1),
+            torch.cat([part.provenance.patch_points for part in parts], dim=1),
+            torch.cat([part.provenance.frame_index for part in parts], dim=1))
 
 
 def safe_open_metadata(path: Path) -> dict:
@@ -174,9 +175,8 @@ def unroll(model: VLM2Model, episode: TrainingEpisode, use_pose: bool):
     device = next(model.parameters()).device
     for t in range(episode.images.shape[0]):
         pose = episode.poses[t:t + 1].to(device) if use_pose else None
-        provenance = Provenance.single(episode.stamps_ns[t:t + 1], episode.frame_indices[t:t + 1],
-                                       episode.poses[t:t + 1].double() if use_pose else None)
-        stream, out = model.step(stream, episode.images[t:t + 1].to(device).float() / 255.0, provenance, pose)
+        stream, out = model.step(stream, episode.images[t:t + 1].to(device).float() / 255.0,
+                                 episode.stamps_ns[t:t + 1], episode.frame_indices[t:t + 1], pose)
         losses.append(depth_loss(out.depth, episode.depth[t:t + 1].to(device)))
         stored += [out.fused] if out.memory is None else [out.fused, out.memory]
     return stream, torch.stack(losses).mean(), torch.cat(stored)
@@ -405,14 +405,13 @@ class Trainer:
         return [cached[e.stream_key] for e in self.data]
 
     def token_readings(self, memory: MemoryState) -> torch.Tensor:
-        """What the run's category and point probes read in every token a memory holds (episodic
-        entries, then the working window): [E*N, K+4], each token's share of each of the K semantic
-        classes, its world point (metres) and the frame index of its entry."""
-        entries, frames = memory_entries(memory)
-        entries, frames = entries[0].float(), frames[0]                                               # [E,N,C], [E]
-        tokens = entries.flatten(0, 1)                                                                # [E*N,C]
+        """What every token a memory holds (episodic entries, then the working window) tells of
+        its patch: [E*N, K+4], its share of each of the K semantic classes (the run's category
+        probe), the world point it carries (metres) and the frame index of its entry."""
+        entries, points, frames = (part[0] for part in memory_entries(memory))      # [E,N,C], [E,N,3], [E]
+        tokens = entries.float().flatten(0, 1)                                                        # [E*N,C]
         shares = self.probes["category"](tokens).softmax(dim=-1)                                     # [E*N,K]
-        points = self.probes["point"](tokens) * self.model.config.fusion.position_scale_m            # [E*N,3]
+        points = points.flatten(0, 1).to(tokens.device)                                               # [E*N,3]
         frames = frames.to(tokens.device).repeat_interleave(entries.shape[1]).float()[:, None]        # [E*N,1]
         return torch.cat([shares, points, frames], dim=1)
 
@@ -423,16 +422,16 @@ class Trainer:
                                 self.config.perceive_min_share, self.config.perceive_merge_m, self.oracle_tokens())
 
     def perceived_memories(self) -> list[torch.Tensor]:
-        """Every sample's memory in the oracle's form (model.object_memory), from what the run's
-        category and point probes read in its streamed memory ("perceived" stages)."""
+        """Every sample's memory in the oracle's form (model.object_memory), from its streamed
+        memory: the run's category probe reads what each token shows, the token's carried point
+        places it ("perceived" stages)."""
         if self._perceived is None:
-            missing = [p for p in ("category", "point") if p not in self.trained_probes()]
-            if missing:
-                raise TrainConfigError(f"perceived memories are read by the category and point probes; this run "
-                                       f"has not trained {missing} (train them, or take them with init_probes)")
+            if "category" not in self.trained_probes():
+                raise TrainConfigError("perceived memories are read by the category probe; this run has not "
+                                       "trained it (train it, or take it with init_probes)")
             digest = hashlib.sha256(memory_digest(self.model).encode())
             hash_tensors(digest, {name: t for name, t in self.probes.state_dict().items()
-                                  if name.split(".")[0] in ("category", "point")})
+                                  if name.split(".")[0] == "category"})
 
             def read(engine: SpatialMemoryEngine, sample: TrainingEpisode) -> torch.Tensor:
                 stream_episode(engine, EpisodeDir(sample.path), sample.asked_at)
@@ -571,13 +570,14 @@ class Trainer:
         own probes then read every memory token (at the entry grid, and pooled to the readout grid
         the language model reads, by the mean and by the model's own pool): the category probe
         gives each token's share of each category, and the point probe its world point (or, for
-        runs trained with the class-moment probe instead, the moment divided by the share).
+        runs trained with the class-moment probe instead, the moment divided by the share); a
+        further row takes each entry-grid token's carried point instead of the probe's read.
         A category's position is the share-weighted mean over the tokens where its share is at
         least `min_share`. Scored on the objects that are the only one of their category
         (floor-plane distance to the object's centre), beside guessing the room's centre.
         Recognition: per object, the largest share any token gives its category (the median over
-        objects, and how many objects some token gives at least 0.5). With the point probe, also
-        the objects a "perceived" memory would hold (perceived_boxes, the run's perceive_* settings):
+        objects, and how many objects some token gives at least 0.5). Also the objects a
+        "perceived" memory would hold (perceived_boxes, the run's perceive_* settings):
         how many an episode gives against how many it has seen, the same objects' errors (to the
         nearest perceived box of their category), and the perceived room's floor area over the
         true one. And the depth error (mean |log d - log d*|) of the newest frame of the geometry
@@ -597,7 +597,8 @@ class Trainer:
         scale, hs_ws, classes = self.model.config.fusion.position_scale_m, self.model.entry_grid, SEMANTIC_CLASSES
         grid, pool_kind = self.model.config.readout_grid, self.model.config.readout_pool
         readout_grid = "x".join(map(str, grid))
-        grids = {f"{hs_ws[0]}x{hs_ws[1]}": lambda entries: entries,
+        entry_grid = f"{hs_ws[0]}x{hs_ws[1]}"
+        grids = {entry_grid: lambda entries: entries, f"{entry_grid} carried": lambda entries: entries,
                  f"{readout_grid} mean": lambda entries: mean_pool(entries, hs_ws, grid)}
         if pool_kind != "mean":                          # what the language model reads, beside the mean
             grids[f"{readout_grid} {pool_kind}"] = self.model.readout.pool
@@ -609,13 +610,15 @@ class Trainer:
                 episode = EpisodeDir(sample.path)
                 stream_episode(engine, episode, sample.asked_at)
                 memory = engine.stream.memory
-                entries = memory_entries(memory)[0].float()                                               # [1,E,N,C]
+                entries, carried, _ = memory_entries(memory)                                   # [1,E,N,C], [1,E,N,3]
+                entries = entries.float()
                 scene, room = episode.scene, episode.scene.room
                 for name, pool in grids.items():
                     tokens = pool(entries).flatten(0, 2)                                              # [M,C]
                     shares = self.probes["category"](tokens).softmax(dim=-1)                         # [M,K]
                     row = rows[name]
-                    points = self.probes["point"](tokens) * scale if reader == "point" else None          # [M,3]
+                    points = (carried.flatten(0, 2).to(tokens.device) if name.endswith("carried")
+                              else self.probes["point"](tokens) * scale if reader == "point" else None)  # [M,3]
                     for obj in scene.unique_objects():
                         k = classes.index(obj.category)
                         weight = shares[:, k] * (shares[:, k] >= min_share)                           # [M]
@@ -632,19 +635,18 @@ class Trainer:
                         row["errors"].append(float(np.linalg.norm(found[:2].numpy() - np.asarray(obj.center[:2]))))
                         row["room_centre_errors"].append(float(np.linalg.norm(
                             np.asarray([room.width / 2, room.depth / 2]) - np.asarray(obj.center[:2]))))
-                if reader == "point":
-                    room_box, *boxes = self.perceived_boxes(self.token_readings(memory))
-                    perceived["boxes"].append(len(boxes))
-                    perceived["seen"].append(sum(v[0] <= sample.asked_at for v in episode.visibility().values()))
-                    area = room_box.size[0] * room_box.size[1]
-                    perceived["room_area_ratios"].append(area / (room.width * room.depth))
-                    for obj in scene.unique_objects():
-                        perceived["objects"] += 1
-                        k = classes.index(obj.category)
-                        distances = [np.linalg.norm(np.asarray(b.centre[:2]) - np.asarray(obj.center[:2]))
-                                     for b in boxes if b.semantic_class == k]
-                        if distances:
-                            perceived["errors"].append(float(min(distances)))
+                room_box, *boxes = self.perceived_boxes(self.token_readings(memory))
+                perceived["boxes"].append(len(boxes))
+                perceived["seen"].append(sum(v[0] <= sample.asked_at for v in episode.visibility().values()))
+                area = room_box.size[0] * room_box.size[1]
+                perceived["room_area_ratios"].append(area / (room.width * room.depth))
+                for obj in scene.unique_objects():
+                    perceived["objects"] += 1
+                    k = classes.index(obj.category)
+                    distances = [np.linalg.norm(np.asarray(b.centre[:2]) - np.asarray(obj.center[:2]))
+                                 for b in boxes if b.semantic_class == k]
+                    if distances:
+                        perceived["errors"].append(float(min(distances)))
                 length, geometry, device = self.model.config.geometry_window, self.model.geometry, self.config.device
                 for end in range(length - 1, sample.asked_at + 1, 20):
                     images, depth = load_frames(episode, range(end - length + 1, end + 1), self.model.config.image_size)
@@ -658,14 +660,12 @@ class Trainer:
                     patch_errors += (predicted[:, :2].cpu() - truth[:, :2]).norm(dim=-1).tolist()
         self.model.train()
         median = lambda values: float(np.median(values)) if values else None  # noqa: E731
-        objects = None
-        if reader == "point":
-            objects = {"objects": perceived["objects"], "located": len(perceived["errors"]),
-                       "median_error_m": median(perceived["errors"]),
-                       "boxes_per_episode": float(np.mean(perceived["boxes"])),
-                       "seen_per_episode": float(np.mean(perceived["seen"])),
-                       "median_room_area_ratio": median(perceived["room_area_ratios"]),
-                       "min_share": self.config.perceive_min_share, "merge_m": self.config.perceive_merge_m}
+        objects = {"objects": perceived["objects"], "located": len(perceived["errors"]),
+                   "median_error_m": median(perceived["errors"]),
+                   "boxes_per_episode": float(np.mean(perceived["boxes"])),
+                   "seen_per_episode": float(np.mean(perceived["seen"])),
+                   "median_room_area_ratio": median(perceived["room_area_ratios"]),
+                   "min_share": self.config.perceive_min_share, "merge_m": self.config.perceive_merge_m}
         return {"episodes": len(picked), "reader": reader, "min_share": min_share, "perceived_objects": objects,
                 "depth_error": float(np.mean(depth_errors)) if depth_errors else None,
                 "patch_point_error_m": median(patch_errors),
