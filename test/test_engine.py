@@ -200,6 +200,24 @@ def test_snapshot_round_trip_is_bit_exact(tiny_engine, tiny_model_factory, tmp_p
     assert other.status().frames_ingested == 42
 
 
+def test_place_replacement_streams_and_survives_a_snapshot(tmp_path):
+    """A memory that replaces by place keeps that rule through a snapshot (the rule is the model's
+    config, the snapshot holds the entries and the points it works on)."""
+    from vlm2_ros.model.checkpoint import build_model
+    from vlm2_ros.model.presets import preset_config
+
+    torch.manual_seed(0)
+    config = preset_config("tiny").with_changes({"memory": {"episodic": {"capacity": 4, "replacement": "place"}}})
+    engines = [SpatialMemoryEngine(build_model(config), weights="w") for _ in range(2)]
+    feed(engines[0], 10, with_pose=True)
+    assert engines[0].status().episodic_replacements == 6
+    engines[0].save(tmp_path / "snap")
+    engines[1].load(tmp_path / "snap")
+    restored = engines[1].stream.memory.episodic
+    assert restored.replacement == "place" and restored.replacements == 6
+    assert torch.equal(restored.provenance.patch_points, engines[0].stream.memory.episodic.provenance.patch_points)
+
+
 def test_tampered_or_foreign_snapshot_is_refused_and_state_untouched(tiny_engine, tiny_model_factory, tmp_path):
     feed(tiny_engine, 5)
     tiny_engine.save(tmp_path / "snap")

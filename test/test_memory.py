@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from vlm2_ros.model.dual_memory import DualMemory, DualMemoryConfig, MemoryState
-from vlm2_ros.model.episodic_memory import EpisodicMemory
+from vlm2_ros.model.episodic_memory import EpisodicMemory, EpisodicMemoryConfig, place_redundancy
 from vlm2_ros.model.provenance import Provenance
 from vlm2_ros.model.working_memory import WorkingMemory
 
@@ -189,4 +189,42 @@ def test_carried_points_move_with_their_entries():
     em, slot = em.insert(views[1] + 0.01, prov(7, n=3))                      # replaces frame 1's entry
     assert int(slot) == 1
     assert em.provenance.patch_points[0, :, 0, 0].tolist() == [0.0, 7.0, 2.0]
+
+
+def placed(i: int, centre: tuple[float, float], posed: bool = True) -> Provenance:
+    """Frame i's provenance, its 3 patches within 0.1 m of `centre` on the floor plane."""
+    points = torch.tensor([[centre[0] + 0.1 * k, centre[1], 1.0] for k in range(3)])[None]   # [1,3,3]
+    pose = torch.eye(4, dtype=torch.float64)[None] if posed else None
+    return Provenance.single(torch.tensor([i]), torch.tensor([i]), points, pose)
+
+
+def test_place_redundancy_is_the_share_of_patches_another_entry_covers():
+    points = torch.tensor([[[0.1, 0.1, 0.1], [3.1, 0.1, 0.1]],      # entry 0: one patch shared, one alone
+                           [[0.2, 0.2, 0.2], [0.3, 0.3, 0.3]],      # entry 1: both where entry 0's first is
+                           [[9.1, 9.1, 0.1], [9.2, 9.2, 0.2]]])[None]  # entry 2: a place of its own
+    assert place_redundancy(points, 0.5).tolist() == [[0.5, 1.0, 0.0]]
+    assert place_redundancy(points, 50.0).tolist() == [[1.0, 1.0, 1.0]]   # one cell holds everything
+
+
+@pytest.mark.parametrize("replacement, posed, replaced", [("place", True, 1), ("appearance", True, 2),
+                                                          ("place", False, 2)])
+def test_place_replacement_keeps_the_places_only_one_entry_shows(replacement, posed, replaced):
+    """Entries 0 and 1 show one place, entry 2 another; the new view shows a third and looks most like
+    entry 2. By place, one of the twins goes (1: the one more like the new view); by appearance, or
+    without poses, entry 2 goes and its place is forgotten."""
+    views = distinct_views(4, tokens=3, dim=16)
+    em = EpisodicMemory.empty(capacity=3, batch_size=1, num_tokens=3, dim=16, replacement=replacement)
+    for i, (view, centre) in enumerate(zip(views, [(0.0, 0.0), (0.05, 0.0), (5.0, 5.0)])):
+        em, _ = em.insert(view, placed(i, centre, posed))
+    new = views[2] + 0.5 * views[1]
+    em, slot = em.insert(new, placed(3, (-5.0, 5.0), posed))
+    assert int(slot) == replaced and em.provenance.frame_index[0, replaced] == 3
+    assert torch.equal(em.tokens[0, replaced], new[0]) and em.replacements == 1
+
+
+def test_episodic_replacement_is_validated():
+    with pytest.raises(ValueError, match="replacement must be one of"):
+        EpisodicMemoryConfig(replacement="newest")
+    with pytest.raises(ValueError, match="place_cell_m"):
+        EpisodicMemoryConfig(place_cell_m=0.0)
 

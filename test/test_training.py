@@ -585,6 +585,7 @@ def test_bad_init_modules_name_the_problem(tmp_path, change, message):
 def test_init_modules_take_each_module_from_its_checkpoint_under_a_new_semantic_encoder(data, tmp_path):
     from vlm2_ros.model.checkpoint import load_model, save_checkpoint
     from vlm2_ros.model.efficientnet_lite import packaged_weights_path
+    from vlm2_ros.model.episodic_memory import EpisodicMemoryConfig
     from vlm2_ros.training.trainer import Trainer
 
     (tmp_path / "data").symlink_to(data)
@@ -642,9 +643,16 @@ def test_init_modules_take_each_module_from_its_checkpoint_under_a_new_semantic_
         Trainer(dataclasses.replace(with_probes, init_probes={"grounding": str(tmp_path / "answering_run")}),
                 progress=False)
     # a module whose config differs cannot be taken
-    config = dataclasses.replace(config, init_modules={"semantic": str(tmp_path / "perception")})
+    other_semantic = dataclasses.replace(config, init_modules={"semantic": str(tmp_path / "perception")})
     with pytest.raises(TrainConfigError, match="another config"):
-        Trainer(config, progress=False)
+        Trainer(other_semantic, progress=False)
+    # the memory's sizes and replacement rule hold no weights: a run may change them
+    other_rule = dataclasses.replace(config, init_modules={"memory": str(tmp_path / "perception")}, model={
+        **config.model, "memory": {"episodic": {"capacity": 8, "replacement": "place"}}})
+    trainer = Trainer(other_rule, progress=False)
+    assert trainer.model.memory.config.episodic == EpisodicMemoryConfig(capacity=8, replacement="place")
+    theirs = sources["perception"].memory.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in trainer.model.memory.state_dict().items())
 
 
 def test_the_recipe_configs_are_valid():

@@ -8,6 +8,7 @@ query always sees a consistent memory.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -21,7 +22,6 @@ import torch
 
 from ..camera import CameraIntrinsics, validate_pose
 from ..model.dual_memory import MemoryState
-from ..model.episodic_memory import EpisodicMemory
 from ..model.language_bridge import GeneratedText
 from ..model.memory_readout import SOURCE_NAMES
 from ..model.provenance import Provenance
@@ -426,7 +426,8 @@ class SpatialMemoryEngine:
             raise SnapshotError(f"{source}: invalid episodic_replacements {replacements!r}")
         memory = MemoryState(
             WorkingMemory(expected.memory.working.capacity, w_tokens, w_prov),
-            EpisodicMemory(expected.memory.episodic.capacity, e_tokens, e_prov, replacements))
+            dataclasses.replace(expected.memory.episodic, tokens=e_tokens, provenance=e_prov,
+                                replacements=replacements))
         return StreamState(window.to(self.device, self.dtype), memory, frames)
 
 

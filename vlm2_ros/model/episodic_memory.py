@@ -1,12 +1,19 @@
 """Episodic memory E: a fixed-capacity bank of memory-enhanced tokens M_t.
 
-E appends M_t until it holds L_e entries; then M_t replaces the entry most cosine-similar to
-it, so redundant views collapse into one slot and distinct views survive. Similarity compares
-token means (a viewpoint-tolerant summary of the entry; our choice, the paper does not say).
+E appends M_t until it holds L_e entries; then M_t replaces one entry, chosen by `replacement`:
+- "appearance" (the paper's rule): the entry most cosine-similar to M_t, comparing token means (a
+  viewpoint-tolerant summary of the entry; the summary is our choice, the paper does not say).
+- "place": the entry whose patches the other entries (M_t included) already cover most, a patch
+  being covered when another entry has a patch in the same cube of `place_cell_m` metres (by the
+  points the entries carry); ties go to the entry most like M_t. In a room every view looks much
+  alike on average, so the paper's rule drops views of things no other entry shows; this one
+  keeps the memory spread over the places seen. It needs world-frame points: while any entry or
+  M_t lacks a camera pose it falls back to "appearance".
 Out-of-place updates for the same reasons as the working memory.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -14,19 +21,40 @@ import torch.nn.functional as F
 
 from .provenance import Provenance
 
+REPLACEMENTS = ("appearance", "place")
+
 
 @dataclass
 class EpisodicMemoryConfig:
-    capacity: int = 32  # L_e (the paper's best value)
+    capacity: int = 32                 # L_e (the paper's best value)
+    replacement: str = "appearance"    # which entry a full memory overwrites (REPLACEMENTS)
+    place_cell_m: float = 0.5          # "place": patches in one cube of this size are the same place
 
     def __post_init__(self) -> None:
         if self.capacity < 1:
             raise ValueError(f"episodic memory capacity must be >= 1, got {self.capacity}")
+        if self.replacement not in REPLACEMENTS:
+            raise ValueError(f"episodic replacement must be one of {REPLACEMENTS}, got {self.replacement!r}")
+        if not self.place_cell_m > 0:
+            raise ValueError(f"place_cell_m must be positive, got {self.place_cell_m}")
 
 
 def entry_keys(tokens: torch.Tensor) -> torch.Tensor:
     """Unit-norm summary of entries: tokens [..., N, C] -> [..., C]."""
     return F.normalize(tokens.float().mean(dim=-2), dim=-1)
+
+
+def place_redundancy(points: torch.Tensor, cell_m: float) -> torch.Tensor:
+    """Per entry, the share of its patches that lie in a cell where another entry also has a patch:
+    points [B,m,N,3] (metres) -> [B,m]."""
+    b, m, n, _ = points.shape
+    cells = torch.floor(points.float() / cell_m).long()                                      # [B,m,N,3]
+    batch = torch.arange(b).view(b, 1, 1, 1).expand(b, m, n, 1)
+    _, cell = torch.unique(torch.cat([batch, cells], dim=-1).view(-1, 4), dim=0, return_inverse=True)  # [B*m*N]
+    entry = torch.arange(b * m).repeat_interleave(n)                                           # [B*m*N]
+    cell_entries = torch.unique(torch.stack([cell, entry]), dim=1)[0]    # one cell id per (cell, entry) pair
+    entries_per_cell = torch.bincount(cell_entries, minlength=int(cell.max()) + 1)
+    return (entries_per_cell[cell] > 1).view(b, m, n).float().mean(dim=-1)
 
 
 @dataclass(frozen=True)
@@ -35,12 +63,14 @@ class EpisodicMemory:
     tokens: torch.Tensor      # [B,n,N,C], n <= capacity
     provenance: Provenance
     replacements: int = 0     # how many inserts overwrote an entry (for status)
+    replacement: str = "appearance"
+    place_cell_m: float = 0.5
 
     @classmethod
-    def empty(cls, capacity: int, batch_size: int, num_tokens: int, dim: int,
-              device=None, dtype=None) -> "EpisodicMemory":
+    def empty(cls, capacity: int, batch_size: int, num_tokens: int, dim: int, device=None, dtype=None,
+              replacement: str = "appearance", place_cell_m: float = 0.5) -> "EpisodicMemory":
         return cls(capacity, torch.zeros(batch_size, 0, num_tokens, dim, device=device, dtype=dtype),
-                   Provenance.empty(batch_size, num_tokens))
+                   Provenance.empty(batch_size, num_tokens), replacement=replacement, place_cell_m=place_cell_m)
 
     def __len__(self) -> int:
         return self.tokens.shape[1]
@@ -51,11 +81,16 @@ class EpisodicMemory:
         if len(self) < self.capacity:
             slots = torch.full((b,), len(self), dtype=torch.long)
             tokens = torch.cat([self.tokens, memory.unsqueeze(1)], dim=1)
-            return EpisodicMemory(self.capacity, tokens, self.provenance.append(provenance, self.capacity),
-                                  self.replacements), slots
-        similarity = torch.einsum("bnc,bc->bn", entry_keys(self.tokens), entry_keys(memory))  # [B,n]
-        slots = similarity.argmax(dim=1).cpu()
+            return dataclasses.replace(self, tokens=tokens,
+                                       provenance=self.provenance.append(provenance, self.capacity)), slots
+        score = torch.einsum("bnc,bc->bn", entry_keys(self.tokens), entry_keys(memory)).cpu()  # [B,n] similarity
+        if self.replacement == "place":
+            points = torch.cat([self.provenance.patch_points, provenance.patch_points], dim=1)   # [B,n+1,N,3]
+            posed = torch.cat([self.provenance.has_pose, provenance.has_pose], dim=1).all(dim=1)  # [B]
+            by_place = place_redundancy(points, self.place_cell_m)[:, :-1] + 1e-3 * score     # similarity breaks ties
+            score = torch.where(posed[:, None], by_place, score)
+        slots = score.argmax(dim=1)
         tokens = self.tokens.clone()
         tokens[torch.arange(b), slots.to(tokens.device)] = memory
-        return EpisodicMemory(self.capacity, tokens, self.provenance.replace(slots, provenance),
-                              self.replacements + 1), slots
+        return dataclasses.replace(self, tokens=tokens, provenance=self.provenance.replace(slots, provenance),
+                                   replacements=self.replacements + 1), slots

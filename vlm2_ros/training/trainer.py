@@ -23,6 +23,7 @@ train_state.safetensors + train_state.json (optimiser moments, RNG states, stage
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -46,7 +47,7 @@ from ..model.dual_memory import MemoryState
 from ..model.fusion import pool_to_grid
 from ..model.memory_readout import mean_pool
 from ..model.object_memory import ObjectBox, object_tokens, perceive_objects
-from ..model.vlm2 import VLM2Model, transform_points
+from ..model.vlm2 import VLM2Config, VLM2Model, transform_points
 from ..sim.episode import EpisodeDir
 from ..sim.questions import COMPASS, DIRECTION_CLASSES, LETTERS, MEMORY_TASKS, relation_angles
 from ..sim.scene import CATEGORIES, SEMANTIC_CLASSES
@@ -232,10 +233,15 @@ def set_trainable(model: VLM2Model, modules: list[str]) -> list[torch.nn.Paramet
 
 def copy_modules(source: VLM2Model, target: VLM2Model, modules: list[str], where: str) -> None:
     """Copy the weights of `modules` from source (the checkpoint at `where`) into target; their
-    configs and every tensor's shape must agree (TrainConfigError names what does not)."""
-    for name in modules:
+    configs and every tensor's shape must agree (TrainConfigError names what does not). The
+    memory's sizes and episodic replacement rule hold no weights: a run may change them."""
+    def weight_config(config: VLM2Config, name: str):
         # every module but the readout has a config of its name in VLM2Config
-        theirs, ours = getattr(source.config, name, None), getattr(target.config, name, None)
+        part = getattr(config, name, None)
+        return dataclasses.replace(part, working=None, episodic=None) if name == "memory" else part
+
+    for name in modules:
+        theirs, ours = weight_config(source.config, name), weight_config(target.config, name)
         if theirs != ours:
             raise TrainConfigError(f"init_modules: {name!r} of {where} has another config than this "
                                    f"run's model:\n  {theirs}\n  {ours}")
