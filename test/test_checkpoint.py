@@ -65,6 +65,10 @@ def test_memory_sizes_can_be_overridden_at_load(tiny_model_factory, tmp_path):
             model.config.geometry_window) == (4, 16, 2)
     with pytest.raises(CheckpointError, match="capacity must be >= 1"):
         load_checkpoint(tmp_path / "ckpt", MemoryOverrides(episodic_size=0))
+    model, _ = load_checkpoint(tmp_path / "ckpt", MemoryOverrides(episodic_replacement="place"))
+    assert model.config.memory.episodic.replacement == "place" and model.config.memory.episodic.capacity == 32
+    with pytest.raises(CheckpointError, match="replacement must be one of"):
+        load_checkpoint(tmp_path / "ckpt", MemoryOverrides(episodic_replacement="newest"))
 
 
 @pytest.mark.parametrize("family,writer,preset,layout", [

@@ -52,6 +52,8 @@ def test_defaults_validate():
     s = settings_from_values({})
     assert s.model_preset == "tiny" and s.device == "cpu" and s.checkpoint_dir is None
     assert [c.name for c in s.cameras] == ["camera"] and s.qos_reliability == "best_effort"
+    assert s.episodic_replacement is None                                # the checkpoint's
+    assert settings_from_values({"memory.episodic_replacement": "place"}).episodic_replacement == "place"
 
 
 @pytest.mark.parametrize("values, parameter, fragment", [
@@ -73,6 +75,7 @@ def test_defaults_validate():
     ({"cameras.camera.compressed_topic": "camera/image_raw/compressed"}, "cameras.camera.image_topic",
      "exactly one of"),
     ({"cameras.camera.pose_type": "tf"}, "cameras.camera.pose_type", "must be one of"),
+    ({"memory.episodic_replacement": "newest"}, "memory.episodic_replacement", "must be one of"),
 ])
 def test_bad_values_are_rejected_naming_the_parameter(values, parameter, fragment):
     with pytest.raises(ParameterError, match=fragment) as info:

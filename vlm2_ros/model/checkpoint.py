@@ -114,12 +114,14 @@ def read_checkpoint_config(directory: str | Path) -> tuple[VLM2Config, dict]:
 
 @dataclasses.dataclass(frozen=True)
 class MemoryOverrides:
-    """Run-time choices that no weight depends on: the memory ablation and the window and
-    memory sizes (L_g, L_w, L_e). None keeps the checkpoint's (or preset's) value."""
+    """Run-time choices that no weight depends on: the memory ablation, the window and memory
+    sizes (L_g, L_w, L_e) and the episodic replacement rule. None keeps the checkpoint's (or
+    preset's) value."""
     mode: str | None = None
     working_size: int | None = None
     episodic_size: int | None = None
     geometry_window: int | None = None
+    episodic_replacement: str | None = None
 
     def apply(self, config: VLM2Config) -> VLM2Config:
         memory = config.memory
@@ -128,6 +130,9 @@ class MemoryOverrides:
         if self.episodic_size is not None:
             memory = dataclasses.replace(memory, episodic=dataclasses.replace(memory.episodic,
                                                                               capacity=self.episodic_size))
+        if self.episodic_replacement is not None:
+            memory = dataclasses.replace(memory, episodic=dataclasses.replace(
+                memory.episodic, replacement=self.episodic_replacement))
         if self.mode is not None:
             memory = dataclasses.replace(memory, mode=self.mode)
         window = config.geometry_window if self.geometry_window is None else self.geometry_window

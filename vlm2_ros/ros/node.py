@@ -173,7 +173,7 @@ class Vlm2Node(LifecycleNode):
                 settings.model_preset, checkpoint_dir=settings.checkpoint_dir,
                 memory_mode=settings.memory_mode, working_size=settings.working_size,
                 episodic_size=settings.episodic_size, geometry_window=settings.geometry_window,
-                device=settings.device, dtype=settings.dtype,
+                episodic_replacement=settings.episodic_replacement, device=settings.device, dtype=settings.dtype,
                 backend=settings.backend, onnx_dir=settings.onnx_dir, onnx_provider=settings.onnx_provider,
                 onnx_fallback=settings.onnx_provider_fallback,
                 max_new_tokens=settings.max_new_tokens, number_samples=settings.number_samples,

@@ -19,6 +19,7 @@ from typing import Any
 from vlm2_ros.backends.runtime import BACKENDS, PROVIDER_CHOICES
 from vlm2_ros.engine.number_decoding import DEFAULT_NUMBER_SAMPLES
 from vlm2_ros.model.dual_memory import MEMORY_MODES
+from vlm2_ros.model.episodic_memory import REPLACEMENTS
 from vlm2_ros.model.presets import PRESETS
 
 DTYPES = ("fp32", "fp16", "bf16")
@@ -78,6 +79,10 @@ SPECS: tuple[Spec, ...] = (
          "working memory length L_w (recent views); 0: the checkpoint's (8 in the paper)", 0, 1024),
     Spec("memory.episodic_size", 0,
          "episodic memory capacity L_e; 0: the checkpoint's (32 in the paper)", 0, 4096),
+    Spec("memory.episodic_replacement", "",
+         "which entry a full episodic memory overwrites: appearance (the paper's: the most similar) "
+         "or place (the one whose places other entries cover most; needs camera poses); empty: the "
+         "checkpoint's", choices=("",) + REPLACEMENTS),
     Spec("memory.geometry_window", 0,
          "frames the geometry encoder attends across, L_g; 0: the checkpoint's. Per-frame cost "
          "grows with it: the Jetson profile halves it", 0, 64),
@@ -179,6 +184,7 @@ class NodeSettings:
     memory_mode: str | None
     working_size: int | None
     episodic_size: int | None
+    episodic_replacement: str | None
     geometry_window: int | None
     max_new_tokens: int
     number_samples: int
@@ -298,6 +304,7 @@ def settings_from_values(values: dict[str, Any]) -> NodeSettings:
         number_samples=v["model.number_samples"],
         threads=v["model.threads"] or default_model_threads(),
         working_size=v["memory.working_size"] or None, episodic_size=v["memory.episodic_size"] or None,
+        episodic_replacement=v["memory.episodic_replacement"] or None,
         geometry_window=v["memory.geometry_window"] or None,
         cameras=tuple(cameras),
         ingest_rate_hz=v["ingest.rate_hz"], queue_size=v["ingest.queue_size"],
