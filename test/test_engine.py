@@ -214,7 +214,7 @@ def test_place_replacement_streams_and_survives_a_snapshot(tmp_path):
     engines[0].save(tmp_path / "snap")
     engines[1].load(tmp_path / "snap")
     restored = engines[1].stream.memory.episodic
-    assert restored.replacement == "place" and restored.replacements == 6
+    assert restored.config.replacement == "place" and restored.replacements == 6
     assert torch.equal(restored.provenance.patch_points, engines[0].stream.memory.episodic.provenance.patch_points)
 
 

@@ -42,7 +42,7 @@ def distinct_views(n: int, tokens: int = 3, dim: int = 16) -> list[torch.Tensor]
 
 
 def test_episodic_memory_appends_until_full_then_never_exceeds_capacity():
-    em = EpisodicMemory.empty(capacity=4, batch_size=1, num_tokens=3, dim=16)
+    em = EpisodicMemory.empty(EpisodicMemoryConfig(capacity=4), batch_size=1, num_tokens=3, dim=16)
     views = distinct_views(10)
     for i, v in enumerate(views):
         em, slot = em.insert(v, prov(i, n=3))
@@ -52,7 +52,7 @@ def test_episodic_memory_appends_until_full_then_never_exceeds_capacity():
 
 
 def test_repeated_view_replaces_its_twin_and_new_view_survives():
-    em = EpisodicMemory.empty(capacity=4, batch_size=1, num_tokens=3, dim=16)
+    em = EpisodicMemory.empty(EpisodicMemoryConfig(capacity=4), batch_size=1, num_tokens=3, dim=16)
     views = distinct_views(6)
     for i in range(4):
         em, _ = em.insert(views[i], prov(i, n=3))
@@ -77,7 +77,7 @@ def test_repeated_view_replaces_its_twin_and_new_view_survives():
 
 
 def test_episodic_replacement_picks_highest_cosine_per_batch_element():
-    em = EpisodicMemory.empty(capacity=3, batch_size=2, num_tokens=2, dim=8)
+    em = EpisodicMemory.empty(EpisodicMemoryConfig(capacity=3), batch_size=2, num_tokens=2, dim=8)
     for i in range(3):
         em, _ = em.insert(torch.randn(2, 2, 8), prov(i, b=2, n=2))
     query = torch.randn(2, 2, 8)
@@ -183,7 +183,7 @@ def test_carried_points_move_with_their_entries():
     assert wm.provenance.patch_points[0, :, 0, 0].tolist() == [3.0, 4.0]      # frames 3 and 4
     assert wm.provenance.patch_points[0, 1, :, 1].tolist() == [0.0, 1.0, 2.0]  # token by token
     views = distinct_views(3, tokens=3, dim=16)
-    em = EpisodicMemory.empty(capacity=3, batch_size=1, num_tokens=3, dim=16)
+    em = EpisodicMemory.empty(EpisodicMemoryConfig(capacity=3), batch_size=1, num_tokens=3, dim=16)
     for i in range(3):
         em, _ = em.insert(views[i], prov(i, n=3))
     em, slot = em.insert(views[1] + 0.01, prov(7, n=3))                      # replaces frame 1's entry
@@ -213,7 +213,8 @@ def test_place_replacement_keeps_the_places_only_one_entry_shows(replacement, po
     entry 2. By place, one of the twins goes (1: the one more like the new view); by appearance, or
     without poses, entry 2 goes and its place is forgotten."""
     views = distinct_views(4, tokens=3, dim=16)
-    em = EpisodicMemory.empty(capacity=3, batch_size=1, num_tokens=3, dim=16, replacement=replacement)
+    em = EpisodicMemory.empty(EpisodicMemoryConfig(capacity=3, replacement=replacement), batch_size=1,
+                              num_tokens=3, dim=16)
     for i, (view, centre) in enumerate(zip(views, [(0.0, 0.0), (0.05, 0.0), (5.0, 5.0)])):
         em, _ = em.insert(view, placed(i, centre, posed))
     new = views[2] + 0.5 * views[1]

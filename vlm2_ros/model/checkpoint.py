@@ -127,12 +127,9 @@ class MemoryOverrides:
         memory = config.memory
         if self.working_size is not None:
             memory = dataclasses.replace(memory, working=dataclasses.replace(memory.working, capacity=self.working_size))
-        if self.episodic_size is not None:
-            memory = dataclasses.replace(memory, episodic=dataclasses.replace(memory.episodic,
-                                                                              capacity=self.episodic_size))
-        if self.episodic_replacement is not None:
-            memory = dataclasses.replace(memory, episodic=dataclasses.replace(
-                memory.episodic, replacement=self.episodic_replacement))
+        episodic = {name: value for name, value in (("capacity", self.episodic_size),
+                                                    ("replacement", self.episodic_replacement)) if value is not None}
+        memory = dataclasses.replace(memory, episodic=dataclasses.replace(memory.episodic, **episodic))
         if self.mode is not None:
             memory = dataclasses.replace(memory, mode=self.mode)
         window = config.geometry_window if self.geometry_window is None else self.geometry_window

@@ -84,8 +84,7 @@ class DualMemory(nn.Module):
         working_capacity = 1 if c.mode in ("episodic", "none") else c.working.capacity
         return MemoryState(
             WorkingMemory.empty(working_capacity, batch_size, num_tokens, c.dim, device, dtype),
-            EpisodicMemory.empty(c.episodic.capacity, batch_size, num_tokens, c.dim, device, dtype,
-                                 c.episodic.replacement, c.episodic.place_cell_m))
+            EpisodicMemory.empty(c.episodic, batch_size, num_tokens, c.dim, device, dtype))
 
     def combine(self, working_read: torch.Tensor, episodic_read: torch.Tensor):
         """g_t and M_t from the two reads [B,N,C]."""

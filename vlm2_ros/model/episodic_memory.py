@@ -59,18 +59,20 @@ def place_redundancy(points: torch.Tensor, cell_m: float) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class EpisodicMemory:
-    capacity: int
+    config: EpisodicMemoryConfig
     tokens: torch.Tensor      # [B,n,N,C], n <= capacity
     provenance: Provenance
     replacements: int = 0     # how many inserts overwrote an entry (for status)
-    replacement: str = "appearance"
-    place_cell_m: float = 0.5
 
     @classmethod
-    def empty(cls, capacity: int, batch_size: int, num_tokens: int, dim: int, device=None, dtype=None,
-              replacement: str = "appearance", place_cell_m: float = 0.5) -> "EpisodicMemory":
-        return cls(capacity, torch.zeros(batch_size, 0, num_tokens, dim, device=device, dtype=dtype),
-                   Provenance.empty(batch_size, num_tokens), replacement=replacement, place_cell_m=place_cell_m)
+    def empty(cls, config: EpisodicMemoryConfig, batch_size: int, num_tokens: int, dim: int,
+              device=None, dtype=None) -> "EpisodicMemory":
+        return cls(config, torch.zeros(batch_size, 0, num_tokens, dim, device=device, dtype=dtype),
+                   Provenance.empty(batch_size, num_tokens))
+
+    @property
+    def capacity(self) -> int:
+        return self.config.capacity
 
     def __len__(self) -> int:
         return self.tokens.shape[1]
@@ -84,10 +86,10 @@ class EpisodicMemory:
             return dataclasses.replace(self, tokens=tokens,
                                        provenance=self.provenance.append(provenance, self.capacity)), slots
         score = torch.einsum("bnc,bc->bn", entry_keys(self.tokens), entry_keys(memory)).cpu()  # [B,n] similarity
-        if self.replacement == "place":
+        if self.config.replacement == "place":
             points = torch.cat([self.provenance.patch_points, provenance.patch_points], dim=1)   # [B,n+1,N,3]
             posed = torch.cat([self.provenance.has_pose, provenance.has_pose], dim=1).all(dim=1)  # [B]
-            by_place = place_redundancy(points, self.place_cell_m)[:, :-1] + 1e-3 * score     # similarity breaks ties
+            by_place = place_redundancy(points, self.config.place_cell_m)[:, :-1] + 1e-3 * score     # similarity breaks ties
             score = torch.where(posed[:, None], by_place, score)
         slots = score.argmax(dim=1)
         tokens = self.tokens.clone()
