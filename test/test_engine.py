@@ -9,6 +9,7 @@ from conftest import make_frames
 from vlm2_ros.camera import CameraIntrinsics
 from vlm2_ros.engine.engine import IngestError, NotReadyError, QueryCanceled, QueryError, SpatialMemoryEngine
 from vlm2_ros.engine.snapshot import SnapshotError
+from vlm2_ros.model.vlm2 import input_pixel_rays
 
 MC = "Which object is closest to the door?\nA. chair\nB. lamp\nC. sofa\nD. tv\nAnswer with the option's letter."
 STAMP0 = 1_700_000_000_000_000_000
@@ -80,6 +81,32 @@ def test_memory_entries_carry_the_world_points_of_their_frame(tiny_model_factory
         assert torch.equal(episodic.patch_points[0, slot], here[0, frame])
 
 
+def test_camera_info_places_every_patch_on_its_pixel_rays(tiny_model_factory):
+    """Given the camera's intrinsics, each pixel sits at the decoder's depth on its own ray, so a
+    patch's point lies inside the patch's viewing frustum, and a wider lens spreads the same depths
+    further sideways (x and y scale with 1/fx and 1/fy exactly). Without them the points are the
+    decoder's own guess, whose x/y no loss supervises."""
+    frames, points = make_frames(3), {}
+    narrow, wide = CameraIntrinsics.from_fov(128, 96, 60.0), CameraIntrinsics.from_fov(128, 96, 90.0)
+    for name, camera_info in (("narrow", narrow), ("wide", wide), ("none", None)):
+        engine = SpatialMemoryEngine(tiny_model_factory(), weights="test-untrained(seed=0)")
+        engine.ingest_batch(frames, [STAMP0 + i for i in range(3)], [camera_info] * 3, [np.eye(4)] * 3)
+        points[name] = engine.stream.memory.working.provenance.patch_points[0]         # [3,N,3] camera frame
+    here, there = points["narrow"], points["wide"]
+    assert torch.allclose(here[..., 2], there[..., 2])                                    # the same depths
+    assert torch.allclose(there[..., 0], here[..., 0] * narrow.fx / wide.fx, atol=1e-5)
+    assert torch.allclose(there[..., 1], here[..., 1] * narrow.fy / wide.fy, atol=1e-5)
+    assert not torch.allclose(points["none"][..., :2], here[..., :2], atol=1e-3)
+    # inside the frustum: x/z between the rays of the patch's outer pixel columns
+    h, w = engine.model.config.image_size
+    gh, gw = engine.model.entry_grid
+    rays = input_pixel_rays(narrow, (h, w))                                               # [H,W,3]
+    column = torch.arange(here.shape[1]) % gw
+    left, right = rays[0, column * (w // gw), 0], rays[0, (column + 1) * (w // gw) - 1, 0]
+    slope = here[..., 0] / here[..., 2]                                                   # [3,N]
+    assert ((slope >= left - 1e-5) & (slope <= right + 1e-5)).all()
+
+
 def test_query_answer_is_typed_and_cites_evidence_in_memory(tiny_engine):
     feed(tiny_engine, 12, with_pose=True)
     for question, kind in ((MC, "choice"), ("How many chairs are in this room?", "number")):
@@ -129,6 +156,7 @@ def test_query_validation(tiny_engine):
     (dict(stamp_ns=-5), "non-negative"),
     (dict(stamp_ns=STAMP0), "older"),
     (dict(camera_info=CameraIntrinsics(100, 100, 64, 48, 64, 48)), "camera info"),
+    (dict(camera_info={"fx": 100.0}), "CameraIntrinsics"),
     (dict(pose=np.full((4, 4), np.nan)), "NaN"),
     (dict(pose=np.ones((3, 3))), "4x4"),
 ])
@@ -159,20 +187,24 @@ def test_preprocessed_pixels_ingest_like_images_and_bad_pixels_are_rejected(tiny
     # The node resizes in its image callback and hands the worker pixels: same memory as images.
     frames = make_frames(3)
     stamps = [STAMP0 + i for i in range(3)]
+    camera_infos = [None, CameraIntrinsics.from_fov(128, 96, 70.0), CameraIntrinsics.from_fov(128, 96, 70.0)]
     a = SpatialMemoryEngine(tiny_model_factory(), weights="w")
     b = SpatialMemoryEngine(tiny_model_factory(), weights="w")
-    a.ingest_batch(frames, stamps)
-    for f, s in zip(frames, stamps):
-        b.ingest_pixels(b.preprocess(f)[None], [s])
+    a.ingest_batch(frames, stamps, camera_infos)
+    for f, s, ci in zip(frames, stamps, camera_infos):
+        b.ingest_pixels(b.preprocess(f, ci)[None], [s], camera_infos=[ci])
     assert torch.equal(a.stream.memory.working.tokens, b.stream.memory.working.tokens)
+    assert torch.equal(a.stream.memory.working.provenance.patch_points, b.stream.memory.working.provenance.patch_points)
     h, w = b.model.config.image_size
+    with pytest.raises(IngestError, match="CameraIntrinsics"):
+        b.ingest_pixels(torch.zeros(1, 3, h, w), [STAMP0 + 10], camera_infos=["intrinsics"])
     for bad in (torch.zeros(1, 3, h + 1, w), torch.zeros(1, 3, h, w, dtype=torch.float64),
                 torch.zeros(2, 3, h, w), np.zeros((1, 3, h, w), np.float32)):
         with pytest.raises(IngestError, match="pixels must be float32"):
             b.ingest_pixels(bad, [STAMP0 + 10])
     with pytest.raises(IngestError, match="older than"):
         b.ingest_pixels(torch.zeros(1, 3, h, w), [STAMP0])
-    assert b.status().frames_ingested == 3 and b.status().frames_rejected == 5
+    assert b.status().frames_ingested == 3 and b.status().frames_rejected == 6
 
 
 def test_reset_clears_memory(tiny_engine):

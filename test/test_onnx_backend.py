@@ -13,7 +13,9 @@ from conftest import make_frames  # noqa: E402
 from vlm2_ros.backends.graphs import FrameEncodersGraph, FusionGraph, GeometryWindowGraph  # noqa: E402
 from vlm2_ros.backends.onnx_export import ExportError, export_onnx  # noqa: E402
 from vlm2_ros.backends.runtime import OnnxBackend, ProviderUnavailable, TorchBackend  # noqa: E402
+from vlm2_ros.camera import CameraIntrinsics  # noqa: E402
 from vlm2_ros.engine.engine import SpatialMemoryEngine  # noqa: E402
+from vlm2_ros.model.vlm2 import input_pixel_rays  # noqa: E402
 
 ATOL_FP32 = 1e-4
 
@@ -60,7 +62,8 @@ def test_frame_encoders_parity(model, onnx, frames):
 
 @pytest.mark.parametrize("length", [1, 4, 8])
 @pytest.mark.parametrize("with_pose", [False, True])
-def test_window_and_fusion_parity(model, onnx, length, with_pose):
+@pytest.mark.parametrize("with_rays", [False, True])
+def test_window_and_fusion_parity(model, onnx, length, with_pose, with_rays):
     h, w = model.config.image_size
     with torch.inference_mode():
         tokens, semantic = model.encode_frames(torch.rand(length, 3, h, w))
@@ -68,8 +71,9 @@ def test_window_and_fusion_parity(model, onnx, length, with_pose):
         pose = torch.eye(4)[None] if with_pose else None
         if with_pose:
             pose[0, :3, 3] = torch.tensor([0.5, -0.2, 1.0])
-        ref = TorchBackend(model).fuse_window(window, semantic[-1:], pose)
-        got = onnx.fuse_window(window, semantic[-1:], pose)
+        rays = input_pixel_rays(CameraIntrinsics.from_fov(128, 96, 70.0), (h, w))[None] if with_rays else None
+        ref = TorchBackend(model).fuse_window(window, semantic[-1:], pose, rays=rays)
+        got = onnx.fuse_window(window, semantic[-1:], pose, rays=rays)
         # the raw geometry graph too, for every output
         ort_raw = onnx.sessions["geometry_window"].run(None, {"window": window.numpy()})
         torch_raw = GeometryWindowGraph(model)(window)
@@ -80,13 +84,15 @@ def test_window_and_fusion_parity(model, onnx, length, with_pose):
 def test_engines_agree_end_to_end(model, export_dir):
     frames = make_frames(12)
     poses = [None if i % 3 else np.eye(4) for i in range(12)]
+    camera_infos = [None if i % 2 else CameraIntrinsics.from_fov(128, 96, 70.0) for i in range(12)]
     engines = [SpatialMemoryEngine(model, weights="w", backend=b, onnx_dir=export_dir, onnx_provider="cpu")
                for b in ("torch", "onnx")]
     for engine in engines:
-        engine.ingest_batch(frames, [(i + 1) * 10**8 for i in range(12)], poses=poses)
+        engine.ingest_batch(frames, [(i + 1) * 10**8 for i in range(12)], camera_infos, poses)
     (a, b) = (e.stream.memory for e in engines)
     assert close(a.working.tokens, b.working.tokens) < 1e-3
     assert close(a.episodic.tokens, b.episodic.tokens) < 1e-3
+    assert close(a.working.provenance.patch_points, b.working.provenance.patch_points) < 1e-3
     assert engines[1].status().backend == "onnx:cpu" and engines[0].status().backend == "torch"
 
 

@@ -229,6 +229,32 @@ def test_fitting_one_sample_lowers_both_losses(data):
     assert metrics["loss_depth"] < first["loss_depth"] and metrics["loss_answer"] < 0.5 * first["loss_answer"]
 
 
+def test_a_clip_unrolls_to_the_tokens_and_points_the_engine_stores(data):
+    """Training unrolls a clip as the engine ingests it: every pixel on its camera ray (the
+    episode's intrinsics, a CameraInfo to the engine) and the given pose, so the fused tokens H_t
+    and the points they carry are the ones inference will store."""
+    from vlm2_ros.engine.engine import SpatialMemoryEngine
+    from vlm2_ros.model.vlm2 import input_pixel_rays
+    from vlm2_ros.sim.episode import EpisodeDir
+    from vlm2_ros.training.config import StageConfig, TrainConfig
+    from vlm2_ros.training.trainer import Trainer, unroll
+
+    config = TrainConfig(data=str(data), out="/nonexistent-unused", clip_frames=4, questions_per_episode=2,
+                         episodes_per_step=1, stages=[StageConfig("s", steps=1, train=["fusion"])])
+    trainer = Trainer(config, progress=False)
+    sample, model = trainer.data[0], trainer.model.eval()
+    episode = EpisodeDir(sample.path)
+    assert torch.equal(sample.rays, input_pixel_rays(episode.intrinsics, model.config.image_size))
+    with torch.no_grad():
+        stream, _, stored = unroll(model, sample, use_pose=True)
+    engine = SpatialMemoryEngine(model, weights="w")
+    for i in sample.frame_indices.tolist():
+        engine.ingest(episode.frame(i), int(episode.stamps_ns[i]), episode.intrinsics, episode.poses[i])
+    working = engine.stream.memory.working
+    assert torch.allclose(working.tokens[0, -1], stored[-2], atol=1e-4)           # [H_T, M_T] per frame
+    assert torch.allclose(working.provenance.patch_points, stream.memory.working.provenance.patch_points, atol=1e-4)
+
+
 def test_perception_stage_teaches_the_fused_tokens_what_is_where(data):
     from vlm2_ros.training.config import StageConfig, TrainConfig
     from vlm2_ros.training.trainer import Trainer

@@ -1,8 +1,8 @@
 """Runtimes of the hot path behind one interface, chosen by the engine's `backend` argument.
 
     encode_frames(images [T,3,H,W]) -> (frame_tokens [T,P,D], semantic [T,hs,ws,C])
-    fuse_window(window [B,t,P,D], semantic [B,hs,ws,C], poses [B,4,4] | None, pose_mask [B] | None)
-        -> (H_t [B,N,C], its patch points C_t [B,N,3])
+    fuse_window(window [B,t,P,D], semantic [B,hs,ws,C], poses [B,4,4] | None, pose_mask [B] | None,
+                rays [B,H,W,3] | None) -> (H_t [B,N,C], its patch points C_t [B,N,3])
 
 TorchBackend calls the model (whatever device and dtype it has). OnnxBackend runs an export
 (onnx_export.py) with ONNX Runtime: the requested execution provider or a clear error, falling
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..model.geometry_encoder import CameraHead
-from ..model.vlm2 import VLM2Model, select_pose
+from ..model.vlm2 import VLM2Model, points_on_rays, select_pose
 from .graphs import hot_path_digest
 from .onnx_export import EXPORT_VERSION, ExportError, export_onnx, read_export_index
 
@@ -43,8 +43,8 @@ class TorchBackend:
     def encode_frames(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model.encode_frames(images)
 
-    def fuse_window(self, window, semantic, poses=None, pose_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.fuse_window(window, semantic, poses, pose_mask)[:2]
+    def fuse_window(self, window, semantic, poses=None, pose_mask=None, rays=None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.fuse_window(window, semantic, poses, pose_mask, rays)[:2]
 
 
 def default_export_dir(digest: str) -> Path:
@@ -125,7 +125,7 @@ class OnnxBackend:
         to = lambda parts: torch.from_numpy(np.concatenate(parts)).to(device, dtype)  # noqa: E731
         return to(tokens), to(semantic)
 
-    def fuse_window(self, window, semantic, poses=None, pose_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def fuse_window(self, window, semantic, poses=None, pose_mask=None, rays=None) -> tuple[torch.Tensor, torch.Tensor]:
         if window.shape[1] > self.geometry_window:
             raise ValueError(f"window of {window.shape[1]} frames exceeds the export's {self.geometry_window}")
         device, dtype = semantic.device, semantic.dtype
@@ -134,6 +134,8 @@ class OnnxBackend:
         predicted = CameraHead.to_pose(torch.from_numpy(camera_raw))
         camera_to_frame = select_pose(predicted, None if poses is None else poses.cpu(),
                                       None if pose_mask is None else pose_mask.cpu())
+        if rays is not None:
+            local_points = self._np(points_on_rays(torch.from_numpy(local_points), rays.cpu()))
         fused, patch_points = self.sessions["fusion"].run(None, {
             "semantic": self._np(semantic), "local_points": local_points, "confidence": confidence,
             "geometry_tokens": geometry_tokens, "camera_tokens": camera_tokens,

@@ -25,7 +25,7 @@ from ..model.dual_memory import MemoryState
 from ..model.language_bridge import GeneratedText
 from ..model.memory_readout import SOURCE_NAMES
 from ..model.provenance import Provenance
-from ..model.vlm2 import StreamState, VLM2Model
+from ..model.vlm2 import StreamState, VLM2Model, input_pixel_rays
 from ..model.working_memory import WorkingMemory
 from .answer import Answer, Evidence, expected_answer_kind, parse_choice, parse_number, question_options
 from .number_decoding import DEFAULT_NUMBER_SAMPLES, decode_number
@@ -88,6 +88,12 @@ def resolve_dtype(dtype: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def _require_intrinsics(camera_info) -> CameraIntrinsics:
+    if not isinstance(camera_info, CameraIntrinsics):
+        raise IngestError(f"camera info must be vlm2_ros.camera.CameraIntrinsics, got {type(camera_info).__name__}")
+    return camera_info
+
+
 class SpatialMemoryEngine:
     def __init__(self, model: VLM2Model, *, weights: str, device: str = "cpu", dtype: str = "fp32",
                  max_new_tokens: int = 16, number_samples: int = DEFAULT_NUMBER_SAMPLES, max_question_chars: int = 1000,
@@ -114,6 +120,7 @@ class SpatialMemoryEngine:
         self.evidence_top_k = evidence_top_k
         self._state_lock = threading.Lock()
         self._ingest_lock = threading.Lock()
+        self._rays: tuple[CameraIntrinsics, torch.Tensor] | None = None   # the last camera's, under _ingest_lock
         self._reset_locked()
 
     # ----------------------------------------------------------------- construction
@@ -145,12 +152,20 @@ class SpatialMemoryEngine:
         h, w = image.shape[:2]
         if h < 2 or w < 2:
             raise IngestError(f"image is too small: {w}x{h}")
-        if camera_info is not None and (camera_info.width, camera_info.height) != (w, h):
+        if camera_info is not None and (_require_intrinsics(camera_info).width, camera_info.height) != (w, h):
             raise IngestError(f"camera info is for {camera_info.width}x{camera_info.height} "
                               f"but the image is {w}x{h}")
         th, tw = self.model.config.image_size
         resized = cv2.resize(image, (tw, th), interpolation=cv2.INTER_AREA) if (h, w) != (th, tw) else image
         return torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).float().div_(255.0)
+
+    def _pixel_rays(self, camera_info: CameraIntrinsics) -> torch.Tensor:
+        """[1,H,W,3] the camera's pixel rays (z = 1) at the model's input size (preprocess resizes
+        the whole image, so the intrinsics scale with it); one camera's are computed once."""
+        _require_intrinsics(camera_info)
+        if self._rays is None or self._rays[0] != camera_info:
+            self._rays = (camera_info, input_pixel_rays(camera_info, self.model.config.image_size)[None])
+        return self._rays[1]
 
     def _check_stamp(self, stamp_ns: int, last: int | None) -> int:
         if isinstance(stamp_ns, bool) or not isinstance(stamp_ns, (int, np.integer)) or stamp_ns < 0:
@@ -178,14 +193,16 @@ class SpatialMemoryEngine:
             with self._state_lock:
                 self._frames_rejected += n
             raise
-        return self.ingest_pixels(pixels, stamps_ns, poses)
+        return self.ingest_pixels(pixels, stamps_ns, poses, camera_infos)
 
-    def ingest_pixels(self, pixels: torch.Tensor, stamps_ns, poses=None) -> list[int]:
+    def ingest_pixels(self, pixels: torch.Tensor, stamps_ns, poses=None, camera_infos=None) -> list[int]:
         """Push frames already through `preprocess` ([N,3,H,W] at the model's input size), so a
         caller can resize on another thread than the one that runs the model (the ROS node does
-        it in its image callbacks). Same checks and all-or-nothing rule as ingest_batch."""
+        it in its image callbacks). Same checks and all-or-nothing rule as ingest_batch. A frame's
+        camera info (its intrinsics at the size it was taken) places each pixel on its ray."""
         n = len(stamps_ns)
         poses = poses or [None] * n
+        camera_infos = camera_infos or [None] * n
         th, tw = self.model.config.image_size
         with self._ingest_lock:
             try:
@@ -193,7 +210,7 @@ class SpatialMemoryEngine:
                         and tuple(pixels.shape) == (n, 3, th, tw)):
                     got = f"{getattr(pixels, 'dtype', type(pixels).__name__)} {tuple(getattr(pixels, 'shape', ()))}"
                     raise IngestError(f"pixels must be float32 [{n},3,{th},{tw}] from preprocess, got {got}")
-                if len(poses) != n or n == 0:
+                if not len(poses) == len(camera_infos) == n or n == 0:
                     raise IngestError("images, stamps, camera infos and poses must be non-empty lists of one length")
                 last = self._last_stamp_ns
                 stamps = []
@@ -201,6 +218,7 @@ class SpatialMemoryEngine:
                     last = self._check_stamp(s, last)
                     stamps.append(last)
                 pose_arrays = [None if p is None else validate_pose(p) for p in poses]
+                rays = [None if ci is None else self._pixel_rays(ci) for ci in camera_infos]
             except ValueError as e:
                 with self._state_lock:
                     self._frames_rejected += n
@@ -215,7 +233,8 @@ class SpatialMemoryEngine:
                     pose = None if pose_arrays[i] is None else torch.from_numpy(pose_arrays[i])[None]
                     window = self.model.push_window(stream.geometry_window, frame_tokens[i:i + 1])
                     fused, patch_points = self.backend.fuse_window(
-                        window, semantic[i:i + 1], None if pose is None else pose.to(self.device))
+                        window, semantic[i:i + 1], None if pose is None else pose.to(self.device),
+                        rays=None if rays[i] is None else rays[i].to(self.device))
                     provenance = Provenance.single(torch.tensor([stamps[i]]), torch.tensor([index]), patch_points, pose)
                     stream, _, _ = self.model.remember(stream, window, fused, provenance)
                     indices.append(index)

@@ -18,9 +18,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
+from ..camera import CameraIntrinsics
 from .dual_memory import DualMemory, DualMemoryConfig, MemoryState
 from .fusion import FusionConfig, GeometryFusion
 from .geometry_encoder import GeometryEncoder, GeometryEncoderConfig, GeometryOutput
@@ -118,6 +120,24 @@ def select_pose(predicted: torch.Tensor, poses: torch.Tensor | None, pose_mask: 
     return torch.where(pose_mask[:, None, None], poses.to(predicted.dtype), predicted)
 
 
+def input_pixel_rays(intrinsics: CameraIntrinsics, image_size: tuple[int, int]) -> torch.Tensor:
+    """[H,W,3] float32: the ray (z = 1) through each pixel of the model's input, image_size
+    (H, W), for a camera with `intrinsics`; the whole image is resized to the input (as the
+    engine's preprocess does), so the intrinsics scale with it."""
+    h, w = image_size
+    return torch.from_numpy(intrinsics.scaled(w, h).pixel_rays().astype(np.float32))
+
+
+def points_on_rays(local_points: torch.Tensor, rays: torch.Tensor | None) -> torch.Tensor:
+    """The camera-frame point of every pixel: local_points [B,H,W,3] as the geometry decoder
+    predicts them, or, given the camera's pixel rays [B,H,W,3] (z = 1, from its intrinsics), each
+    pixel at the decoder's depth on its own ray. The depth loss supervises only z, so without
+    intrinsics the decoder's x/y are its own guess; a CameraInfo makes them exact."""
+    if rays is None:
+        return local_points
+    return rays.to(local_points.dtype) * local_points[..., 2:]
+
+
 class VLM2Model(nn.Module):
     def __init__(self, config: VLM2Config, geometry: GeometryEncoder, semantic: SemanticEncoder,
                  bridge: LanguageBridge):
@@ -156,15 +176,18 @@ class VLM2Model(nn.Module):
         return window_new
 
     def fuse_window(self, window: torch.Tensor, semantic: torch.Tensor, poses: torch.Tensor | None = None,
-                    pose_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, GeometryOutput]:
+                    pose_mask: torch.Tensor | None = None,
+                    rays: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, GeometryOutput]:
         """Geometry of the window's newest frame fused with its semantic tokens: window [B,t,P,D],
         semantic [B,hs,ws,C] -> H_t [B,N,C], its patch points C_t [B,N,3], and the decoder's
         outputs for that frame (T=1). poses [B,4,4] camera-to-world replace the decoder's own pose
-        where pose_mask [B] (bool; default all) is set. Runtimes (vlm2_ros.backends) split this
-        the same way."""
+        where pose_mask [B] (bool; default all) is set; rays [B,H,W,3], the camera's pixel rays at
+        the input size, place each pixel on its ray (points_on_rays). Runtimes (vlm2_ros.backends)
+        split this the same way."""
         geo = self.geometry.decode_window(window, self.geometry_grid, newest_only=True)
         camera_to_frame = select_pose(geo.camera_poses[:, -1], poses, pose_mask)
-        fused, patch_points = self.fuse_frame(semantic, geo.local_points[:, -1], geo.confidence[:, -1],
+        local_points = points_on_rays(geo.local_points[:, -1], rays)
+        fused, patch_points = self.fuse_frame(semantic, local_points, geo.confidence[:, -1],
                                               geo.geometry_tokens[:, -1], geo.camera_tokens[:, -1:], camera_to_frame)
         return fused, patch_points, geo
 
@@ -186,22 +209,22 @@ class VLM2Model(nn.Module):
         return StreamState(window, memory_state, stream.frames + 1), memory, slot
 
     def advance(self, stream: StreamState, frame_tokens: torch.Tensor, semantic: torch.Tensor,
-                stamp_ns: torch.Tensor, frame_index: torch.Tensor,
-                poses: torch.Tensor | None = None) -> tuple[StreamState, StepOutput]:
+                stamp_ns: torch.Tensor, frame_index: torch.Tensor, poses: torch.Tensor | None = None,
+                rays: torch.Tensor | None = None) -> tuple[StreamState, StepOutput]:
         """Sequential part of a step for one new frame per stream: frame_tokens [B,P,D],
         semantic [B,hs,ws,C], stamp_ns and frame_index [B] (the entry's provenance), poses
-        [B,4,4] camera-to-world or None."""
+        [B,4,4] camera-to-world or None, rays [B,H,W,3] the camera's pixel rays or None."""
         window = self.push_window(stream.geometry_window, frame_tokens)
-        fused, patch_points, geo = self.fuse_window(window, semantic, poses)
+        fused, patch_points, geo = self.fuse_window(window, semantic, poses, rays=rays)
         provenance = Provenance.single(stamp_ns, frame_index, patch_points, poses)
         stream, memory, slot = self.remember(stream, window, fused, provenance)
         return stream, StepOutput(fused, memory, slot, geo.depth[:, -1], geo.camera_poses[:, -1])
 
     def step(self, stream: StreamState, images: torch.Tensor, stamp_ns: torch.Tensor, frame_index: torch.Tensor,
-             poses: torch.Tensor | None = None) -> tuple[StreamState, StepOutput]:
+             poses: torch.Tensor | None = None, rays: torch.Tensor | None = None) -> tuple[StreamState, StepOutput]:
         """One frame per stream: images [B,3,H,W]."""
         frame_tokens, semantic = self.encode_frames(images)
-        return self.advance(stream, frame_tokens, semantic, stamp_ns, frame_index, poses)
+        return self.advance(stream, frame_tokens, semantic, stamp_ns, frame_index, poses, rays)
 
     def read_memory(self, stream: StreamState) -> ReadoutTokens:
         return self.readout(stream.memory)

@@ -47,6 +47,7 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from vlm2_ros.atomic_io import write_json_atomic
+from vlm2_ros.camera import CameraIntrinsics
 from vlm2_ros.engine.engine import IngestError, SpatialMemoryEngine
 from vlm2_ros.engine.snapshot import INDEX_NAME, SnapshotError
 from vlm2_ros.ros import queries
@@ -69,12 +70,14 @@ _LOG_THROTTLE_S = 5.0
 @dataclass
 class Frame:
     """An image waiting in the ingest queue, already resized to the model's input (in the image
-    callback, so the ingest worker only runs the model), with the camera pose that goes with it."""
+    callback, so the ingest worker only runs the model), with the camera pose and intrinsics
+    that go with it."""
     pixels: torch.Tensor      # [3,H,W] float32, SpatialMemoryEngine.preprocess
     stamp_ns: int
     frame_id: str
     camera: str
     pose: np.ndarray | None
+    intrinsics: CameraIntrinsics | None   # of the image as received (before the resize)
 
 
 @dataclass
@@ -98,7 +101,7 @@ class Counters:
 class CameraState:
     """What a camera's subscriptions last delivered; written by callbacks, read when enqueuing."""
     settings: CameraSettings
-    intrinsics: object | None = None
+    intrinsics: CameraIntrinsics | None = None
     pose: np.ndarray | None = None
     pose_frame_id: str = ""
     images_since_activation: int = 0
@@ -357,7 +360,7 @@ class Vlm2Node(LifecycleNode):
         except IngestError as exc:
             self._reject_frame(camera_name, exc)
             return
-        frame = Frame(pixels, stamp_ns, msg.header.frame_id, camera_name, camera.pose)
+        frame = Frame(pixels, stamp_ns, msg.header.frame_id, camera_name, camera.pose, camera.intrinsics)
         displaced = self._queue.put(frame)
         with self._lock:
             self._last_enqueued_ns = now
@@ -431,7 +434,7 @@ class Vlm2Node(LifecycleNode):
                     self._counters.dropped_rejected += 1
                 return
         try:
-            engine.ingest_pixels(frame.pixels[None], [frame.stamp_ns], [frame.pose])
+            engine.ingest_pixels(frame.pixels[None], [frame.stamp_ns], [frame.pose], [frame.intrinsics])
         except IngestError as exc:
             self._reject_frame(frame.camera, exc)
             return

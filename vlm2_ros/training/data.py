@@ -17,6 +17,7 @@ from ..camera import world_points
 from ..evaluation.data import episode_dirs
 from ..evaluation.predictors import format_prompt
 from ..model.object_memory import ObjectBox, object_tokens
+from ..model.vlm2 import input_pixel_rays
 from ..sim.episode import EpisodeDir
 from ..sim.questions import Balancer, QuestionGenerator, generate_questions
 from ..sim.scene import SEMANTIC_CLASSES, Scene, generate_scene, semantic_classes
@@ -34,6 +35,7 @@ class TrainingEpisode:
     classes: torch.Tensor       # [T,H,W] uint8 sim.scene.SEMANTIC_CLASSES index (rendered masks)
     points: torch.Tensor        # [T,H,W,3] float32 world point of each pixel (rendered depth + pose)
     poses: torch.Tensor         # [T,4,4] float32 camera-to-world
+    rays: torch.Tensor          # [H,W,3] float32 the camera's pixel ray (z = 1) at the model's input size
     stamps_ns: torch.Tensor     # [T] int64
     frame_indices: torch.Tensor  # [T] int64, in the episode
     prompts: list[str]          # questions as the model reads them (VSI-Bench prompt)
@@ -189,6 +191,7 @@ def load_training_episode(path: Path, clip_frames: int, image_size: tuple[int, i
         samples.append(TrainingEpisode(
             episode.episode_id, images, depth, torch.from_numpy(classes), points,
             torch.from_numpy(episode.poses[idx].astype(np.float32)),
+            input_pixel_rays(episode.intrinsics, image_size),
             torch.from_numpy(episode.stamps_ns[idx].astype(np.int64)), torch.from_numpy(idx.astype(np.int64)),
             *question_fields(episode.scene, questions),
             str(path), asked_at, f"{digest}@{asked_at}"))

@@ -47,7 +47,7 @@ from ..model.dual_memory import MemoryState
 from ..model.fusion import pool_to_grid
 from ..model.memory_readout import mean_pool
 from ..model.object_memory import ObjectBox, object_tokens, perceive_objects
-from ..model.vlm2 import VLM2Config, VLM2Model, transform_points
+from ..model.vlm2 import VLM2Config, VLM2Model, points_on_rays, transform_points
 from ..sim.episode import EpisodeDir
 from ..sim.questions import COMPASS, DIRECTION_CLASSES, LETTERS, MEMORY_TASKS, relation_angles
 from ..sim.scene import CATEGORIES, SEMANTIC_CLASSES
@@ -58,6 +58,9 @@ from .data import (AskedQuestions, GeneratedSample, TrainingEpisode, generated_o
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
 STREAMED_MEMORIES = "streamed_memories.safetensors"
 STREAMED_READINGS = "streamed_readings.safetensors"   # each token's class shares and point ("perceived" stages)
+# How the engine streams an episode into a memory, beyond the model's config and weights; bumped when
+# that changes (2: pixels placed on the camera's rays), so a cache from older code is not reused.
+STREAMING_VERSION = 2
 STREAM_SAVE_EVERY = 50          # streamed samples between saves of the memory cache
 PROBE_PREFIX = "probes."
 METRICS = ("loss_depth", "loss_category", "loss_position", "loss_point", "loss_objectness",   # logged every step
@@ -74,9 +77,10 @@ BEARING_TASKS = (*DIRECTION_CLASSES, "route_planning")     # the questions the b
 
 
 def memory_digest(model: VLM2Model) -> str:
-    """What a streamed memory depends on: sha256 over the model's config and its parameters and
-    buffers, all but the language bridge's (the memory sizes and readout grid are config, not weights)."""
-    digest = hashlib.sha256()
+    """What a streamed memory depends on: sha256 over the streaming version, the model's config and
+    its parameters and buffers, all but the language bridge's (the memory sizes and readout grid are
+    config, not weights)."""
+    digest = hashlib.sha256(f"streaming {STREAMING_VERSION}".encode())
     config = {k: v for k, v in model.config.to_dict().items() if k != "bridge"}
     digest.update(json.dumps(config, sort_keys=True).encode())
     hash_tensors(digest, {name: t for name, t in model.state_dict().items() if not name.startswith("bridge.")})
@@ -171,13 +175,15 @@ def objectness_loss(logits: torch.Tensor, classes: torch.Tensor, grid: tuple[int
 
 def unroll(model: VLM2Model, episode: TrainingEpisode, use_pose: bool):
     """Stream the clip through the model: (final stream, mean depth loss over its frames, the
-    tokens the memory stores for its frames: H_t and, with an episodic memory, M_t [T or 2T,N,C])."""
+    tokens the memory stores for its frames: H_t and, with an episodic memory, M_t [T or 2T,N,C]).
+    The camera's intrinsics are always known here, as they are to the engine given a CameraInfo."""
     stream, losses, stored = model.empty_stream(1), [], []
     device = next(model.parameters()).device
+    rays = episode.rays[None].to(device)
     for t in range(episode.images.shape[0]):
         pose = episode.poses[t:t + 1].to(device) if use_pose else None
         stream, out = model.step(stream, episode.images[t:t + 1].to(device).float() / 255.0,
-                                 episode.stamps_ns[t:t + 1], episode.frame_indices[t:t + 1], pose)
+                                 episode.stamps_ns[t:t + 1], episode.frame_indices[t:t + 1], pose, rays)
         losses.append(depth_loss(out.depth, episode.depth[t:t + 1].to(device)))
         stored += [out.fused] if out.memory is None else [out.fused, out.memory]
     return stream, torch.stack(losses).mean(), torch.cat(stored)
@@ -654,14 +660,17 @@ class Trainer:
                     if distances:
                         perceived["errors"].append(float(min(distances)))
                 length, geometry, device = self.model.config.geometry_window, self.model.geometry, self.config.device
+                rays = input_pixel_rays(episode.intrinsics, self.model.config.image_size)[None]
                 for end in range(length - 1, sample.asked_at + 1, 20):
                     images, depth = load_frames(episode, range(end - length + 1, end + 1), self.model.config.image_size)
                     tokens = geometry.encode_frames(images.to(device).float() / 255.0)
                     out = geometry.decode_window(tokens[None], self.model.geometry_grid, newest_only=True)
                     depth_errors.append(float(depth_loss(out.depth[:, -1], depth[-1:].to(device))))
-                    # the patch points C_t the fusion gets (predicted depth, given pose) against the rendered ones
+                    # the patch points C_t the fusion gets (predicted depth on the camera's rays, given pose)
+                    # against the rendered ones
                     pose = torch.from_numpy(episode.poses[end].astype(np.float32))[None].to(device)
-                    predicted = pool_to_grid(transform_points(pose, out.local_points[:, -1]), hs_ws)[0]      # [N,3]
+                    local = points_on_rays(out.local_points[:, -1], rays.to(device))
+                    predicted = pool_to_grid(transform_points(pose, local), hs_ws)[0]                  # [N,3]
                     truth = pool_to_grid(load_world_points(episode, [end], self.model.config.image_size), hs_ws)[0]
                     patch_errors += (predicted[:, :2].cpu() - truth[:, :2]).norm(dim=-1).tolist()
         self.model.train()
