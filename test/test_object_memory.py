@@ -43,6 +43,26 @@ def test_tokens_of_one_category_group_by_place_into_boxes_in_the_order_first_see
     assert [(o.semantic_class, o.first_seen) for o in objects] == [(1, 3), (1, 7)]
 
 
+def test_peaks_make_one_box_of_an_object_spread_along_a_ray_and_none_of_a_stray_label():
+    """An object whose tokens scatter 2.4 m along the viewing ray (the depth's error) is one
+    peak where the greedy grouping splits it; two chairs 3 m apart stay two; a single token that
+    calls a wall a lamp, where many others see the wall, makes no box."""
+    along_ray = tokens_showing(1, 0.9, [[2.0 + 0.3 * i, 1.0, 0.5] for i in range(9)], frame=4)
+    other_chair = tokens_showing(1, 0.9, [[2.5, 4.0, 0.5], [2.6, 4.1, 0.5]], frame=6)
+    wall = tokens_showing(ROOM_CLASS, 1.0, [[6.0, 0.1 * i, 1.0] for i in range(20)], frame=2)
+    stray = tokens_showing(3, 0.6, [[6.0, 1.0, 1.0]], frame=5)
+    scene = (along_ray, other_chair, wall, stray)
+    greedy = perceive(*scene, min_share=0.5, merge_radius_m=1.0)[1:]
+    assert sum(o.semantic_class == 1 for o in greedy) == 3 and any(o.semantic_class == 3 for o in greedy)  # split
+    room, *objects = perceive(*scene, min_share=0.5, merge_radius_m=1.0, grouping="peaks")
+    assert [(o.semantic_class, o.first_seen) for o in objects] == [(1, 4), (1, 6)]
+    assert objects[0].centre[0] == pytest.approx(3.2, abs=0.35)       # near the middle of the spread
+    # the tokens within 1 m of the peak make the box (7 of the 9: the two ends are further)
+    assert objects[0].support == pytest.approx(0.9 * 7) and objects[1].support == pytest.approx(1.8)
+    with pytest.raises(ValueError, match="grouping"):
+        perceive(*scene, grouping="nearest")
+
+
 def test_a_perceived_memory_is_written_like_the_oracle_and_bad_input_is_named():
     boxes = [ObjectBox(ROOM_CLASS, (3.0, 2.0, 1.5), (6.0, 4.0, 3.0)), ObjectBox(2, (1.0, 1.0, 0.5), (0.4, 0.4, 1.0))]
     memory = object_tokens(boxes, CLASSES, tokens=5, dim=16, scale_m=2.0)

@@ -601,6 +601,7 @@ def test_a_pretrained_cnn_backbone_stays_frozen_unless_asked():
     ({"init_modules": {"geometry": "ckpt"}, "init_checkpoint": "ckpt"}, "use one"),
     ({"init_probes": "../out/run"}, "maps each training-only probe"),
     ({"perceive_min_share": 0.0}, "perceive_min_share"),
+    ({"perceive_grouping": "nearest"}, "perceive_grouping"),
     ({"perceive_merge_m": -1.0}, "perceive_merge_m"),
 ])
 def test_bad_init_modules_name_the_problem(tmp_path, change, message):
@@ -1071,7 +1072,8 @@ def test_perceived_stage_reads_the_probes_objects_out_of_streamed_memories(data,
     points = torch.cat([memory.episodic.provenance.patch_points, memory.working.provenance.patch_points],
                        dim=1)[0].flatten(0, 1)
     frames = torch.cat([memory.episodic.provenance.frame_index, memory.working.provenance.frame_index], dim=1)[0]
-    boxes = perceive_objects(shares, points, frames.repeat_interleave(trainer.model.num_tokens_per_frame), 0.2)
+    frames = frames.repeat_interleave(trainer.model.num_tokens_per_frame)
+    boxes = perceive_objects(shares, points, frames, 0.2)
     assert len(boxes) > 1
     expected = object_tokens(boxes, classes, 160, trainer.model.config.bridge.memory_dim,
                              trainer.model.config.fusion.position_scale_m)
@@ -1084,6 +1086,14 @@ def test_perceived_stage_reads_the_probes_objects_out_of_streamed_memories(data,
     assert torch.allclose(again.memories("perceived")[0], expected, atol=1e-5)
     first, _ = fit(again, again.config.stages[0], steps=1)
     assert first["loss_answer"] > 0
+    # perceive_grouping groups the same readings otherwise (nothing streamed again)
+    peaks = write_config(tmp_path / "peaks.yaml", init_probes={"category": "perception"}, perceive_grouping="peaks",
+                         **settings)
+    by_peaks = Trainer(load_train_config(peaks), progress=False)
+    by_peaks.data = by_peaks.data[:1]
+    expected = object_tokens(perceive_objects(shares, points, frames, 0.2, grouping="peaks"), classes, 160,
+                             trainer.model.config.bridge.memory_dim, trainer.model.config.fusion.position_scale_m)
+    assert torch.allclose(by_peaks.memories("perceived")[0], expected, atol=1e-5)
 
 
 def test_option_text_run_teaches_and_scores_the_options_text(data, tmp_path):

@@ -19,6 +19,10 @@ import torch
 ROOM_CLASS = 0                  # semantic class 0 is the room shell (walls, floor, ceiling)
 BOX_CHANNELS = 6                # centre (x, y, z) and extents (x, y, z) after the class one-hot
 MIN_EXTENT_M = 0.1              # a box perceived from one token has no spread to measure
+GROUPINGS = ("greedy", "peaks")
+PEAK_SIGMA_M = 0.3              # "peaks": the density's Gaussian kernel on the floor plane
+PEAK_MIN_RATIO = 0.1            # ... a peak's class density over every token's density there, at least
+PEAK_MIN_SUPPORT = 1.0          # ... and its class density (kernel-weighted shares), at least
 
 
 @dataclass(frozen=True)
@@ -47,20 +51,29 @@ def object_tokens(boxes: list[ObjectBox], num_classes: int, tokens: int, dim: in
 
 def perceive_objects(shares: torch.Tensor, points: torch.Tensor, frame_index: torch.Tensor,
                      min_share: float = 0.5, merge_radius_m: float = 1.0, max_boxes: int | None = None,
-                     room_quantile: float = 0.02) -> list[ObjectBox]:
+                     room_quantile: float = 0.02, grouping: str = "greedy") -> list[ObjectBox]:
     """The room's box and the objects a memory's tokens show, as ObjectBoxes in the oracle's order.
 
     shares [M,K]: each token's share of each semantic class (ROOM_CLASS the room); points [M,3]:
     its world point in metres; frame_index [M]: the frame of the memory entry it is in.
-    A token shows class k > 0 when its share of k is at least `min_share`. Per class, tokens are
-    taken from the most certain down and each joins the nearest group of its class whose centre
-    (share-weighted mean point) is within `merge_radius_m` on the floor plane, else starts one:
-    one group, one object. Its centre is that mean, its extents twice the weighted standard
-    deviation of the points per axis (at least MIN_EXTENT_M), its first sighting the earliest
-    frame of its tokens. The room's box spans the room tokens' points between the
-    `room_quantile` and 1 - `room_quantile` quantiles per axis (a few far-off points do not
-    stretch it). With `max_boxes`, the best-supported objects that fit beside the room are kept.
+    A token shows class k > 0 when its share of k is at least `min_share`. `grouping` (GROUPINGS)
+    makes objects of those tokens:
+    - "greedy": per class, tokens are taken from the most certain down and each joins the nearest
+      group of its class whose centre (share-weighted mean point) is within `merge_radius_m` on the
+      floor plane, else starts one: one group, one object.
+    - "peaks": per class, an object at each peak of the class's density on the floor plane
+      (density_peaks), peaks at least `merge_radius_m` apart; its tokens are those that show the
+      class within `merge_radius_m` of the peak. Points scattered along their rays by the depth's
+      error make one peak where they make several greedy groups, and a stray label that the
+      other views of its place do not share makes none.
+    An object's centre is its tokens' share-weighted mean point, its extents twice their weighted
+    standard deviation per axis (at least MIN_EXTENT_M), its first sighting the earliest frame of
+    its tokens. The room's box spans the room tokens' points between the `room_quantile` and
+    1 - `room_quantile` quantiles per axis (a few far-off points do not stretch it). With
+    `max_boxes`, the best-supported objects that fit beside the room are kept.
     Returns [room, objects by first sighting]."""
+    if grouping not in GROUPINGS:
+        raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}")
     shares, points = shares.detach().float().cpu().numpy(), points.detach().float().cpu().numpy()
     frames = frame_index.detach().cpu().numpy().astype(np.int64)
     if not (shares.ndim == 2 and points.shape == (len(shares), 3) and frames.shape == (len(shares),)):
@@ -77,20 +90,13 @@ def perceive_objects(shares: torch.Tensor, points: torch.Tensor, frame_index: to
         if k == ROOM_CLASS:
             continue
         tokens = np.flatnonzero(shares[:, k] >= min_share)
-        groups: list[list[int]] = []
-        centres: list[np.ndarray] = []
-        for token in tokens[np.argsort(-shares[tokens, k], kind="stable")]:
-            distances = [np.linalg.norm(points[token, :2] - c[:2]) for c in centres]
-            nearest = int(np.argmin(distances)) if distances else -1
-            if nearest < 0 or distances[nearest] > merge_radius_m:
-                groups.append([token])
-                centres.append(points[token])
-                continue
-            groups[nearest].append(token)
-            weight = shares[groups[nearest], k]
-            centres[nearest] = (weight[:, None] * points[groups[nearest]]).sum(0) / weight.sum()
-        for group, centre in zip(groups, centres):
+        if grouping == "greedy":
+            groups = greedy_groups(shares[tokens, k], points[tokens], merge_radius_m)
+        else:
+            groups = peak_groups(shares[:, k], points, tokens, merge_radius_m)
+        for group in (tokens[g] for g in groups):
             weight = shares[group, k]
+            centre = (weight[:, None] * points[group]).sum(0) / weight.sum()
             spread = np.sqrt((weight[:, None] * (points[group] - centre) ** 2).sum(0) / weight.sum())
             objects.append(ObjectBox(k, tuple(float(v) for v in centre),
                                      tuple(float(v) for v in np.maximum(2 * spread, MIN_EXTENT_M)),
@@ -98,3 +104,53 @@ def perceive_objects(shares: torch.Tensor, points: torch.Tensor, frame_index: to
     if max_boxes is not None and len(objects) > max_boxes - 1:
         objects = sorted(objects, key=lambda o: -o.support)[:max_boxes - 1]
     return [room, *sorted(objects, key=lambda o: (o.first_seen, o.semantic_class))]
+
+
+def greedy_groups(share: np.ndarray, points: np.ndarray, merge_radius_m: float) -> list[np.ndarray]:
+    """Tokens of one class (share [m], points [m,3]) taken from the most certain down, each joining
+    the nearest group whose share-weighted centre is within merge_radius_m on the floor plane,
+    else starting one: index arrays into the m tokens."""
+    groups: list[list[int]] = []
+    centres: list[np.ndarray] = []
+    for token in np.argsort(-share, kind="stable"):
+        distances = [np.linalg.norm(points[token, :2] - c[:2]) for c in centres]
+        nearest = int(np.argmin(distances)) if distances else -1
+        if nearest < 0 or distances[nearest] > merge_radius_m:
+            groups.append([token])
+            centres.append(points[token])
+            continue
+        groups[nearest].append(token)
+        weight = share[groups[nearest]]
+        centres[nearest] = (weight[:, None] * points[groups[nearest]]).sum(0) / weight.sum()
+    return [np.asarray(g) for g in groups]
+
+
+def peak_groups(share: np.ndarray, points: np.ndarray, showing: np.ndarray, merge_radius_m: float,
+                sigma_m: float = PEAK_SIGMA_M, min_ratio: float = PEAK_MIN_RATIO,
+                min_support: float = PEAK_MIN_SUPPORT) -> list[np.ndarray]:
+    """One class's objects as peaks of its density on the floor plane: share [M] of every token,
+    points [M,3], showing [m] the tokens that show the class. At each showing token, the class
+    density is the Gaussian-weighted (sigma_m) sum of every token's share, and its ratio is that
+    over the same sum of ones (how much of what was seen there is this class). A peak is a
+    showing token whose density no other within merge_radius_m exceeds, with support >=
+    min_support and ratio >= min_ratio; each showing token joins the nearest peak within
+    merge_radius_m. Index arrays into `showing`, one per peak, densest first."""
+    if len(showing) == 0:
+        return []
+    d2 = ((points[showing, None, :2] - points[None, :, :2]) ** 2).sum(-1)        # [m,M]
+    kernel = np.exp(-0.5 * d2 / sigma_m ** 2)
+    density = kernel @ share                                                      # [m]
+    ratio = density / kernel.sum(1)
+    between = d2[:, showing]                                                      # [m,m]
+    near = between <= merge_radius_m ** 2
+    # ties go to the earlier token, so a plateau gives one peak
+    order = np.arange(len(showing))
+    beaten = near & ((density[None, :] > density[:, None])
+                     | ((density[None, :] == density[:, None]) & (order[None, :] < order[:, None])))
+    peaks = np.flatnonzero(~beaten.any(1) & (density >= min_support) & (ratio >= min_ratio))
+    peaks = peaks[np.argsort(-density[peaks], kind="stable")]
+    if len(peaks) == 0:
+        return []
+    nearest = np.argmin(between[:, peaks], axis=1)                                # [m]
+    joins = near[np.arange(len(showing)), peaks[nearest]]
+    return [np.flatnonzero(joins & (nearest == i)) for i in range(len(peaks))]

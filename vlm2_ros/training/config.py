@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from ..model.object_memory import GROUPINGS
 from ..sim.questions import MEMORY_TASKS, TASKS
 
 MODULES = ("geometry", "semantic", "fusion", "memory", "readout", "bridge")
@@ -127,7 +128,8 @@ class StageConfig:
     # box, then one token per object by first sighting) built from a streamed memory instead of the
     # ground truth: the run's category and point probes read every token the memory holds, and tokens
     # showing one category are grouped by place into objects (model.object_memory.perceive_objects,
-    # with the run's perceive_min_share and perceive_merge_m); only the language bridge learns.
+    # with the run's perceive_min_share, perceive_merge_m and perceive_grouping); only the language
+    # bridge learns.
     memory: str = "clip"
     episodes_per_step: int | None = None    # None: the run's setting (a "stream" step is cheap: take more;
                                             # a "window" step takes one window from each)
@@ -221,10 +223,12 @@ class TrainConfig:
     # named objects lies further east, west, north or south, which of four furthest).
     memory_questions_per_task: int = 0
     # How "perceived" memories group tokens into objects (model.object_memory.perceive_objects): a
-    # token shows a category when the category probe gives it at least this share, and joins an
-    # object of its category whose centre is within this many metres on the floor plane.
+    # token shows a category when the category probe gives it at least this share; "greedy" joins
+    # it to an object of its category whose centre is within perceive_merge_m on the floor plane,
+    # "peaks" makes an object at each peak of the category's density, peaks perceive_merge_m apart.
     perceive_min_share: float = 0.5
     perceive_merge_m: float = 1.0
+    perceive_grouping: str = "greedy"
     episodes_per_step: int = 2
     pose_probability: float = 0.5           # share of clips given the camera poses (else predicted)
     weight_decay: float = 0.01
@@ -275,6 +279,8 @@ class TrainConfig:
         if not 0 < self.perceive_min_share <= 1 or self.perceive_merge_m <= 0:
             raise TrainConfigError("perceive_min_share must be in (0, 1] and perceive_merge_m > 0, got "
                                    f"{self.perceive_min_share} and {self.perceive_merge_m}")
+        if self.perceive_grouping not in GROUPINGS:
+            raise TrainConfigError(f"perceive_grouping must be one of {GROUPINGS}, got {self.perceive_grouping!r}")
         if self.init_modules and self.init_checkpoint:
             raise TrainConfigError("init_checkpoint takes the whole model, init_modules some modules from "
                                    "checkpoints and the rest fresh: use one")

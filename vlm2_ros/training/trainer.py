@@ -431,7 +431,8 @@ class Trainer:
         """The room and the objects token_readings show, grouped by perceive_objects."""
         k = len(SEMANTIC_CLASSES)
         return perceive_objects(readings[:, :k], readings[:, k:k + 3], readings[:, k + 3].round().long(),
-                                self.config.perceive_min_share, self.config.perceive_merge_m, self.oracle_tokens())
+                                self.config.perceive_min_share, self.config.perceive_merge_m, self.oracle_tokens(),
+                                grouping=self.config.perceive_grouping)
 
     def perceived_memories(self) -> list[torch.Tensor]:
         """Every sample's memory in the oracle's form (model.object_memory), from its streamed
@@ -680,7 +681,8 @@ class Trainer:
                    "boxes_per_episode": float(np.mean(perceived["boxes"])),
                    "seen_per_episode": float(np.mean(perceived["seen"])),
                    "median_room_area_ratio": median(perceived["room_area_ratios"]),
-                   "min_share": self.config.perceive_min_share, "merge_m": self.config.perceive_merge_m}
+                   "min_share": self.config.perceive_min_share, "merge_m": self.config.perceive_merge_m,
+                   "grouping": self.config.perceive_grouping}
         return {"episodes": len(picked), "reader": reader, "min_share": min_share, "perceived_objects": objects,
                 "depth_error": float(np.mean(depth_errors)) if depth_errors else None,
                 "patch_point_error_m": median(patch_errors),
