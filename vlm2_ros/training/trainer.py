@@ -47,7 +47,7 @@ from ..model.dual_memory import MemoryState
 from ..model.fusion import pool_to_grid
 from ..model.memory_readout import mean_pool
 from ..model.object_memory import ObjectBox, object_tokens, perceive_objects
-from ..model.vlm2 import VLM2Config, VLM2Model, points_on_rays, transform_points
+from ..model.vlm2 import VLM2Config, VLM2Model, input_pixel_rays, points_on_rays, transform_points
 from ..sim.episode import EpisodeDir
 from ..sim.questions import COMPASS, DIRECTION_CLASSES, LETTERS, MEMORY_TASKS, relation_angles
 from ..sim.scene import CATEGORIES, SEMANTIC_CLASSES
