@@ -62,7 +62,7 @@ def perceive_objects(shares: torch.Tensor, points: torch.Tensor, frame_index: to
       group of its class whose centre (share-weighted mean point) is within `merge_radius_m` on the
       floor plane, else starts one: one group, one object.
     - "peaks": per class, an object at each peak of the class's density on the floor plane
-      (density_peaks), peaks at least `merge_radius_m` apart; its tokens are those that show the
+      (peak_groups), peaks at least `merge_radius_m` apart; its tokens are those that show the
       class within `merge_radius_m` of the peak. Points scattered along their rays by the depth's
       error make one peak where they make several greedy groups, and a stray label that the
       other views of its place do not share makes none.
