@@ -81,6 +81,26 @@ def test_window_and_fusion_parity(model, onnx, length, with_pose, with_rays):
     assert max(close(torch.from_numpy(o), r) for o, r in zip(ort_raw, torch_raw)) < ATOL_FP32
 
 
+def test_depth_refinement_exports_with_the_fusion(tmp_path):
+    from vlm2_ros.model.checkpoint import build_model
+    from vlm2_ros.model.presets import preset_config
+    torch.manual_seed(0)
+    model = build_model(preset_config("tiny").with_changes({"depth_refinement": {"enabled": True}})).eval()
+    torch.nn.init.normal_(model.depth_refinement.net[-1].weight, std=0.3)    # as if trained
+    onnx = OnnxBackend(model, export_onnx(model, tmp_path / "refined", weights="w"), provider="cpu")
+    h, w = model.config.image_size
+    with torch.inference_mode():
+        tokens, semantic = model.encode_frames(torch.rand(4, 3, h, w))
+        rays = input_pixel_rays(CameraIntrinsics.from_fov(128, 96, 70.0), (h, w))[None]
+        ref = TorchBackend(model).fuse_window(tokens[None], semantic[-1:], torch.eye(4)[None], rays=rays)
+        got = onnx.fuse_window(tokens[None], semantic[-1:], torch.eye(4)[None], rays=rays)
+    assert all(g.shape == r.shape and close(g, r) < ATOL_FP32 for g, r in zip(got, ref))   # H_t and C_t
+    torch.nn.init.zeros_(model.depth_refinement.net[-1].bias)
+    model.depth_refinement.net[-1].bias.data += 0.1              # the export is tied to these weights too
+    with pytest.raises(ExportError, match="exported from other weights"):
+        OnnxBackend(model, tmp_path / "refined", provider="cpu")
+
+
 def test_engines_agree_end_to_end(model, export_dir):
     frames = make_frames(12)
     poses = [None if i % 3 else np.eye(4) for i in range(12)]

@@ -381,6 +381,33 @@ def test_window_stage_trains_depth_on_consecutive_frames_of_the_whole_episode(da
     assert changed == {"geometry"}
 
 
+def test_window_stage_trains_the_depth_refinement_alone(data):
+    from vlm2_ros.training.config import StageConfig, TrainConfig
+    from vlm2_ros.training.trainer import Trainer
+
+    stage = StageConfig("refine", steps=1, train=["depth_refinement"], lr=3e-3, warmup_steps=0,
+                        answer_loss_weight=0.0, memory="window", episodes_per_step=2)
+    config = TrainConfig(data=str(data), out="/nonexistent-unused", clip_frames=3, stages=[stage],
+                         model={"depth_refinement": {"enabled": True}})
+    trainer = Trainer(config, progress=False)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    first, metrics = fit(trainer, stage, steps=10)
+    assert metrics["loss_depth"] < first["loss_depth"]
+    changed = {k.split(".")[0] for k, v in trainer.model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"depth_refinement"}      # the decoder, the semantic encoder frozen
+
+
+def test_training_a_disabled_depth_refinement_is_refused(data):
+    from vlm2_ros.training.config import StageConfig, TrainConfig
+    from vlm2_ros.training.trainer import Trainer
+
+    stage = StageConfig("refine", steps=1, train=["depth_refinement"], answer_loss_weight=0.0, memory="window")
+    trainer = Trainer(TrainConfig(data=str(data), out="/nonexistent-unused", clip_frames=3, stages=[stage]),
+                      progress=False)
+    with pytest.raises(TrainConfigError, match="depth_refinement.*disabled"):
+        trainer.trainable_parameters(stage)
+
+
 def test_category_loss_targets_each_patch_class_share():
     from vlm2_ros.training.trainer import category_loss
 
@@ -454,6 +481,9 @@ def test_stream_stage_memory_is_the_inference_memory_and_training_lowers_the_los
 @pytest.mark.parametrize("stage", [
     {"name": "s", "steps": 1, "train": ["geometry", "fusion"], "answer_loss_weight": 0.0, "memory": "window"},
     {"name": "s", "steps": 1, "train": ["geometry"], "memory": "window"},
+    {"name": "s", "steps": 1, "train": ["depth_refinement", "semantic"], "answer_loss_weight": 0.0,
+     "memory": "window"},
+    {"name": "s", "steps": 1, "train": [], "answer_loss_weight": 0.0, "memory": "window"},
     {"name": "s", "steps": 1, "train": ["geometry"], "answer_loss_weight": 0.0, "point_loss_weight": 1.0,
      "memory": "window"},
     {"name": "s", "steps": 1, "train": ["geometry"], "depth_loss_weight": 0.0, "answer_loss_weight": 0.0,

@@ -42,16 +42,17 @@ class FusionGraph(nn.Module):
         self.model = model
 
     def forward(self, semantic, local_points, confidence, geometry_tokens, camera_tokens, camera_to_frame):
-        # -> H_t [B,N,C], C_t [B,N,3]; shapes as VLM2Model.fuse_frame
+        # -> H_t [B,N,C], C_t [B,N,3]; shapes as VLM2Model.fuse_frame (the engine stores no depth)
         return self.model.fuse_frame(semantic, local_points, confidence, geometry_tokens, camera_tokens,
-                                     camera_to_frame)
+                                     camera_to_frame)[:2]
 
 
 def hot_path_digest(model: VLM2Model) -> str:
     """sha256 over the weights, input size and window length of the exported parts: an export
     is only used with the model it was made from."""
     h = hashlib.sha256(repr((tuple(model.config.image_size), model.config.geometry_window)).encode())
-    for prefix, module in (("geometry", model.geometry), ("semantic", model.semantic), ("fusion", model.fusion)):
+    for prefix, module in (("geometry", model.geometry), ("semantic", model.semantic),
+                           ("depth_refinement", model.depth_refinement), ("fusion", model.fusion)):
         for name, tensor in sorted(module.state_dict().items()):
             h.update(f"{prefix}.{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
             h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())

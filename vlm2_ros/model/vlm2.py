@@ -5,7 +5,8 @@ the history):
     frame tokens    = geometry.encode_frames(I_t)              cached for the last L_g frames
     X_t, G_t, Z_t   = geometry.decode_window(last L_g frames)  outputs of the newest frame
     F_t             = semantic(I_t)
-    H_t, C_t        = fusion(F_t, X_t in the common frame, G_t, Z_t)    C_t: each patch's 3D point
+    X'_t            = depth_refinement(F_t, X_t, G_t)          each pixel moved along its ray (optional)
+    H_t, C_t        = fusion(F_t, X'_t in the common frame, G_t, Z_t)    C_t: each patch's 3D point
     M_t, W, E       = memory(H_t, W, E)          entries carry C_t in their provenance
 At a question: language_bridge(readout(W, E), question) -> text.
 
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from ..camera import CameraIntrinsics
+from .depth_refinement import DepthRefinement, DepthRefinementConfig
 from .dual_memory import DualMemory, DualMemoryConfig, MemoryState
 from .fusion import FusionConfig, GeometryFusion
 from .geometry_encoder import GeometryEncoder, GeometryEncoderConfig, GeometryOutput
@@ -42,14 +44,15 @@ class VLM2Config:
     geometry: GeometryEncoderConfig = field(default_factory=GeometryEncoderConfig.tiny)
     geometry_checkpoint: str | None = None      # local pi3 / VGGT weights; None: weights live in the VLM2 checkpoint
     semantic: SemanticEncoderConfig = field(default_factory=SemanticEncoderConfig)
+    depth_refinement: DepthRefinementConfig = field(default_factory=DepthRefinementConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     memory: DualMemoryConfig = field(default_factory=DualMemoryConfig)
     bridge: LanguageBridgeConfig = field(default_factory=LanguageBridgeConfig)
 
     def __post_init__(self) -> None:
         for name, cls in (("geometry", GeometryEncoderConfig), ("semantic", SemanticEncoderConfig),
-                          ("fusion", FusionConfig), ("memory", DualMemoryConfig),
-                          ("bridge", LanguageBridgeConfig)):
+                          ("depth_refinement", DepthRefinementConfig), ("fusion", FusionConfig),
+                          ("memory", DualMemoryConfig), ("bridge", LanguageBridgeConfig)):
             if isinstance(getattr(self, name), dict):
                 setattr(self, name, cls(**getattr(self, name)))
         self.image_size = tuple(self.image_size)
@@ -100,7 +103,7 @@ class StepOutput:
     fused: torch.Tensor                     # H_t [B,N,C]
     memory: torch.Tensor | None             # M_t [B,N,C] (None without an episodic memory)
     episodic_slot: torch.Tensor | None      # [B]
-    depth: torch.Tensor                     # [B,H,W] predicted metric depth of the new frame
+    depth: torch.Tensor                     # [B,H,W] the new frame's metric depth as the fusion placed it
     camera_pose: torch.Tensor               # [B,4,4] predicted camera-to-window pose
 
 
@@ -149,6 +152,8 @@ class VLM2Model(nn.Module):
         self.memory = DualMemory(config.memory)
         self.entry_grid = semantic.grid_size(*config.image_size)
         self.geometry_grid = geometry.patch_grid(*config.image_size)
+        self.depth_refinement = DepthRefinement(config.depth_refinement, config.fusion.dim,
+                                                config.fusion.geometry_dim, self.geometry_grid)
         self.readout = MemoryReadout(config.fusion.dim, self.entry_grid, config.readout_grid, config.readout_pool)
         self.bridge = bridge
 
@@ -177,29 +182,31 @@ class VLM2Model(nn.Module):
 
     def fuse_window(self, window: torch.Tensor, semantic: torch.Tensor, poses: torch.Tensor | None = None,
                     pose_mask: torch.Tensor | None = None,
-                    rays: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, GeometryOutput]:
+                    rays: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, GeometryOutput]:
         """Geometry of the window's newest frame fused with its semantic tokens: window [B,t,P,D],
-        semantic [B,hs,ws,C] -> H_t [B,N,C], its patch points C_t [B,N,3], and the decoder's
-        outputs for that frame (T=1). poses [B,4,4] camera-to-world replace the decoder's own pose
-        where pose_mask [B] (bool; default all) is set; rays [B,H,W,3], the camera's pixel rays at
-        the input size, place each pixel on its ray (points_on_rays). Runtimes (vlm2_ros.backends)
-        split this the same way."""
+        semantic [B,hs,ws,C] -> H_t [B,N,C], its patch points C_t [B,N,3], the depth [B,H,W] the
+        fusion placed its pixels at, and the decoder's outputs for that frame (T=1). poses [B,4,4]
+        camera-to-world replace the decoder's own pose where pose_mask [B] (bool; default all) is
+        set; rays [B,H,W,3], the camera's pixel rays at the input size, place each pixel on its ray
+        (points_on_rays). Runtimes (vlm2_ros.backends) split this the same way."""
         geo = self.geometry.decode_window(window, self.geometry_grid, newest_only=True)
         camera_to_frame = select_pose(geo.camera_poses[:, -1], poses, pose_mask)
         local_points = points_on_rays(geo.local_points[:, -1], rays)
-        fused, patch_points = self.fuse_frame(semantic, local_points, geo.confidence[:, -1],
-                                              geo.geometry_tokens[:, -1], geo.camera_tokens[:, -1:], camera_to_frame)
-        return fused, patch_points, geo
+        fused, patch_points, depth = self.fuse_frame(semantic, local_points, geo.confidence[:, -1],
+                                                     geo.geometry_tokens[:, -1], geo.camera_tokens[:, -1:],
+                                                     camera_to_frame)
+        return fused, patch_points, depth, geo
 
     def fuse_frame(self, semantic: torch.Tensor, local_points: torch.Tensor, confidence: torch.Tensor,
                    geometry_tokens: torch.Tensor, camera_tokens: torch.Tensor,
-                   camera_to_frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(H_t [B,N,C], C_t [B,N,3]) from semantic [B,hs,ws,C], local_points [B,H,W,3] (camera
-        frame), confidence [B,H,W], geometry_tokens [B,Ng,Dg], camera_tokens [B,1,Dg],
-        camera_to_frame [B,4,4]."""
+                   camera_to_frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(H_t [B,N,C], C_t [B,N,3], the refined depth [B,H,W]) from semantic [B,hs,ws,C],
+        local_points [B,H,W,3] (camera frame), confidence [B,H,W], geometry_tokens [B,Ng,Dg],
+        camera_tokens [B,1,Dg], camera_to_frame [B,4,4]."""
+        local_points = self.depth_refinement(semantic, local_points, confidence, geometry_tokens)
         points = transform_points(camera_to_frame, local_points)
         out = self.fusion(semantic, points, confidence, geometry_tokens, camera_tokens)
-        return out.fused, out.patch_points
+        return out.fused, out.patch_points, local_points[..., 2]
 
     def remember(self, stream: StreamState, window: torch.Tensor, fused: torch.Tensor,
                  provenance: Provenance) -> tuple[StreamState, torch.Tensor | None, torch.Tensor | None]:
@@ -215,10 +222,10 @@ class VLM2Model(nn.Module):
         semantic [B,hs,ws,C], stamp_ns and frame_index [B] (the entry's provenance), poses
         [B,4,4] camera-to-world or None, rays [B,H,W,3] the camera's pixel rays or None."""
         window = self.push_window(stream.geometry_window, frame_tokens)
-        fused, patch_points, geo = self.fuse_window(window, semantic, poses, rays=rays)
+        fused, patch_points, depth, geo = self.fuse_window(window, semantic, poses, rays=rays)
         provenance = Provenance.single(stamp_ns, frame_index, patch_points, poses)
         stream, memory, slot = self.remember(stream, window, fused, provenance)
-        return stream, StepOutput(fused, memory, slot, geo.depth[:, -1], geo.camera_poses[:, -1])
+        return stream, StepOutput(fused, memory, slot, depth, geo.camera_poses[:, -1])
 
     def step(self, stream: StreamState, images: torch.Tensor, stamp_ns: torch.Tensor, frame_index: torch.Tensor,
              poses: torch.Tensor | None = None, rays: torch.Tensor | None = None) -> tuple[StreamState, StepOutput]:

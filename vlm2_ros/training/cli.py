@@ -75,7 +75,8 @@ def diagnose_command(config, reliance_samples: int | None, room_size_probe: bool
             raise SystemExit(f"vlm2 train: {e}") from None
         write_json_atomic(Path(config.out) / "position_probe.json", result)
         print(f"{result['episodes']} episodes, {result['reader']} probe; depth error of the geometry windows "
-              f"(mean |log d - log d*|): {result['depth_error']:.3f}; median floor-plane error of the patch "
+              f"(mean |log d - log d*|): {result['depth_error']:.3f} as the fusion places pixels "
+              f"({result['decoder_depth_error']:.3f} the decoder's); median floor-plane error of the patch "
               f"points the fusion gets from it: {result['patch_point_error_m']:.2f} m")
         print("| memory grid | objects located | median error (m) | guessing the room centre (m) | "
               "recognised (share >= 0.5) | median best share |\n|---|---|---|---|---|---|")

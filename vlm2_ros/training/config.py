@@ -10,7 +10,7 @@ import yaml
 from ..model.object_memory import GROUPINGS
 from ..sim.questions import MEMORY_TASKS, TASKS
 
-MODULES = ("geometry", "semantic", "fusion", "memory", "readout", "bridge")
+MODULES = ("geometry", "semantic", "depth_refinement", "fusion", "memory", "readout", "bridge")
 MEMORY_SOURCES = ("clip", "stream", "window", "oracle", "perceived")
 SCENE_SOURCES = ("data", "generated")
 BRIDGE_SOURCES = ("stream", "oracle", "perceived")   # memories built once per stage; only the language bridge learns
@@ -22,12 +22,13 @@ LANGUAGE_PROBE_WEIGHTS = ("grounding_loss_weight", "gather_loss_weight", "choice
                           "direction_loss_weight", "bearing_loss_weight")
 # The losses on the language model over memories built before the stage (its probes and its attention).
 BRIDGE_LOSS_WEIGHTS = (*LANGUAGE_PROBE_WEIGHTS, "copy_loss_weight")
-# Memory sources that train one module on one loss: (train, the loss weight that must be > 0, the
-# weights that may be > 0 beside it (every other must be 0), why).
+# Memory sources that train some modules on one loss: (the modules train may name, the loss weight
+# that must be > 0, the weights that may be > 0 beside it (every other must be 0), why).
 SINGLE_PURPOSE_SOURCES = {
     "stream": (["bridge"], "answer_loss_weight", BRIDGE_LOSS_WEIGHTS,
                "freezes everything before the language model"),
-    "window": (["geometry"], "depth_loss_weight", (), "runs the geometry encoder alone"),
+    "window": (["geometry", "depth_refinement"], "depth_loss_weight", (),
+               "runs the geometry encoder (and the depth refinement) alone"),
     "oracle": (["bridge"], "answer_loss_weight", BRIDGE_LOSS_WEIGHTS,
                "gives the language model the scene's ground truth, not a perception"),
     "perceived": (["bridge"], "answer_loss_weight", BRIDGE_LOSS_WEIGHTS,
@@ -167,9 +168,10 @@ class StageConfig:
         if self.memory in SINGLE_PURPOSE_SOURCES:
             modules, loss, allowed, why = SINGLE_PURPOSE_SOURCES[self.memory]
             others = [name for name in LOSS_WEIGHTS if name != loss and name not in allowed]
-            if self.train != modules or weights[loss] == 0 or any(weights[name] for name in others):
-                raise TrainConfigError(f"stage {self.name!r}: memory {self.memory!r} {why}: train must be "
-                                       f"{modules}, {loss} > 0 and {', '.join(others)} 0")
+            if (not self.train or set(self.train) - set(modules) or weights[loss] == 0
+                    or any(weights[name] for name in others)):
+                raise TrainConfigError(f"stage {self.name!r}: memory {self.memory!r} {why}: train must name "
+                                       f"some of {modules} (nothing else), {loss} > 0 and {', '.join(others)} 0")
         for probe in BRIDGE_LOSS_WEIGHTS:
             if getattr(self, probe) > 0 and self.memory not in BRIDGE_SOURCES:
                 raise TrainConfigError(f"stage {self.name!r}: {probe} reads the language model over "

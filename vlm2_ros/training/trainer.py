@@ -47,7 +47,7 @@ from ..model.dual_memory import MemoryState
 from ..model.fusion import pool_to_grid
 from ..model.memory_readout import mean_pool
 from ..model.object_memory import ObjectBox, object_tokens, perceive_objects
-from ..model.vlm2 import VLM2Config, VLM2Model, input_pixel_rays, points_on_rays, transform_points
+from ..model.vlm2 import VLM2Config, VLM2Model, input_pixel_rays, points_on_rays
 from ..sim.episode import EpisodeDir
 from ..sim.questions import COMPASS, DIRECTION_CLASSES, LETTERS, MEMORY_TASKS, relation_angles
 from ..sim.scene import CATEGORIES, SEMANTIC_CLASSES
@@ -217,14 +217,17 @@ def streamed_memory(engine: SpatialMemoryEngine, episode: TrainingEpisode) -> to
 
 def model_parts(model: VLM2Model) -> dict[str, torch.nn.Module]:
     """The model's modules by the names training configs use (MODULES)."""
-    parts = {"geometry": model.geometry, "semantic": model.semantic, "fusion": model.fusion,
-             "memory": model.memory, "readout": model.readout, "bridge": model.bridge}
+    parts = {"geometry": model.geometry, "semantic": model.semantic, "depth_refinement": model.depth_refinement,
+             "fusion": model.fusion, "memory": model.memory, "readout": model.readout, "bridge": model.bridge}
     assert set(parts) == set(MODULES)
     return parts
 
 
 def set_trainable(model: VLM2Model, modules: list[str]) -> list[torch.nn.Parameter]:
     parts = model_parts(model)
+    if "depth_refinement" in modules and not model.config.depth_refinement.enabled:
+        raise TrainConfigError("train names depth_refinement, but the model's is disabled: set "
+                               "model: {depth_refinement: {enabled: true}}")
     model.requires_grad_(False)
     for name in modules:
         parts[name].requires_grad_(True)
@@ -594,9 +597,10 @@ class Trainer:
         how many an episode gives against how many it has seen, the same objects' errors (to the
         nearest perceived box of their category), and the perceived room's floor area over the
         true one. And the depth error (mean |log d - log d*|) of the newest frame of the geometry
-        windows the engine decodes, every 20 frames of the same streams, with the median floor-plane
-        error of the patch points the fusion gets from that depth and the given pose (C_t): how
-        well any reader of the memory could place a patch."""
+        windows the engine decodes, every 20 frames of the same streams (the depth the fusion
+        places pixels at, and the decoder's before any depth refinement), with the median
+        floor-plane error of the patch points the fusion gets from that depth and the given pose
+        (C_t): how well any reader of the memory could place a patch."""
         trained = self.trained_probes()
         reader = "point" if "point" in trained else "position" if "position" in trained else None
         if "category" not in trained or reader is None:
@@ -616,7 +620,7 @@ class Trainer:
         if pool_kind != "mean":                          # what the language model reads, beside the mean
             grids[f"{readout_grid} {pool_kind}"] = self.model.readout.pool
         rows = {name: {"objects": 0, "errors": [], "room_centre_errors": [], "best_shares": []} for name in grids}
-        depth_errors, patch_errors = [], []
+        depth_errors, decoder_depth_errors, patch_errors = [], [], []
         perceived = {"objects": 0, "errors": [], "boxes": [], "seen": [], "room_area_ratios": []}
         with torch.no_grad():
             for sample in tqdm(picked, desc="position probe", unit="episode", disable=not self.progress):
@@ -660,20 +664,19 @@ class Trainer:
                                  for b in boxes if b.semantic_class == k]
                     if distances:
                         perceived["errors"].append(float(min(distances)))
-                length, geometry, device = self.model.config.geometry_window, self.model.geometry, self.config.device
-                rays = input_pixel_rays(episode.intrinsics, self.model.config.image_size)[None]
+                length, model, device = self.model.config.geometry_window, self.model, self.config.device
+                rays = input_pixel_rays(episode.intrinsics, model.config.image_size)[None].to(device)
                 for end in range(length - 1, sample.asked_at + 1, 20):
-                    images, depth = load_frames(episode, range(end - length + 1, end + 1), self.model.config.image_size)
-                    tokens = geometry.encode_frames(images.to(device).float() / 255.0)
-                    out = geometry.decode_window(tokens[None], self.model.geometry_grid, newest_only=True)
-                    depth_errors.append(float(depth_loss(out.depth[:, -1], depth[-1:].to(device))))
-                    # the patch points C_t the fusion gets (predicted depth on the camera's rays, given pose)
-                    # against the rendered ones
+                    images, depth = load_frames(episode, range(end - length + 1, end + 1), model.config.image_size)
+                    tokens, semantic = model.encode_frames(images.to(device).float() / 255.0)
                     pose = torch.from_numpy(episode.poses[end].astype(np.float32))[None].to(device)
-                    local = points_on_rays(out.local_points[:, -1], rays.to(device))
-                    predicted = pool_to_grid(transform_points(pose, local), hs_ws)[0]                  # [N,3]
-                    truth = pool_to_grid(load_world_points(episode, [end], self.model.config.image_size), hs_ws)[0]
-                    patch_errors += (predicted[:, :2].cpu() - truth[:, :2]).norm(dim=-1).tolist()
+                    # the patch points C_t the fusion gets (the depth on the camera's rays, given pose),
+                    # against the rendered ones
+                    _, predicted, fused_depth, geo = model.fuse_window(tokens[None], semantic[-1:], pose, rays=rays)
+                    decoder_depth_errors.append(float(depth_loss(geo.depth[:, -1], depth[-1:].to(device))))
+                    depth_errors.append(float(depth_loss(fused_depth, depth[-1:].to(device))))
+                    truth = pool_to_grid(load_world_points(episode, [end], model.config.image_size), hs_ws)[0]
+                    patch_errors += (predicted[0, :, :2].cpu() - truth[:, :2]).norm(dim=-1).tolist()
         self.model.train()
         median = lambda values: float(np.median(values)) if values else None  # noqa: E731
         objects = {"objects": perceived["objects"], "located": len(perceived["errors"]),
@@ -685,6 +688,7 @@ class Trainer:
                    "grouping": self.config.perceive_grouping}
         return {"episodes": len(picked), "reader": reader, "min_share": min_share, "perceived_objects": objects,
                 "depth_error": float(np.mean(depth_errors)) if depth_errors else None,
+                "decoder_depth_error": float(np.mean(decoder_depth_errors)) if decoder_depth_errors else None,
                 "patch_point_error_m": median(patch_errors),
                 "grids": {name: {"objects": row["objects"], "located": len(row["errors"]),
                                  "median_error_m": median(row["errors"]),
@@ -822,23 +826,33 @@ class Trainer:
 
     def window_depth_loss(self, stage: StageConfig, picks) -> tuple[torch.Tensor, dict[str, float]]:
         """Depth loss over every frame of one random window of geometry_window consecutive frames
-        from each picked sample's episode (anywhere in it), decoded together as the engine does."""
+        from each picked sample's episode (anywhere in it), decoded together as the engine does. With
+        a depth refinement, on the depth it gives (each frame's pixels on the episode's camera rays,
+        as the engine places them given a CameraInfo)."""
         length, device = self.model.config.geometry_window, self.config.device
-        images, depth = [], []
+        images, depth, rays = [], [], []
         for index in picks:
-            path = self.data[int(index)].path
-            episode = self._episodes.setdefault(path, EpisodeDir(path))
+            sample = self.data[int(index)]
+            episode = self._episodes.setdefault(sample.path, EpisodeDir(sample.path))
             start = int(self.rng.integers(max(1, len(episode) - length + 1)))
             frames = load_frames(episode, range(start, min(start + length, len(episode))), self.model.config.image_size)
             images.append(frames[0])
             depth.append(frames[1])
+            rays.append(sample.rays)
         count = min(len(i) for i in images)          # an episode shorter than the window shortens them all
         images = torch.stack([i[-count:] for i in images]).to(device).float() / 255.0   # [B,L,3,H,W]
         depth = torch.stack([d[-count:] for d in depth]).to(device)                      # [B,L,H,W]
-        geometry = self.model.geometry
-        tokens = geometry.encode_frames(images.flatten(0, 1))                            # [B*L,P,D]
-        out = geometry.decode_window(tokens.unflatten(0, images.shape[:2]), self.model.geometry_grid)
-        loss = depth_loss(out.depth.flatten(0, 1), depth.flatten(0, 1))
+        model = self.model
+        tokens = model.geometry.encode_frames(images.flatten(0, 1))                      # [B*L,P,D]
+        out = model.geometry.decode_window(tokens.unflatten(0, images.shape[:2]), model.geometry_grid)
+        predicted = out.depth.flatten(0, 1)                                              # [B*L,H,W]
+        if model.config.depth_refinement.enabled:
+            rays = torch.stack(rays).to(device)[:, None].expand(-1, count, -1, -1, -1)   # [B,L,H,W,3]
+            local = points_on_rays(out.local_points.flatten(0, 1), rays.flatten(0, 1))
+            local = model.depth_refinement(model.semantic(images.flatten(0, 1)), local,
+                                           out.confidence.flatten(0, 1), out.geometry_tokens.flatten(0, 1))
+            predicted = local[..., 2]
+        loss = depth_loss(predicted, depth.flatten(0, 1))
         return stage.depth_loss_weight * loss, {**dict.fromkeys(METRICS, 0.0), "loss_depth": float(loss.detach())}
 
     def generated_samples(self, stage: StageConfig, count: int) -> list[GeneratedSample]:
