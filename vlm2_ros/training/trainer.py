@@ -668,13 +668,15 @@ class Trainer:
                 rays = input_pixel_rays(episode.intrinsics, model.config.image_size)[None].to(device)
                 for end in range(length - 1, sample.asked_at + 1, 20):
                     images, depth = load_frames(episode, range(end - length + 1, end + 1), model.config.image_size)
-                    tokens, semantic = model.encode_frames(images.to(device).float() / 255.0)
+                    images, target = images.to(device).float() / 255.0, depth[-1:].to(device)
+                    tokens = model.geometry.encode_frames(images)          # the window's; semantic: the newest's
                     pose = torch.from_numpy(episode.poses[end].astype(np.float32))[None].to(device)
                     # the patch points C_t the fusion gets (the depth on the camera's rays, given pose),
                     # against the rendered ones
-                    _, predicted, fused_depth, geo = model.fuse_window(tokens[None], semantic[-1:], pose, rays=rays)
-                    decoder_depth_errors.append(float(depth_loss(geo.depth[:, -1], depth[-1:].to(device))))
-                    depth_errors.append(float(depth_loss(fused_depth, depth[-1:].to(device))))
+                    _, predicted, fused_depth, geo = model.fuse_window(tokens[None], model.semantic(images[-1:]),
+                                                                       pose, rays=rays)
+                    decoder_depth_errors.append(float(depth_loss(geo.depth[:, -1], target)))
+                    depth_errors.append(float(depth_loss(fused_depth, target)))
                     truth = pool_to_grid(load_world_points(episode, [end], model.config.image_size), hs_ws)[0]
                     patch_errors += (predicted[0, :, :2].cpu() - truth[:, :2]).norm(dim=-1).tolist()
         self.model.train()
