@@ -630,9 +630,6 @@ def test_a_pretrained_cnn_backbone_stays_frozen_unless_asked():
     ({"init_modules": {"wings": "ckpt"}}, "unknown modules"),
     ({"init_modules": {"geometry": "ckpt"}, "init_checkpoint": "ckpt"}, "use one"),
     ({"init_probes": "../out/run"}, "maps each training-only probe"),
-    ({"perceive_min_share": 0.0}, "perceive_min_share"),
-    ({"perceive_grouping": "nearest"}, "perceive_grouping"),
-    ({"perceive_merge_m": -1.0}, "perceive_merge_m"),
 ])
 def test_bad_init_modules_name_the_problem(tmp_path, change, message):
     with pytest.raises(TrainConfigError, match=message):
@@ -1059,7 +1056,7 @@ def test_oracle_stage_trains_the_language_model_on_the_scene_and_reliance_reads_
     assert not (tmp_path / "run" / "streamed_memories.safetensors").exists()     # read the oracle memories
 
 
-def test_perceived_stage_reads_the_probes_objects_out_of_streamed_memories(data, tmp_path, monkeypatch):
+def test_perceived_stage_reads_the_object_readouts_objects_out_of_streamed_memories(data, tmp_path, monkeypatch):
     from safetensors.torch import save_file
 
     import vlm2_ros.training.trainer as trainer_module
@@ -1080,9 +1077,13 @@ def test_perceived_stage_reads_the_probes_objects_out_of_streamed_memories(data,
               str(tmp_path / "perception" / "train_state.safetensors"))
     stage = {"name": "read", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "memory": "perceived",
              "warmup_steps": 0}
-    settings = dict(questions_per_episode=4, questions_per_task=2, perceive_min_share=0.2, stages=[stage],
+    settings = dict(questions_per_episode=4, questions_per_task=2, stages=[stage],
                     init_modules={module: "perception/checkpoint" for module in
                                   ("geometry", "semantic", "fusion", "memory", "readout")})
+    # the language model learns to read what the model's object readout gives it at a question
+    with pytest.raises(TrainConfigError, match="object_readout"):
+        Trainer(load_train_config(write_config(tmp_path / "off.yaml", **settings)), progress=False)
+    settings["model"] = {"object_readout": {"enabled": True, "min_share": 0.2}}
     bare = write_config(tmp_path / "bare.yaml", **settings)
     untaken = Trainer(load_train_config(bare), progress=False)
     with pytest.raises(TrainConfigError, match="has not trained"):
@@ -1108,6 +1109,11 @@ def test_perceived_stage_reads_the_probes_objects_out_of_streamed_memories(data,
     expected = object_tokens(boxes, classes, 160, trainer.model.config.bridge.memory_dim,
                              trainer.model.config.fusion.position_scale_m)
     assert torch.allclose(trainer.memories("perceived")[0], expected, atol=1e-5)
+    # the category probe is the object readout's head: the model reads the same at a question
+    assert trainer.probes["category"] is trainer.model.object_readout.category
+    with torch.no_grad():
+        read = trainer.model.read_memory(ingested_frame_by_frame(trainer.model, sample).stream)
+    assert torch.allclose(read.tokens, expected, atol=1e-5)
     # the readings are kept in the run directory: a run with the same weights and probes streams nothing
     assert (tmp_path / "run" / "streamed_readings.safetensors").is_file()
     monkeypatch.setattr(trainer_module, "stream_episode", lambda *a: pytest.fail("streamed again"))
@@ -1116,9 +1122,9 @@ def test_perceived_stage_reads_the_probes_objects_out_of_streamed_memories(data,
     assert torch.allclose(again.memories("perceived")[0], expected, atol=1e-5)
     first, _ = fit(again, again.config.stages[0], steps=1)
     assert first["loss_answer"] > 0
-    # perceive_grouping groups the same readings otherwise (nothing streamed again)
-    peaks = write_config(tmp_path / "peaks.yaml", init_probes={"category": "perception"}, perceive_grouping="peaks",
-                         **settings)
+    # the object readout's grouping groups the same readings otherwise (nothing streamed again)
+    settings["model"] = {"object_readout": {"enabled": True, "min_share": 0.2, "grouping": "peaks"}}
+    peaks = write_config(tmp_path / "peaks.yaml", init_probes={"category": "perception"}, **settings)
     by_peaks = Trainer(load_train_config(peaks), progress=False)
     by_peaks.data = by_peaks.data[:1]
     expected = object_tokens(perceive_objects(shares, points, frames, 0.2, grouping="peaks"), classes, 160,

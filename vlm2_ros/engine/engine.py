@@ -308,12 +308,16 @@ class SpatialMemoryEngine:
 
     def _evidence(self, stream: StreamState, readout, relevance: torch.Tensor) -> tuple[Evidence, ...]:
         """The memory entries with the largest share of the answer's relevance, with provenance."""
-        per_entry = relevance.float().cpu().view(-1, readout.tokens_per_entry).sum(dim=1)  # [E]
-        per_entry = per_entry.clamp_min(0)
+        relevance, token_entry = relevance.float().cpu().reshape(-1), readout.token_entry[0]   # [M], [M]
+        from_entry = token_entry >= 0
+        per_entry = torch.zeros(readout.entry_source.shape[1]).index_add_(
+            0, token_entry[from_entry], relevance[from_entry]).clamp_min(0)                    # [E]
         total = float(per_entry.sum()) or 1.0
         memories = {0: stream.memory.working, 1: stream.memory.episodic}
         evidence = []
         for e in per_entry.argsort(descending=True)[: self.evidence_top_k].tolist():
+            if per_entry[e] <= 0 < total:        # entries no token the answer read comes from
+                break
             source = int(readout.entry_source[0, e])
             slot = int(readout.entry_slot[0, e])
             prov = memories[source].provenance

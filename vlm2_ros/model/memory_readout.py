@@ -39,10 +39,10 @@ def mean_pool(tokens: torch.Tensor, entry_grid: tuple[int, int], readout_grid: t
 
 @dataclass(frozen=True)
 class ReadoutTokens:
-    tokens: torch.Tensor        # [B,M,C], M = entries * gh * gw
-    entry_source: torch.Tensor  # [B,E] WORKING / EPISODIC per entry, E entries in layout order
+    tokens: torch.Tensor        # [B,M,C] what the language model reads
+    entry_source: torch.Tensor  # [B,E] WORKING / EPISODIC per memory entry
     entry_slot: torch.Tensor    # [B,E] slot of the entry inside its memory
-    tokens_per_entry: int
+    token_entry: torch.Tensor   # [B,M] the entry (index into E) each token comes from; -1: none in particular
 
 
 class MemoryReadout(nn.Module):
@@ -84,4 +84,5 @@ class MemoryReadout(nn.Module):
         source = torch.cat([torch.full((b, len(episodic)), EPISODIC),
                             torch.full((b, len(working)), WORKING)], dim=1)
         slot = torch.cat([order.cpu(), torch.arange(len(working)).expand(b, -1)], dim=1)
-        return ReadoutTokens(tokens.flatten(1, 2), source, slot, tokens.shape[2])
+        token_entry = torch.arange(tokens.shape[1]).repeat_interleave(tokens.shape[2]).expand(b, -1)   # [B,E*k]
+        return ReadoutTokens(tokens.flatten(1, 2), source, slot, token_entry)

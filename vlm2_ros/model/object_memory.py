@@ -8,6 +8,11 @@ gives the language model a perfect memory, the diagnostic its "oracle" training 
 token, the share of each semantic class in its patch and its world point; tokens that show one
 class are grouped by place into objects. A bridge that learnt to answer from the oracle's boxes
 can then read perceived ones.
+
+`ObjectReadout` is that perception as the model's readout at question time (VLM2Config.object_readout):
+a linear category head reads every token of the dual memory (episodic entries and working window),
+the points the entries carry place them, and the language model reads the boxes instead of pooled
+patch tokens. Its cost is fixed by the memory's capacity, like the pooled readout's.
 """
 from __future__ import annotations
 
@@ -15,6 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
+
+from ..sim.scene import SEMANTIC_CLASSES
+from .dual_memory import MemoryState
+from .memory_readout import EPISODIC, WORKING, ReadoutTokens
 
 ROOM_CLASS = 0                  # semantic class 0 is the room shell (walls, floor, ceiling)
 BOX_CHANNELS = 6                # centre (x, y, z) and extents (x, y, z) after the class one-hot
@@ -32,6 +42,7 @@ class ObjectBox:
     size: tuple[float, float, float]        # extents, metres
     first_seen: int = 0                     # frame index; boxes are laid out in this order
     support: float = 0.0                    # perceived: the summed class share of its tokens
+    token: int = -1                         # perceived: its most certain token (index into the readings); -1: none
 
 
 def object_tokens(boxes: list[ObjectBox], num_classes: int, tokens: int, dim: int, scale_m: float) -> torch.Tensor:
@@ -68,7 +79,8 @@ def perceive_objects(shares: torch.Tensor, points: torch.Tensor, frame_index: to
       other views of its place do not share makes none.
     An object's centre is its tokens' share-weighted mean point, its extents twice their weighted
     standard deviation per axis (at least MIN_EXTENT_M), its first sighting the earliest frame of
-    its tokens. The room's box spans the room tokens' points between the `room_quantile` and
+    its tokens, its `token` the one of them with the largest share. The room's box spans the room
+    tokens' points between the `room_quantile` and
     1 - `room_quantile` quantiles per axis (a few far-off points do not stretch it). With
     `max_boxes`, the best-supported objects that fit beside the room are kept.
     Returns [room, objects by first sighting]."""
@@ -100,7 +112,8 @@ def perceive_objects(shares: torch.Tensor, points: torch.Tensor, frame_index: to
             spread = np.sqrt((weight[:, None] * (points[group] - centre) ** 2).sum(0) / weight.sum())
             objects.append(ObjectBox(k, tuple(float(v) for v in centre),
                                      tuple(float(v) for v in np.maximum(2 * spread, MIN_EXTENT_M)),
-                                     first_seen=int(frames[group].min()), support=float(weight.sum())))
+                                     first_seen=int(frames[group].min()), support=float(weight.sum()),
+                                     token=int(group[np.argmax(weight)])))
     if max_boxes is not None and len(objects) > max_boxes - 1:
         objects = sorted(objects, key=lambda o: -o.support)[:max_boxes - 1]
     return [room, *sorted(objects, key=lambda o: (o.first_seen, o.semantic_class))]
@@ -154,3 +167,78 @@ def peak_groups(share: np.ndarray, points: np.ndarray, showing: np.ndarray, merg
     nearest = np.argmin(between[:, peaks], axis=1)                                # [m]
     joins = near[np.arange(len(showing)), peaks[nearest]]
     return [np.flatnonzero(joins & (nearest == i)) for i in range(len(peaks))]
+
+
+@dataclass
+class ObjectReadoutConfig:
+    enabled: bool = False               # the language model reads objects; False: no weights, pooled patch tokens
+    classes: tuple[str, ...] = SEMANTIC_CLASSES   # what the category head tells apart; classes[0] is the room shell
+    min_share: float = 0.5              # perceive_objects: a token shows a class from this share on
+    merge_radius_m: float = 1.0         # ... and joins an object of its class this close on the floor plane
+    grouping: str = "greedy"            # ... GROUPINGS
+
+    def __post_init__(self) -> None:
+        self.classes = tuple(self.classes)
+        if len(self.classes) < 2:
+            raise ValueError(f"object_readout.classes needs the room and at least one category, got {self.classes}")
+        if not 0 < self.min_share <= 1 or self.merge_radius_m <= 0:
+            raise ValueError("object_readout.min_share must be in (0, 1] and merge_radius_m > 0, got "
+                             f"{self.min_share} and {self.merge_radius_m}")
+        if self.grouping not in GROUPINGS:
+            raise ValueError(f"object_readout.grouping must be one of {GROUPINGS}, got {self.grouping!r}")
+
+
+def token_readings(category: nn.Linear, memory: MemoryState) -> torch.Tensor:
+    """What every token of a one-stream memory (episodic entries in slot order, then the working
+    window) tells of its patch: [E*N, K+4], its share of each of the K classes (`category`: the
+    head, tokens [.,C] -> logits [.,K]), the world point it carries (metres) and the frame index of
+    its entry."""
+    parts = (memory.episodic, memory.working)
+    if parts[1].tokens.shape[0] != 1:
+        raise ValueError(f"objects are read from one stream's memory, got a batch of {parts[1].tokens.shape[0]}")
+    entries = torch.cat([part.tokens[0] for part in parts])                                  # [E,N,C]
+    points = torch.cat([part.provenance.patch_points[0] for part in parts])                  # [E,N,3]
+    frames = torch.cat([part.provenance.frame_index[0] for part in parts])                   # [E]
+    tokens = entries.flatten(0, 1).to(category.weight.dtype)                                 # [E*N,C]
+    shares = category(tokens).float().softmax(dim=-1)                                        # [E*N,K]
+    frames = frames.to(shares.device).repeat_interleave(entries.shape[1]).float()[:, None]   # [E*N,1]
+    return torch.cat([shares, points.flatten(0, 1).to(shares), frames], dim=1)
+
+
+class ObjectReadout(nn.Module):
+    """The dual memory read as objects: the room's box and one token per perceived object
+    (object_tokens), `tokens` in all, `bridge_dim` channels (the language bridge's memory_dim),
+    positions in units of `scale_m`. The category head reads the memory's `token_dim`-channel
+    tokens. Disabled: no weights."""
+
+    def __init__(self, config: ObjectReadoutConfig, token_dim: int, tokens: int, bridge_dim: int, scale_m: float):
+        super().__init__()
+        self.config, self.tokens, self.bridge_dim, self.scale_m = config, tokens, bridge_dim, scale_m
+        self.category = nn.Linear(token_dim, len(config.classes)) if config.enabled else None
+
+    def boxes(self, readings: torch.Tensor) -> list[ObjectBox]:
+        """The room and the objects token_readings [M,K+4] show (perceive_objects, this config)."""
+        k, c = len(self.config.classes), self.config
+        return perceive_objects(readings[:, :k], readings[:, k:k + 3], readings[:, k + 3].round().long(), c.min_share,
+                                c.merge_radius_m, self.tokens, grouping=c.grouping)
+
+    def memory_tokens(self, boxes: list[ObjectBox]) -> torch.Tensor:
+        """boxes as the language model reads them: [1,tokens,bridge_dim] (object_tokens), on the head's device."""
+        tokens = object_tokens(boxes, len(self.config.classes), self.tokens, self.bridge_dim, self.scale_m)
+        return tokens if self.category is None else tokens.to(self.category.weight.device)
+
+    def forward(self, memory: MemoryState) -> ReadoutTokens:
+        if self.category is None:
+            raise RuntimeError("the object readout is disabled (model config object_readout.enabled)")
+        boxes = self.boxes(token_readings(self.category, memory))
+        tokens = self.memory_tokens(boxes)                                                   # [1,M,bridge_dim]
+        # entries in token_readings' order; each box points at the entry of its most certain token
+        episodic, working = len(memory.episodic), len(memory.working)
+        source = torch.tensor([[EPISODIC] * episodic + [WORKING] * working])                # [1,E]
+        slot = torch.cat([torch.arange(episodic), torch.arange(working)])[None]               # [1,E]
+        per_entry = memory.working.tokens.shape[2]
+        token_entry = torch.full((1, self.tokens), -1)
+        for i, box in enumerate(boxes):
+            if box.token >= 0:
+                token_entry[0, i] = box.token // per_entry
+        return ReadoutTokens(tokens, source, slot, token_entry)

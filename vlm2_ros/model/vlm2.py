@@ -8,7 +8,8 @@ the history):
     X'_t            = depth_refinement(F_t, X_t, G_t)          each pixel moved along its ray (optional)
     H_t, C_t        = fusion(F_t, X'_t in the common frame, G_t, Z_t)    C_t: each patch's 3D point
     M_t, W, E       = memory(H_t, W, E)          entries carry C_t in their provenance
-At a question: language_bridge(readout(W, E), question) -> text.
+At a question: language_bridge(readout(W, E), question) -> text; the readout pools each entry's
+patch tokens, or (object_readout) reads every token as the room and the objects it shows.
 
 The common 3D frame: when the robot supplies camera poses (odometry / TF), point maps are put in
 its world frame, which stays consistent over the whole run; without poses they stay in the
@@ -30,6 +31,7 @@ from .fusion import FusionConfig, GeometryFusion
 from .geometry_encoder import GeometryEncoder, GeometryEncoderConfig, GeometryOutput
 from .language_bridge import LanguageBridge, LanguageBridgeConfig
 from .memory_readout import MemoryReadout, ReadoutTokens
+from .object_memory import ObjectReadout, ObjectReadoutConfig
 from .provenance import Provenance
 from .semantic_encoder import SemanticEncoder, SemanticEncoderConfig
 
@@ -48,11 +50,13 @@ class VLM2Config:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     memory: DualMemoryConfig = field(default_factory=DualMemoryConfig)
     bridge: LanguageBridgeConfig = field(default_factory=LanguageBridgeConfig)
+    object_readout: ObjectReadoutConfig = field(default_factory=ObjectReadoutConfig)
 
     def __post_init__(self) -> None:
         for name, cls in (("geometry", GeometryEncoderConfig), ("semantic", SemanticEncoderConfig),
                           ("depth_refinement", DepthRefinementConfig), ("fusion", FusionConfig),
-                          ("memory", DualMemoryConfig), ("bridge", LanguageBridgeConfig)):
+                          ("memory", DualMemoryConfig), ("bridge", LanguageBridgeConfig),
+                          ("object_readout", ObjectReadoutConfig)):
             if isinstance(getattr(self, name), dict):
                 setattr(self, name, cls(**getattr(self, name)))
         self.image_size = tuple(self.image_size)
@@ -155,7 +159,16 @@ class VLM2Model(nn.Module):
         self.depth_refinement = DepthRefinement(config.depth_refinement, config.fusion.dim,
                                                 config.fusion.geometry_dim, self.geometry_grid)
         self.readout = MemoryReadout(config.fusion.dim, self.entry_grid, config.readout_grid, config.readout_pool)
+        self.object_readout = ObjectReadout(config.object_readout, config.fusion.dim, self.readout_tokens,
+                                            bridge.config.memory_dim, config.fusion.position_scale_m)
         self.bridge = bridge
+
+    @property
+    def readout_tokens(self) -> int:
+        """Memory tokens the language model reads: the pooled readout's from a full dual memory (an
+        object readout pads to as many)."""
+        c = self.config
+        return (c.memory.working.capacity + c.memory.episodic.capacity) * c.readout_grid[0] * c.readout_grid[1]
 
     @property
     def num_tokens_per_frame(self) -> int:
@@ -234,4 +247,6 @@ class VLM2Model(nn.Module):
         return self.advance(stream, frame_tokens, semantic, stamp_ns, frame_index, poses, rays)
 
     def read_memory(self, stream: StreamState) -> ReadoutTokens:
+        if self.config.object_readout.enabled:
+            return self.object_readout(stream.memory)
         return self.readout(stream.memory)

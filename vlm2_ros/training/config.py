@@ -7,10 +7,9 @@ from pathlib import Path
 
 import yaml
 
-from ..model.object_memory import GROUPINGS
 from ..sim.questions import MEMORY_TASKS, TASKS
 
-MODULES = ("geometry", "semantic", "depth_refinement", "fusion", "memory", "readout", "bridge")
+MODULES = ("geometry", "semantic", "depth_refinement", "fusion", "memory", "readout", "object_readout", "bridge")
 MEMORY_SOURCES = ("clip", "stream", "window", "oracle", "perceived")
 SCENE_SOURCES = ("data", "generated")
 BRIDGE_SOURCES = ("stream", "oracle", "perceived")   # memories built once per stage; only the language bridge learns
@@ -127,10 +126,10 @@ class StageConfig:
     # centre and extents); only the language bridge learns. What the language model cannot learn
     # to answer from that, it will not learn from any memory. "perceived": the oracle's form (room
     # box, then one token per object by first sighting) built from a streamed memory instead of the
-    # ground truth: the run's category and point probes read every token the memory holds, and tokens
-    # showing one category are grouped by place into objects (model.object_memory.perceive_objects,
-    # with the run's perceive_min_share, perceive_merge_m and perceive_grouping); only the language
-    # bridge learns.
+    # ground truth, exactly as the model's object readout reads the memory at a question
+    # (model.object_memory.ObjectReadout, which such a stage needs enabled: its category head says
+    # what each token shows, the token's point where, and tokens showing one category are grouped by
+    # place into objects as model: {object_readout: ...} says); only the language bridge learns.
     memory: str = "clip"
     episodes_per_step: int | None = None    # None: the run's setting (a "stream" step is cheap: take more;
                                             # a "window" step takes one window from each)
@@ -224,13 +223,6 @@ class TrainConfig:
     # answer (sim.questions.MEMORY_TASKS: which quarter of the room an object is in, which of two
     # named objects lies further east, west, north or south, which of four furthest).
     memory_questions_per_task: int = 0
-    # How "perceived" memories group tokens into objects (model.object_memory.perceive_objects): a
-    # token shows a category when the category probe gives it at least this share; "greedy" joins
-    # it to an object of its category whose centre is within perceive_merge_m on the floor plane,
-    # "peaks" makes an object at each peak of the category's density, peaks perceive_merge_m apart.
-    perceive_min_share: float = 0.5
-    perceive_merge_m: float = 1.0
-    perceive_grouping: str = "greedy"
     episodes_per_step: int = 2
     pose_probability: float = 0.5           # share of clips given the camera poses (else predicted)
     weight_decay: float = 0.01
@@ -278,11 +270,6 @@ class TrainConfig:
         if not isinstance(self.init_probes, dict):
             raise TrainConfigError("init_probes maps each training-only probe to the run directory it is taken from, "
                                    f"e.g. {{category: ../out/run, grounding: ../out/other}}; got {self.init_probes!r}")
-        if not 0 < self.perceive_min_share <= 1 or self.perceive_merge_m <= 0:
-            raise TrainConfigError("perceive_min_share must be in (0, 1] and perceive_merge_m > 0, got "
-                                   f"{self.perceive_min_share} and {self.perceive_merge_m}")
-        if self.perceive_grouping not in GROUPINGS:
-            raise TrainConfigError(f"perceive_grouping must be one of {GROUPINGS}, got {self.perceive_grouping!r}")
         if self.init_modules and self.init_checkpoint:
             raise TrainConfigError("init_checkpoint takes the whole model, init_modules some modules from "
                                    "checkpoints and the rest fresh: use one")

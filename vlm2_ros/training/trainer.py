@@ -5,8 +5,9 @@ memory the way inference does (every frame up to the question, through the engin
 frozen) once, and trains the language bridge on those memories: no train/test gap in how the
 memory was filled, and a step costs only the language model. An "oracle" stage trains the bridge
 the same way on the scene's ground truth instead of a memory (data.oracle_memory), and a
-"perceived" stage on a streamed memory put in the oracle's form: the run's category probe says
-what each token shows, the point each token carries says where (model.object_memory.perceive_objects).
+"perceived" stage on a streamed memory put in the oracle's form as the model's object readout
+reads it at a question: its category head (the run's category probe) says what each token shows,
+the point each token carries says where (model.object_memory).
 
 Losses: depth (mean |log d - log d*| over pixels with rendered depth) on every frame's geometry
 output; category (cross-entropy of a training-only linear probe on every fused token H_t and
@@ -46,7 +47,7 @@ from ..model.checkpoint import load_checkpoint, load_model, save_checkpoint
 from ..model.dual_memory import MemoryState
 from ..model.fusion import pool_to_grid
 from ..model.memory_readout import mean_pool
-from ..model.object_memory import ObjectBox, object_tokens, perceive_objects
+from ..model.object_memory import ObjectBox, token_readings
 from ..model.vlm2 import VLM2Config, VLM2Model, input_pixel_rays, points_on_rays
 from ..sim.episode import EpisodeDir
 from ..sim.questions import COMPASS, DIRECTION_CLASSES, LETTERS, MEMORY_TASKS, relation_angles
@@ -78,12 +79,13 @@ BEARING_TASKS = (*DIRECTION_CLASSES, "route_planning")     # the questions the b
 
 def memory_digest(model: VLM2Model) -> str:
     """What a streamed memory depends on: sha256 over the streaming version, the model's config and
-    its parameters and buffers, all but the language bridge's (the memory sizes and readout grid are
-    config, not weights)."""
+    its parameters and buffers, all but those of the parts that read it (the language bridge, the
+    object readout; the memory sizes and readout grid are config, not weights)."""
+    readers = ("bridge", "object_readout")
     digest = hashlib.sha256(f"streaming {STREAMING_VERSION}".encode())
-    config = {k: v for k, v in model.config.to_dict().items() if k != "bridge"}
+    config = {k: v for k, v in model.config.to_dict().items() if k not in readers}
     digest.update(json.dumps(config, sort_keys=True).encode())
-    hash_tensors(digest, {name: t for name, t in model.state_dict().items() if not name.startswith("bridge.")})
+    hash_tensors(digest, {name: t for name, t in model.state_dict().items() if name.split(".")[0] not in readers})
     return digest.hexdigest()
 
 
@@ -218,7 +220,8 @@ def streamed_memory(engine: SpatialMemoryEngine, episode: TrainingEpisode) -> to
 def model_parts(model: VLM2Model) -> dict[str, torch.nn.Module]:
     """The model's modules by the names training configs use (MODULES)."""
     parts = {"geometry": model.geometry, "semantic": model.semantic, "depth_refinement": model.depth_refinement,
-             "fusion": model.fusion, "memory": model.memory, "readout": model.readout, "bridge": model.bridge}
+             "fusion": model.fusion, "memory": model.memory, "readout": model.readout,
+             "object_readout": model.object_readout, "bridge": model.bridge}
     assert set(parts) == set(MODULES)
     return parts
 
@@ -352,9 +355,19 @@ class Trainer:
                                    "pools its memory by the mean: set model: {readout_pool: objectness}")
         self.model.to(config.device).train()
         # training-only heads for the category, position, point and grounding losses; kept in the
-        # training state, not the checkpoint
+        # training state, not the checkpoint; but the category probe of a model with an object
+        # readout is its category head
         dim, classes = self.model.config.fusion.dim, len(SEMANTIC_CLASSES)
-        self.probes = torch.nn.ModuleDict({"category": torch.nn.Linear(dim, classes),
+        object_readout = self.model.config.object_readout
+        if object_readout.enabled and object_readout.classes != SEMANTIC_CLASSES:
+            raise TrainConfigError(f"the object readout tells apart {object_readout.classes}; the synthetic world's "
+                                   f"category loss {SEMANTIC_CLASSES}")
+        if not object_readout.enabled and any(s.memory == "perceived" for s in config.stages):
+            raise TrainConfigError("a perceived stage trains the language model on the memory read as objects, "
+                                   "the way the model's object readout reads it at a question: set "
+                                   "model: {object_readout: {enabled: true}}")
+        self.probes = torch.nn.ModuleDict({"category": self.model.object_readout.category
+                                           or torch.nn.Linear(dim, classes),
                                            "position": torch.nn.Linear(dim, 3 * classes),
                                            "point": torch.nn.Linear(dim, 3),
                                            "grounding": torch.nn.Linear(self.model.bridge.hidden_size, 3),
@@ -420,22 +433,12 @@ class Trainer:
         return [cached[e.stream_key] for e in self.data]
 
     def token_readings(self, memory: MemoryState) -> torch.Tensor:
-        """What every token a memory holds (episodic entries, then the working window) tells of
-        its patch: [E*N, K+4], its share of each of the K semantic classes (the run's category
-        probe), the world point it carries (metres) and the frame index of its entry."""
-        entries, points, frames = (part[0] for part in memory_entries(memory))      # [E,N,C], [E,N,3], [E]
-        tokens = entries.float().flatten(0, 1)                                                        # [E*N,C]
-        shares = self.probes["category"](tokens).softmax(dim=-1)                                     # [E*N,K]
-        points = points.flatten(0, 1).to(tokens.device)                                               # [E*N,3]
-        frames = frames.to(tokens.device).repeat_interleave(entries.shape[1]).float()[:, None]        # [E*N,1]
-        return torch.cat([shares, points, frames], dim=1)
+        """object_memory.token_readings by the run's category probe: [E*N, K+4]."""
+        return token_readings(self.probes["category"], memory)
 
     def perceived_boxes(self, readings: torch.Tensor) -> list[ObjectBox]:
-        """The room and the objects token_readings show, grouped by perceive_objects."""
-        k = len(SEMANTIC_CLASSES)
-        return perceive_objects(readings[:, :k], readings[:, k:k + 3], readings[:, k + 3].round().long(),
-                                self.config.perceive_min_share, self.config.perceive_merge_m, self.oracle_tokens(),
-                                grouping=self.config.perceive_grouping)
+        """The room and the objects token_readings show, grouped as the model's object readout groups them."""
+        return self.model.object_readout.boxes(readings)
 
     def perceived_memories(self) -> list[torch.Tensor]:
         """Every sample's memory in the oracle's form (model.object_memory), from its streamed
@@ -454,23 +457,14 @@ class Trainer:
                 with torch.no_grad():
                     return self.token_readings(engine.stream.memory).cpu()
 
-            c = self.model.config
-            self._perceived = [
-                object_tokens(self.perceived_boxes(readings), len(SEMANTIC_CLASSES), self.oracle_tokens(),
-                              c.bridge.memory_dim, c.fusion.position_scale_m).to(self.config.device)
-                for readings in self.streamed(STREAMED_READINGS, digest.hexdigest(), read)]
+            self._perceived = [self.model.object_readout.memory_tokens(self.perceived_boxes(readings))
+                               for readings in self.streamed(STREAMED_READINGS, digest.hexdigest(), read)]
         return self._perceived
-
-    def oracle_tokens(self) -> int:
-        """Tokens of an oracle memory: as many as the readout gives the language model from a full
-        dual memory."""
-        c = self.model.config
-        return (c.memory.working.capacity + c.memory.episodic.capacity) * math.prod(c.readout_grid)
 
     def oracle_memories(self) -> list[torch.Tensor]:
         """Every sample's oracle memory (data.oracle_memory)."""
         if self._oracle is None:
-            c, tokens = self.model.config, self.oracle_tokens()
+            c, tokens = self.model.config, self.model.readout_tokens
             self._oracle = []
             for sample in self.data:
                 episode = self._episodes.setdefault(sample.path, EpisodeDir(sample.path))
@@ -593,7 +587,7 @@ class Trainer:
         (floor-plane distance to the object's centre), beside guessing the room's centre.
         Recognition: per object, the largest share any token gives its category (the median over
         objects, and how many objects some token gives at least 0.5). Also the objects a
-        "perceived" memory would hold (perceived_boxes, the run's perceive_* settings):
+        "perceived" memory would hold (perceived_boxes, the model's object_readout settings):
         how many an episode gives against how many it has seen, the same objects' errors (to the
         nearest perceived box of their category), and the perceived room's floor area over the
         true one. And the depth error (mean |log d - log d*|) of the newest frame of the geometry
@@ -681,13 +675,14 @@ class Trainer:
                     patch_errors += (predicted[0, :, :2].cpu() - truth[:, :2]).norm(dim=-1).tolist()
         self.model.train()
         median = lambda values: float(np.median(values)) if values else None  # noqa: E731
+        grouping = self.model.config.object_readout
         objects = {"objects": perceived["objects"], "located": len(perceived["errors"]),
                    "median_error_m": median(perceived["errors"]),
                    "boxes_per_episode": float(np.mean(perceived["boxes"])),
                    "seen_per_episode": float(np.mean(perceived["seen"])),
                    "median_room_area_ratio": median(perceived["room_area_ratios"]),
-                   "min_share": self.config.perceive_min_share, "merge_m": self.config.perceive_merge_m,
-                   "grouping": self.config.perceive_grouping}
+                   "min_share": grouping.min_share, "merge_m": grouping.merge_radius_m,
+                   "grouping": grouping.grouping}
         return {"episodes": len(picked), "reader": reader, "min_share": min_share, "perceived_objects": objects,
                 "depth_error": float(np.mean(depth_errors)) if depth_errors else None,
                 "decoder_depth_error": float(np.mean(decoder_depth_errors)) if decoder_depth_errors else None,
@@ -868,7 +863,7 @@ class Trainer:
                                        f"asking any of {stage.question_types}")
             sample = generated_oracle_sample(
                 generated_scene_seed(c.seed, self.global_step, index), c.questions_per_task,
-                c.memory_questions_per_task, stage.question_types, self.oracle_tokens(), model.bridge.memory_dim,
+                c.memory_questions_per_task, stage.question_types, self.model.readout_tokens, model.bridge.memory_dim,
                 model.fusion.position_scale_m)
             index += 1
             if sample.prompts:

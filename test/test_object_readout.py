@@ -1,0 +1,115 @@
+"""The object readout: off by default (no weights, the pooled readout); on, the language model reads
+the room and the objects the category head finds in every token of the dual memory, the same boxes
+perceive_objects makes of the head's readings, and an answer's evidence names the memory entries
+its objects came from. It reads the memory and does not change it: streamed memories cached under
+memory_digest stay valid."""
+import numpy as np
+import pytest
+import torch
+
+from vlm2_ros.engine.engine import SpatialMemoryEngine
+from vlm2_ros.model.checkpoint import build_model, load_checkpoint, save_checkpoint
+from vlm2_ros.model.object_memory import (ROOM_CLASS, ObjectReadoutConfig, object_tokens, perceive_objects,
+                                          token_readings)
+from vlm2_ros.model.presets import preset_config
+from vlm2_ros.model.vlm2 import VLM2Config
+from vlm2_ros.sim.scene import SEMANTIC_CLASSES
+from vlm2_ros.training.trainer import memory_digest
+
+READOUT = {"enabled": True, "min_share": 0.3, "merge_radius_m": 0.5}
+
+
+def object_model(seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_model(preset_config("tiny").with_changes({"object_readout": READOUT})).eval()
+    torch.nn.init.normal_(model.object_readout.category.weight, std=0.5)   # as if trained: confident shares
+    return model
+
+
+def streamed(model, frames: int = 12) -> SpatialMemoryEngine:
+    engine = SpatialMemoryEngine(model, weights="test")
+    rng = np.random.default_rng(0)
+    h, w = model.config.image_size
+    for i in range(frames):
+        engine.ingest(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), (i + 1) * 100_000_000)
+    return engine
+
+
+def test_disabled_by_default_holds_no_weights_and_reads_pooled_tokens():
+    assert VLM2Config().object_readout.enabled is False
+    config = preset_config("tiny").to_dict()
+    del config["object_readout"]                         # a checkpoint config written before it existed
+    assert VLM2Config(**config).object_readout.enabled is False
+    model = build_model(preset_config("tiny")).eval()
+    assert not list(model.object_readout.parameters())
+    engine = streamed(model, frames=3)
+    read = model.read_memory(engine.stream)
+    entries = len(engine.stream.memory.episodic) + len(engine.stream.memory.working)
+    assert read.tokens.shape[1] == entries * 4          # 2x2 pooled tokens an entry
+    assert read.token_entry[0].tolist() == [e for e in range(entries) for _ in range(4)]
+    with pytest.raises(RuntimeError, match="disabled"):
+        model.object_readout(engine.stream.memory)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"min_share": 0.0}, "min_share"), ({"merge_radius_m": 0.0}, "merge_radius_m"),
+    ({"grouping": "nearest"}, "grouping"), ({"classes": ["room"]}, "classes")])
+def test_bad_settings_are_refused(change, message):
+    with pytest.raises(ValueError, match=message):
+        ObjectReadoutConfig(enabled=True, **change)
+
+
+def test_the_language_model_reads_the_boxes_the_head_finds_in_every_token():
+    model = object_model()
+    engine = streamed(model)
+    memory = engine.stream.memory
+    with torch.no_grad():
+        readings = token_readings(model.object_readout.category, memory)
+        read = model.read_memory(engine.stream)
+    entries = len(memory.episodic) + len(memory.working)
+    assert readings.shape == (entries * model.num_tokens_per_frame, len(SEMANTIC_CLASSES) + 4)
+    k = len(SEMANTIC_CLASSES)
+    boxes = perceive_objects(readings[:, :k], readings[:, k:k + 3], readings[:, k + 3].long(), 0.3, 0.5,
+                             model.readout_tokens)
+    assert len(boxes) > 2, "the test head should show some objects"
+    assert boxes[0].semantic_class == ROOM_CLASS
+    expected = object_tokens(boxes, k, model.readout_tokens, model.config.bridge.memory_dim,
+                             model.config.fusion.position_scale_m)
+    assert read.tokens.shape == (1, model.readout_tokens, model.config.bridge.memory_dim)
+    assert torch.equal(read.tokens, expected)
+    # each object token comes from the entry of its most certain token; the room and padding from none
+    per_entry = model.num_tokens_per_frame
+    assert read.token_entry[0, :len(boxes)].tolist() == [-1] + [b.token // per_entry for b in boxes[1:]]
+    assert (read.token_entry[0, len(boxes):] == -1).all()
+    assert all(readings[box.token, box.semantic_class] >= 0.3 for box in boxes[1:])
+    assert read.entry_source.shape == read.entry_slot.shape == (1, entries)
+
+
+def test_an_answer_names_the_entries_its_objects_came_from():
+    model = object_model()
+    engine = streamed(model)
+    read = model.read_memory(engine.stream)
+    frames = {}
+    for e in range(read.entry_source.shape[1]):
+        part = engine.stream.memory.working if read.entry_source[0, e] == 0 else engine.stream.memory.episodic
+        frames[e] = int(part.provenance.frame_index[0, read.entry_slot[0, e]])
+    from_objects = {frames[int(e)] for e in read.token_entry[0] if e >= 0}
+    for question in ("How many chairs are in this room?",
+                     "Which is closer to the sofa, the chair or the table? A. chair B. table"):
+        answer = engine.query(question)
+        assert answer.text and answer.evidence
+        assert {ev.frame_index for ev in answer.evidence} <= from_objects
+
+
+def test_its_weights_survive_a_checkpoint_and_leave_the_memory_digest_alone(tmp_path):
+    model = object_model()
+    save_checkpoint(model, tmp_path / "ckpt")
+    loaded, _ = load_checkpoint(tmp_path / "ckpt")
+    assert loaded.config.object_readout == model.config.object_readout
+    assert torch.equal(loaded.object_readout.category.weight, model.object_readout.category.weight)
+    # what the memory holds does not depend on how it is read
+    plain = build_model(preset_config("tiny"))
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("object_readout.")})
+    assert memory_digest(plain) == memory_digest(model)
+    torch.nn.init.zeros_(model.object_readout.category.weight)
+    assert memory_digest(plain) == memory_digest(model)
