@@ -220,7 +220,9 @@ class QuestionGenerator:
         cats = sorted({o.category for o in self.seen})
         cats = [c for c in cats if all(o.id in self.first_seen for o in self.scene.objects if o.category == c)]
         multi = [c for c in cats if self.scene.count(c) >= 2]
-        cats = multi + [c for c in cats if c not in multi][: max(0, n - len(multi))] if multi else cats
+        # categories seen more than once; a lone object only where no category is (asked for many
+        # questions a scene, filling up with lone objects made most answers "1")
+        cats = multi or cats
         for c in [cats[i] for i in self.rng.permutation(len(cats))[:n]]:
             count = self.scene.count(c)
             ids = [o.id for o in self.scene.objects if o.category == c]
