@@ -77,9 +77,10 @@ def test_the_language_model_reads_the_boxes_the_head_finds_in_every_token():
                              model.config.fusion.position_scale_m)
     assert read.tokens.shape == (1, model.readout_tokens, model.config.bridge.memory_dim)
     assert torch.equal(read.tokens, expected)
-    # each object token comes from the entry of its most certain token; the room and padding from none
+    # each box token comes from the entry of its most certain token (the room's too); padding from none
     per_entry = model.num_tokens_per_frame
-    assert read.token_entry[0, :len(boxes)].tolist() == [-1] + [b.token // per_entry for b in boxes[1:]]
+    assert boxes[0].token == int(readings[:, ROOM_CLASS].argmax())
+    assert read.token_entry[0, :len(boxes)].tolist() == [b.token // per_entry for b in boxes]
     assert (read.token_entry[0, len(boxes):] == -1).all()
     assert all(readings[box.token, box.semantic_class] >= 0.3 for box in boxes[1:])
     assert read.entry_source.shape == read.entry_slot.shape == (1, entries)

@@ -81,7 +81,8 @@ def perceive_objects(shares: torch.Tensor, points: torch.Tensor, frame_index: to
     standard deviation per axis (at least MIN_EXTENT_M), its first sighting the earliest frame of
     its tokens, its `token` the one of them with the largest share. The room's box spans the room
     tokens' points between the `room_quantile` and
-    1 - `room_quantile` quantiles per axis (a few far-off points do not stretch it). With
+    1 - `room_quantile` quantiles per axis (a few far-off points do not stretch it); its `token` is
+    the one most certainly the room. With
     `max_boxes`, the best-supported objects that fit beside the room are kept.
     Returns [room, objects by first sighting]."""
     if grouping not in GROUPINGS:
@@ -96,7 +97,7 @@ def perceive_objects(shares: torch.Tensor, points: torch.Tensor, frame_index: to
         room_points = points
     low, high = np.quantile(room_points, [room_quantile, 1 - room_quantile], axis=0)
     room = ObjectBox(ROOM_CLASS, tuple(float(v) for v in (low + high) / 2), tuple(float(v) for v in high - low),
-                     support=float(len(room_points)))
+                     support=float(len(room_points)), token=int(np.argmax(shares[:, ROOM_CLASS])))
     objects = []
     for k in range(shares.shape[1]):
         if k == ROOM_CLASS:
@@ -232,7 +233,8 @@ class ObjectReadout(nn.Module):
             raise RuntimeError("the object readout is disabled (model config object_readout.enabled)")
         boxes = self.boxes(token_readings(self.category, memory))
         tokens = self.memory_tokens(boxes)                                                   # [1,M,bridge_dim]
-        # entries in token_readings' order; each box points at the entry of its most certain token
+        # entries in token_readings' order; each box (the room's too) points at the entry of its
+        # most certain token
         episodic, working = len(memory.episodic), len(memory.working)
         source = torch.tensor([[EPISODIC] * episodic + [WORKING] * working])                # [1,E]
         slot = torch.cat([torch.arange(episodic), torch.arange(working)])[None]               # [1,E]
