@@ -716,9 +716,12 @@ def test_the_recipe_configs_are_valid():
 
     recipe = Path(__file__).resolve().parent.parent / "config" / "train_tiny.yaml"
     config = load_train_config(recipe)
-    assert [s.name for s in config.stages] == ["geometry", "perception", "answering"]
-    VLM2Config(**config.model)                            # its model changes make a valid config
+    assert [s.name for s in config.stages] == ["geometry", "perception", "compare1", "compare2", "directions",
+                                               "perceived_directions", "all_types", "perceived_all", "perceived_vsi"]
+    assert VLM2Config(**config.model).object_readout.enabled    # its model changes make a valid config
+    # its oracle stages are the first of the oracle curriculum's
     oracle = load_train_config(recipe.with_name("train_tiny_oracle.yaml"))
+    assert config.stages[2:5] == oracle.stages[:3]
     assert [s.name for s in oracle.stages] == ["compare1", "compare2", "directions", "directions2", "names1", "names2",
                                                    "names3"]
     assert all(s.scenes == "generated" and s.memory == "oracle" for s in oracle.stages)
