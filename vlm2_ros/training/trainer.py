@@ -294,9 +294,11 @@ def data_set_record(data: str | Path) -> dict | None:
 
 
 def code_version() -> str:
+    """The commit the code is at, "-dirty" when tracked files differ from it (a run's record must
+    not claim a commit its code has left)."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
+        return subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], capture_output=True,
+                              text=True, cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
