@@ -52,6 +52,15 @@ class MemoryState:
     episodic: EpisodicMemory
 
 
+def memory_entries(memory: MemoryState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every entry a memory holds, episodic then the working window: tokens [B,E,N,C], the
+    points they carry [B,E,N,3] and the frame index of each entry [B,E]."""
+    parts = (memory.episodic, memory.working)
+    return (torch.cat([part.tokens for part in parts], dim=1),
+            torch.cat([part.provenance.patch_points for part in parts], dim=1),
+            torch.cat([part.provenance.frame_index for part in parts], dim=1))
+
+
 class MemoryRead(nn.Module):
     """Attn(Q = H_t, KV = memory tokens) with layer-normed inputs."""
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..sim.scene import SEMANTIC_CLASSES
-from .dual_memory import MemoryState
+from .dual_memory import MemoryState, memory_entries
 from .memory_readout import EPISODIC, WORKING, ReadoutTokens
 
 ROOM_CLASS = 0                  # semantic class 0 is the room shell (walls, floor, ceiling)
@@ -194,12 +194,9 @@ def token_readings(category: nn.Linear, memory: MemoryState) -> torch.Tensor:
     window) tells of its patch: [E*N, K+4], its share of each of the K classes (`category`: the
     head, tokens [.,C] -> logits [.,K]), the world point it carries (metres) and the frame index of
     its entry."""
-    parts = (memory.episodic, memory.working)
-    if parts[1].tokens.shape[0] != 1:
-        raise ValueError(f"objects are read from one stream's memory, got a batch of {parts[1].tokens.shape[0]}")
-    entries = torch.cat([part.tokens[0] for part in parts])                                  # [E,N,C]
-    points = torch.cat([part.provenance.patch_points[0] for part in parts])                  # [E,N,3]
-    frames = torch.cat([part.provenance.frame_index[0] for part in parts])                   # [E]
+    if memory.working.tokens.shape[0] != 1:
+        raise ValueError(f"objects are read from one stream's memory, got a batch of {memory.working.tokens.shape[0]}")
+    entries, points, frames = (part[0] for part in memory_entries(memory))                   # [E,N,C], [E,N,3], [E]
     tokens = entries.flatten(0, 1).to(category.weight.dtype)                                 # [E*N,C]
     shares = category(tokens).float().softmax(dim=-1)                                        # [E*N,K]
     frames = frames.to(shares.device).repeat_interleave(entries.shape[1]).float()[:, None]   # [E*N,1]

@@ -44,7 +44,7 @@ from ..engine.engine import SpatialMemoryEngine
 from ..engine.number_decoding import relative_accuracy
 from ..evaluation.model_predictor import stream_episode
 from ..model.checkpoint import load_checkpoint, load_model, save_checkpoint
-from ..model.dual_memory import MemoryState
+from ..model.dual_memory import MemoryState, memory_entries
 from ..model.fusion import pool_to_grid
 from ..model.memory_readout import mean_pool
 from ..model.object_memory import ObjectBox, token_readings
@@ -94,15 +94,6 @@ def hash_tensors(digest, tensors: dict[str, torch.Tensor]) -> None:
     for name, tensor in sorted(tensors.items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-
-
-def memory_entries(memory: MemoryState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Every entry a memory holds, episodic then the working window: tokens [B,E,N,C], the
-    points they carry [B,E,N,3] and the frame index of each entry [B,E]."""
-    parts = (memory.episodic, memory.working)
-    return (torch.cat([part.tokens for part in parts], dim=1),
-            torch.cat([part.provenance.patch_points for part in parts], dim=1),
-            torch.cat([part.provenance.frame_index for part in parts], dim=1))
 
 
 def safe_open_metadata(path: Path) -> dict:
