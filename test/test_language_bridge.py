@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from vlm2_ros.model.hf_backbone import BackboneLoader
-from vlm2_ros.model.language_bridge import LanguageBridge, LanguageBridgeConfig, PromptBatch, memory_relevance
+from vlm2_ros.model.language_bridge import (LanguageBridge, LanguageBridgeConfig, NumberHead, PromptBatch,
+                                            memory_relevance)
 from vlm2_ros.model.semantic_encoder import SemanticEncoder, SemanticEncoderConfig
 from vlm2_ros.model.tiny_checkpoints import save_tiny_llava_onevision, save_tiny_qwen2_5_vl
 from vlm2_ros.model.tiny_language_model import (DEFAULT_WORDS, build_tiny_language_model, build_word_tokenizer,
@@ -243,6 +244,44 @@ def test_answer_pass_hidden_states_are_the_question_rows_of_a_whole_prompt(bridg
     assert bridge.answer_pass(mem, questions, answers).hidden is None
     with pytest.raises(ValueError, match="hidden_layer"):
         bridge.answer_pass(mem, questions, answers, hidden_layer=bridge.num_layers + 1)
+
+
+@pytest.mark.parametrize("kind", ["causal_lm", "qwen2_5_vl"])
+def test_number_head_reads_the_answer_position_alike_in_training_and_at_a_question(kind, tiny_dir, qwen_dir):
+    # the trainer's number loss reads answer_pass.final at answer_position; estimate_number reads
+    # the same state at inference: the two must be one
+    torch.manual_seed(0)
+    config = (LanguageBridgeConfig(checkpoint_dir=str(tiny_dir), memory_dim=32, number_head=True) if kind == "causal_lm"
+              else LanguageBridgeConfig(kind=kind, checkpoint_dir=str(qwen_dir), memory_dim=64, number_head=True))
+    bridge = LanguageBridge(config).eval()
+    mem = memory(8, config.memory_dim)
+    with torch.no_grad():
+        result = bridge.answer_pass(mem, [[QUESTIONS[0]], [QUESTIONS[0]]], [[ANSWERS[0]], ["12"]])
+        mean, std = bridge.number_head(result.final[:, bridge.answer_position(QUESTIONS[0])])
+    for row in range(2):
+        estimate = bridge.estimate_number(mem[[row]], QUESTIONS[0])
+        assert estimate.log_mean == pytest.approx(float(mean[row]), abs=1e-4)
+        assert estimate.log_std == pytest.approx(float(std[row]), rel=1e-4) and estimate.log_std > 0
+        assert estimate.memory_relevance.shape == (8,) and abs(float(estimate.memory_relevance.sum()) - 1) < 1e-5
+    with pytest.raises(ValueError, match="one memory set"):
+        bridge.estimate_number(mem, QUESTIONS[0])
+
+
+def test_number_head_likelihood_trains_and_a_bridge_without_one_says_so(tiny_dir, causal_bridge):
+    head = NumberHead(16)
+    hidden, values = torch.randn(32, 16, generator=torch.Generator().manual_seed(1)), torch.full((32,), 2.5)
+    optimizer = torch.optim.Adam(head.parameters(), lr=3e-3)
+    start_std = float(head(hidden)[1].mean())
+    for _ in range(300):
+        optimizer.zero_grad()
+        loss = NumberHead.nll(*head(hidden), values).mean()
+        loss.backward()
+        optimizer.step()
+    mean, std = head(hidden)
+    assert float((mean.exp() / values - 1).abs().median()) < 0.05 and float(std.median()) < start_std / 2
+    assert causal_bridge.number_head is None
+    with pytest.raises(RuntimeError, match="number_head"):
+        causal_bridge.estimate_number(memory(8, 32)[:1], QUESTIONS[0])
 
 
 def test_phrase_positions_point_at_the_last_token_of_each_whole_word_name(causal_bridge):

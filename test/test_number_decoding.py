@@ -3,9 +3,13 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import make_frames
-from vlm2_ros.engine.number_decoding import decode_number, relative_accuracy
+from vlm2_ros.engine.answer import asks_count
+from vlm2_ros.engine.engine import number_text
+from vlm2_ros.engine.number_decoding import (NumberDecision, decode_number, decode_values, lognormal_quantiles,
+                                             relative_accuracy)
 from vlm2_ros.evaluation.metrics import mean_relative_accuracy
 
 NUMBER_QUESTION = "How many chairs are in this room?"
@@ -54,3 +58,58 @@ def test_engine_answers_numbers_from_samples(tiny_model_factory, monkeypatch):
     assert text == generate(greedy.model.read_memory(greedy.stream).tokens, NUMBER_QUESTION).text
     with pytest.raises(ValueError, match="number_samples"):
         SpatialMemoryEngine(engine.model, weights="test", number_samples=-1)
+
+
+def test_lognormal_quantiles_stand_in_for_samples():
+    quantiles = lognormal_quantiles(np.log(2.0), 0.1, count=15)
+    assert quantiles.shape == (15,) and np.all(np.diff(quantiles) > 0)
+    assert quantiles[7] == pytest.approx(2.0)                        # the middle level is the median
+    assert quantiles[0] * quantiles[-1] == pytest.approx(4.0)        # symmetric on the log scale
+    assert decode_values(quantiles).value == pytest.approx(2.0, rel=0.05)
+    wide = decode_values(lognormal_quantiles(np.log(2.0), 1.0))
+    assert wide.expected_accuracy < decode_values(quantiles).expected_accuracy   # less sure, lower confidence
+    with pytest.raises(ValueError, match="log_std"):
+        lognormal_quantiles(0.0, 0.0)
+
+
+def test_count_questions_are_told_from_questions_in_units():
+    assert asks_count("How many chair(s) are in this room?") and asks_count("Count them. How many are there?")
+    assert not asks_count("How many meters apart are the sofa and the bed?")
+    assert not asks_count("How many square meters is this room?") and not asks_count("How far is the door?")
+
+
+def test_number_text_keeps_three_significant_digits_without_exponents():
+    text = [number_text(NumberDecision(v, 1.0, 1)) for v in (159.4, 2.0734, 1100.0, 3.0, 0.0421)]
+    assert text == ["159", "2.07", "1100", "3", "0.0421"]
+
+
+def test_engine_answers_numbers_from_the_number_head(monkeypatch):
+    from vlm2_ros.engine.engine import QueryCanceled, SpatialMemoryEngine
+    from vlm2_ros.model.checkpoint import build_model
+    from vlm2_ros.model.presets import preset_config
+
+    config = preset_config("tiny")
+    config.bridge.number_head = True
+    torch.manual_seed(0)
+    engine = SpatialMemoryEngine(build_model(config), weights="test")
+    for i, frame in enumerate(make_frames(3)):
+        engine.ingest(frame, 1_000 + i)
+    bridge = engine.model.bridge
+    monkeypatch.setattr(bridge, "generate", lambda *a, **k: pytest.fail("a number is not generated as text"))
+    tokens = engine.model.read_memory(engine.stream).tokens
+    distance = "What is the distance in meters between the sofa and the bed?"
+    estimate = bridge.estimate_number(tokens, distance)
+    answer = engine.query(distance)
+    expected = decode_values(lognormal_quantiles(estimate.log_mean, estimate.log_std))
+    assert answer.kind == "number" and answer.text == number_text(expected) and answer.value == float(answer.text)
+    assert answer.confidence == pytest.approx(expected.expected_accuracy) and answer.evidence
+    # a count is a whole number
+    estimate = bridge.estimate_number(tokens, NUMBER_QUESTION)
+    count = engine.query(NUMBER_QUESTION)
+    expected = decode_values(np.round(lognormal_quantiles(estimate.log_mean, estimate.log_std)))
+    assert count.value == float(count.text) == (expected.value if expected else 0.0) and count.value.is_integer()
+    monkeypatch.setattr(bridge, "estimate_number", lambda *a, **k: dataclasses.replace(estimate, log_mean=-5.0))
+    nothing = engine.query(NUMBER_QUESTION)
+    assert nothing.value == 0 and nothing.confidence == 1.0
+    with pytest.raises(QueryCanceled):
+        engine.query(NUMBER_QUESTION, should_stop=lambda: True)

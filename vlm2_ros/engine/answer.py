@@ -24,6 +24,10 @@ _NUMERIC_QUESTION = re.compile(
     r"\b(how many|how far|how big|how long|how wide|how tall|how high|distance|"
     r"size|length|width|height|area|square met(?:er|re)s?|in met(?:er|re)s|centimet(?:er|re)s)\b",
     re.IGNORECASE)
+# "how many" asking for things, not for units of a measure ("how many meters apart ...")
+_COUNT_QUESTION = re.compile(
+    r"\bhow many\b(?!\s+(?:square\s+|cubic\s+)?(?:(?:centi|milli|kilo)?met(?:er|re)s?|feet|foot|inch(?:es)?|"
+    r"degrees?|seconds?|minutes?|hours?)\b)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,11 @@ def expected_answer_kind(question: str) -> str:
     if question_options(question):
         return "choice"
     return "number" if _NUMERIC_QUESTION.search(question) else "text"
+
+
+def asks_count(question: str) -> bool:
+    """A number question whose answer counts things: a whole number."""
+    return bool(_COUNT_QUESTION.search(question))
 
 
 def parse_number(text: str) -> float | None:

@@ -27,8 +27,8 @@ from ..model.memory_readout import SOURCE_NAMES
 from ..model.provenance import Provenance
 from ..model.vlm2 import StreamState, VLM2Model, input_pixel_rays
 from ..model.working_memory import WorkingMemory
-from .answer import Answer, Evidence, expected_answer_kind, parse_choice, parse_number, question_options
-from .number_decoding import DEFAULT_NUMBER_SAMPLES, decode_number
+from .answer import Answer, Evidence, asks_count, expected_answer_kind, parse_choice, parse_number, question_options
+from .number_decoding import DEFAULT_NUMBER_SAMPLES, NumberDecision, decode_number, decode_values, lognormal_quantiles
 from .snapshot import SnapshotError, read_snapshot, write_snapshot
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -103,7 +103,8 @@ class SpatialMemoryEngine:
         in `onnx_dir`, made on demand when None; `onnx_provider` auto/cpu/cuda/tensorrt, and
         `onnx_fallback` allows the CPU provider when the requested one cannot run).
         `number_samples`: answers drawn for a number question, decoded by minimum Bayes risk
-        (engine/number_decoding.py); 0 answers numbers greedily like the rest."""
+        (engine/number_decoding.py); 0 answers numbers greedily like the rest. A bridge with a
+        number head answers from that many quantiles of its distribution (0: the default count)."""
         if number_samples < 0:
             raise ValueError(f"number_samples must be >= 0, got {number_samples}")
         from ..backends.runtime import make_backend  # local import: onnxruntime only when asked for
@@ -282,6 +283,18 @@ class SpatialMemoryEngine:
                     raise QueryCanceled("query canceled before the answer was complete")
                 picked = bridge.pick_option(readout.tokens, question, options)
                 text, confidence, relevance = f"{picked.letter}. {picked.text}", picked.share, picked.memory_relevance
+            elif kind == "number" and bridge.number_head is not None:
+                if should_stop is not None and should_stop():      # one poll: the estimate is one pass
+                    raise QueryCanceled("query canceled before the answer was complete")
+                estimate = bridge.estimate_number(readout.tokens, question)
+                values = lognormal_quantiles(estimate.log_mean, estimate.log_std,
+                                             self.number_samples or DEFAULT_NUMBER_SAMPLES)
+                # a count is a whole number: its candidates too (what a sampled text answer would write)
+                values = np.round(values) if asks_count(question) else values
+                # every candidate 0 (a count of nothing): 0, as sure as the candidates agree
+                decision = decode_values(values) or NumberDecision(0.0, 1.0, len(values))
+                text, confidence = number_text(decision), decision.expected_accuracy
+                relevance = estimate.memory_relevance
             else:
                 generated = bridge.generate(
                     readout.tokens, question, max_new_tokens=max_new_tokens, should_stop=should_stop,
@@ -301,7 +314,7 @@ class SpatialMemoryEngine:
     def _generated_answer(generated: GeneratedText) -> tuple[str, float, torch.Tensor]:
         decision = decode_number(generated.samples)
         if decision is not None:
-            return f"{decision.value:g}", decision.expected_accuracy, generated.memory_relevance
+            return number_text(decision), decision.expected_accuracy, generated.memory_relevance
         probs = [min(max(float(p), 1e-12), 1.0) for p in generated.token_probs]
         confidence = math.exp(sum(math.log(p) for p in probs) / len(probs)) if probs else 0.0
         return generated.text.strip(), confidence, generated.memory_relevance
@@ -453,6 +466,11 @@ class SpatialMemoryEngine:
             dataclasses.replace(expected.memory.episodic, tokens=e_tokens, provenance=e_prov,
                                 replacements=replacements))
         return StreamState(window.to(self.device, self.dtype), memory, frames)
+
+
+def number_text(decision: NumberDecision) -> str:
+    """A decoded number as the answer's text: three significant digits, no exponent (159, 2.07, 1100)."""
+    return f"{float(f'{decision.value:.3g}'):g}"
 
 
 def _is_count(value) -> bool:

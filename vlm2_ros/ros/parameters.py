@@ -89,7 +89,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("model.max_new_tokens", 16, "longest generated answer, in tokens", 1, 4096),
     Spec("model.number_samples", DEFAULT_NUMBER_SAMPLES,
          "answers drawn for a number question; the value with the highest expected relative "
-         "accuracy among them is the answer (minimum Bayes risk); 0: greedy like other answers", 0, 256),
+         "accuracy among them is the answer (minimum Bayes risk); 0: greedy like other answers. A "
+         "model with a number head takes as many quantiles of its estimate instead (0: 16)", 0, 256),
     Spec("model.threads", 0,
          "torch CPU threads of the model; 0: all cores but one, which is left to the camera "
          "callbacks and DDS (on 2 cores this ingests 18 % more frames/s than using both)", 0, 1024),
