@@ -1250,3 +1250,36 @@ def test_generated_stage_trains_on_new_scenes_each_step(data, tmp_path):
     asked_types = [{t for t in MEMORY_TASKS if any(word[t] in p for ps in prompts for p in ps)} for _, prompts in asked]
     assert [set(row["loss_answer_by_type"]) for row in log] == asked_types
     assert all(v > 0 for row in log for v in row["loss_answer_by_type"].values())
+
+
+def test_number_stage_teaches_the_bridges_number_head_which_a_bridge_without_one_gains_fresh(data, tmp_path):
+    from vlm2_ros.model.checkpoint import load_model, save_checkpoint
+    from vlm2_ros.training.trainer import Trainer
+
+    (tmp_path / "data").symlink_to(data)
+    stage = {"name": "numbers", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "memory": "oracle",
+             "scenes": "generated", "episodes_per_step": 2, "questions_per_episode": 4, "balance_tasks": True,
+             "question_types": ["object_counting", "object_abs_distance", "object_size_estimation",
+                                "room_size_estimation"], "number_loss_weight": 1.0}
+    with pytest.raises(TrainConfigError, match="number_head: true"):
+        Trainer(load_train_config(write_config(tmp_path / "plain.yaml", questions_per_task=2, stages=[stage])),
+                progress=False)
+    source, _ = load_model("tiny", use_shipped=False, seed=4)
+    save_checkpoint(source, tmp_path / "answering")
+    config = load_train_config(write_config(tmp_path / "train.yaml", questions_per_task=2, stages=[stage],
+                                            model={"bridge": {"number_head": True}},
+                                            init_modules={"bridge": "answering"}))
+    trainer = Trainer(config, progress=False)
+    bridge = trainer.model.bridge
+    assert bridge.number_head is not None
+    assert torch.equal(bridge.projector.fc1.weight, source.bridge.projector.fc1.weight)
+    # it learns: the answers' likelihood under the head rises (negative log-likelihood, averaged
+    # over the first and the last ten steps of new scenes)
+    history = fit_history(trainer, trainer.config.stages[0], steps=40, lr=1e-3)
+    losses = [m["loss_number"] for m in history]
+    assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.5 and all(0 <= m["number_accuracy"] <= 1 for m in history)
+    # only the number questions' answers, read at the answer position of the final layer
+    final = torch.zeros(2, 30, bridge.hidden_size)
+    loss, measured = trainer.number_loss(final, ["How many chair(s) are in this room?",
+                                                 "Which is nearer?\nA. sofa\nB. lamp"], ["3", "A"])
+    assert measured.shape == (1,) and torch.isfinite(loss)

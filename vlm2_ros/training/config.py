@@ -15,12 +15,13 @@ SCENE_SOURCES = ("data", "generated")
 BRIDGE_SOURCES = ("stream", "oracle", "perceived")   # memories built once per stage; only the language bridge learns
 LOSS_WEIGHTS = ("depth_loss_weight", "answer_loss_weight", "category_loss_weight", "position_loss_weight",
                 "point_loss_weight", "objectness_loss_weight", "grounding_loss_weight", "gather_loss_weight",
-                "choice_loss_weight", "direction_loss_weight", "bearing_loss_weight", "copy_loss_weight")
+                "choice_loss_weight", "direction_loss_weight", "bearing_loss_weight", "copy_loss_weight",
+                "number_loss_weight")
 # The probes that read the language model's hidden states after grounding_layer layers.
 LANGUAGE_PROBE_WEIGHTS = ("grounding_loss_weight", "gather_loss_weight", "choice_loss_weight",
                           "direction_loss_weight", "bearing_loss_weight")
-# The losses on the language model over memories built before the stage (its probes and its attention).
-BRIDGE_LOSS_WEIGHTS = (*LANGUAGE_PROBE_WEIGHTS, "copy_loss_weight")
+# The losses on the language model over memories built before the stage (its probes, its attention, its number head).
+BRIDGE_LOSS_WEIGHTS = (*LANGUAGE_PROBE_WEIGHTS, "copy_loss_weight", "number_loss_weight")
 # Memory sources that train some modules on one loss: (the modules train may name, the loss weight
 # that must be > 0, the weights that may be > 0 beside it (every other must be 0), why).
 SINGLE_PURPOSE_SOURCES = {
@@ -114,6 +115,10 @@ class StageConfig:
     # from step 400), the answer still did not copy the chosen name 1,900 steps later.
     copy_loss_weight: float = 0.0
     copy_layer: int = -1
+    # The number answers through the bridge's number head (model: {bridge: {number_head: true}}):
+    # negative log-likelihood of each number answer's log under the head's Gaussian. Part of the
+    # model, not a probe: it answers number questions at inference.
+    number_loss_weight: float = 0.0
     # Where the memory the questions read comes from. "clip": the sample's clip is unrolled with
     # gradients (every module can learn). "stream": built as at inference, from every frame up to
     # the question through the frozen perception and memory, once per stage; only the language

@@ -39,13 +39,14 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ..atomic_io import atomic_file, write_json_atomic
-from ..engine.answer import question_option_texts
+from ..engine.answer import expected_answer_kind, parse_number, question_option_texts
 from ..engine.engine import SpatialMemoryEngine
 from ..engine.number_decoding import relative_accuracy
 from ..evaluation.model_predictor import stream_episode
 from ..model.checkpoint import load_checkpoint, load_model, save_checkpoint
 from ..model.dual_memory import MemoryState, memory_entries
 from ..model.fusion import pool_to_grid
+from ..model.language_bridge import NumberHead
 from ..model.memory_readout import mean_pool
 from ..model.object_memory import ObjectBox, token_readings
 from ..model.vlm2 import VLM2Config, VLM2Model, input_pixel_rays, points_on_rays
@@ -68,7 +69,7 @@ METRICS = ("loss_depth", "loss_category", "loss_position", "loss_point", "loss_o
            "loss_answer", "loss_grounding", "category_accuracy", "position_error_m", "point_error_m",
            "grounding_error_m", "loss_gather", "gather_error_m", "loss_choice", "choice_accuracy",
            "loss_direction", "direction_accuracy", "loss_bearing", "bearing_error_deg", "loss_copy",
-           "copy_attention")
+           "copy_attention", "loss_number", "number_accuracy")
 # training-only heads, each with its stage loss weight; every one after "category" came later, and
 # a run saved before one of them starts it fresh
 PROBES = ("category", "position", "point", "grounding", "gather", "choice", "direction", "bearing")
@@ -237,21 +238,29 @@ def set_trainable(model: VLM2Model, modules: list[str]) -> list[torch.nn.Paramet
 def copy_modules(source: VLM2Model, target: VLM2Model, modules: list[str], where: str) -> None:
     """Copy the weights of `modules` from source (the checkpoint at `where`) into target; their
     configs and every tensor's shape must agree (TrainConfigError names what does not). The
-    memory's sizes and episodic replacement rule hold no weights: a run may change them."""
+    memory's sizes and episodic replacement rule hold no weights: a run may change them. A bridge
+    without a number head may be copied into one with a fresh head (to learn it)."""
     def weight_config(config: VLM2Config, name: str):
         # every module but the readout has a config of its name in VLM2Config
         part = getattr(config, name, None)
-        return dataclasses.replace(part, working=None, episodic=None) if name == "memory" else part
+        if name == "memory":
+            return dataclasses.replace(part, working=None, episodic=None)
+        return dataclasses.replace(part, number_head=False) if name == "bridge" else part
 
     for name in modules:
         theirs, ours = weight_config(source.config, name), weight_config(target.config, name)
         if theirs != ours:
             raise TrainConfigError(f"init_modules: {name!r} of {where} has another config than this "
                                    f"run's model:\n  {theirs}\n  {ours}")
+        adds_head = name == "bridge" and source.bridge.number_head is None and target.bridge.number_head is not None
         try:
-            model_parts(target)[name].load_state_dict(model_parts(source)[name].state_dict())
+            missing, unexpected = model_parts(target)[name].load_state_dict(model_parts(source)[name].state_dict(),
+                                                                            strict=not adds_head)
         except RuntimeError as e:
             raise TrainConfigError(f"init_modules: cannot copy {name!r} from {where} ({e})") from None
+        if unexpected or any(not key.startswith("number_head.") for key in missing):
+            raise TrainConfigError(f"init_modules: cannot copy {name!r} from {where} (missing {missing}, "
+                                   f"unexpected {unexpected})")
 
 
 def run_probes(probes: dict[str, str]) -> dict[str, torch.Tensor]:
@@ -343,6 +352,9 @@ class Trainer:
         if any(s.copy_loss_weight > 0 for s in config.stages):
             # the copy loss reads attention weights, which the fused attention kernels do not return
             self.model.bridge.decoder.set_attn_implementation("eager")
+        if self.model.bridge.number_head is None and any(s.number_loss_weight > 0 for s in config.stages):
+            raise TrainConfigError("number_loss_weight trains the language bridge's number head, and this model "
+                                   "writes numbers as text: set model: {bridge: {number_head: true}}")
         if self.model.readout.objectness is None and any(s.objectness_loss_weight > 0 for s in config.stages):
             raise TrainConfigError("objectness_loss_weight trains the readout's objectness score, and this model "
                                    "pools its memory by the mean: set model: {readout_pool: objectness}")
@@ -900,6 +912,8 @@ class Trainer:
                         lambda: self.bearing_loss(result.hidden, flat_prompts, tasks, named)),
             "copy": (stage.copy_loss_weight, "copy_attention",
                      lambda: self.copy_loss(result.attention, result.row_start, flat_prompts, flat_answers)),
+            "number": (stage.number_loss_weight, "number_accuracy",
+                       lambda: self.number_loss(result.final, flat_prompts, flat_answers)),
         }
         for name, (weight, measure, item_loss) in language_losses.items():
             if weight > 0:
@@ -935,6 +949,26 @@ class Trainer:
             mask[n, [row_start + j for j in sources]] = True
         mass = (weights * mask).sum(dim=-1)                                               # [N]
         return -mass.clamp(min=1e-6).log().mean(), mass.detach()
+
+    def number_loss(self, final: torch.Tensor, prompts: list[str],
+                    answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Negative log-likelihood of each positive number answer under the number head's Gaussian
+        at its question's last prompt token (final [Q,L,d], the final layer's states over the
+        rows); and the relative accuracy (MRA) of the Gaussian's median [N] (N = 0 when no
+        question asks a number; the loss is then 0)."""
+        rows, values = [], []
+        for row, (prompt, answer) in enumerate(zip(prompts, answers)):
+            value = parse_number(answer) if expected_answer_kind(prompt) == "number" else None
+            if value is not None and value > 0:
+                rows.append(row)
+                values.append(value)
+        if not rows:
+            return final.sum() * 0.0, final.new_zeros(0)
+        mean, std = self.model.bridge.number_head(self.answer_states(final, [prompts[r] for r in rows], rows))  # [N]
+        truth = torch.tensor(values, device=final.device)
+        median = mean.detach().exp().cpu().numpy()
+        accuracy = relative_accuracy(median, truth.cpu().numpy()).diagonal()
+        return NumberHead.nll(mean, std, truth).mean(), torch.tensor(accuracy)
 
     def grounding_loss(self, hidden: torch.Tensor, prompts: list[str],
                        named: list[list[tuple[str, tuple[float, float, float]]]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1128,7 +1162,8 @@ def plot_curves(log_path: Path, png: Path) -> None:
               ("choice_accuracy", "choice probe at the answer: accuracy"),
               ("direction_accuracy", "direction probe at the answer: accuracy"),
               ("bearing_error_deg", "bearing probe at the answer: error (degrees)"),
-              ("copy_attention", "copy head: attention on the answer's name"))
+              ("copy_attention", "copy head: attention on the answer's name"),
+              ("number_accuracy", "number head: relative accuracy (MRA) of its median"))
     fig, axes = plt.subplots(3, 5, figsize=(25, 11.4))
     by_type = axes.flat[len(panels)]
     for task in dict.fromkeys(t for r in rows for t in r.get("loss_answer_by_type", {})):
