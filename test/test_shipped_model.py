@@ -11,7 +11,7 @@ from vlm2_ros.sim.cli import episode_seed
 
 # Changing the shipped weights is deliberate: retrain (config/train_tiny.yaml), evaluate, then
 # update this digest and the scores in the README.
-SHIPPED_SHA256 = "cf3f620f1752ad5b2853a9c7ea4a344c765028a9bc2d673e23fef3542f6d591f"
+SHIPPED_SHA256 = "68db784a50acafbdc80d12922531d953f706d0ed6fb8bf4fbf5ca1bdf45f8726"
 HELDOUT_SEED, HELDOUT_EPISODES = 2, 6
 
 
@@ -31,9 +31,11 @@ def test_shipped_weights_have_their_checksum_and_load_by_default(trained_with):
     # the data and code it was trained with, enough to make them again
     assert trained_with["code_version"] not in ("", "unknown")
     assert trained_with["data_set"]["seed"] == 3 and trained_with["data_set"]["episodes"] == 200
-    # the last run of the recipe's chain (docs/design.md): the bridge on perceived memories
-    assert [s["name"] for s in trained_with["config"]["stages"]] == ["perceived_all", "perceived_vsi"]
+    # the last run of the recipe's chain (docs/design.md): the bridge with its number head, on
+    # perfect memories, then on perceived ones
+    assert [s["name"] for s in trained_with["config"]["stages"]] == ["oracle_numbers", "perceived_numbers"]
     assert model.config.object_readout.enabled                         # it reads the memory as objects
+    assert model.bridge.number_head is not None                        # and answers numbers from its head
 
 
 def test_heldout_scenes_are_not_training_scenes(trained_with):
@@ -44,12 +46,13 @@ def test_heldout_scenes_are_not_training_scenes(trained_with):
 
 def test_shipped_model_on_heldout_scenes(tmp_path):
     """A regression check with the margins the shipped model keeps (README: what it scores): its
-    mean clearly above chance (46.1 against 29.6), and the relative directions clearly above the
-    frequency baseline (63.3 against 43.3 on 30 questions): they come from where the memory's
-    objects are, so a break anywhere from the geometry to the object readout shows there. The
-    frequency baseline is fitted on these same 100 questions, so on such a small set it nearly
-    memorises the multiple-choice answers (appearance order 100 %); the shipped model does not beat
-    its mean (51.2) and this test does not claim it does."""
+    mean clearly above chance (47.3 against 29.6); the relative directions clearly above the
+    frequency baseline (56.7 against 43.3 on 30 questions): they come from where the memory's
+    objects are, so a break anywhere from the geometry to the object readout shows there; and the
+    object sizes (68.3 against 40.8 on 12), which come from a box's extents through the number
+    head. The frequency baseline is fitted on these same 100 questions, so on such a small set it
+    nearly memorises the multiple-choice answers (appearance order 100 %); the shipped model does
+    not beat its mean (51.2) and this test does not claim it does."""
     data, report = tmp_path / "heldout", tmp_path / "scores.json"
     assert main(["sim", "dataset", "--seed", str(HELDOUT_SEED), "--episodes", str(HELDOUT_EPISODES),
                  "--frames", "150", "--per-task", "2", "--out", str(data)]) == 0
@@ -59,3 +62,4 @@ def test_shipped_model_on_heldout_scenes(tmp_path):
     model, frequency, chance = scores["model:tiny"], scores["frequency"], scores["chance"]
     assert model["mean_score"] >= chance["mean_score"] + 0.10
     assert model["score_object_rel_direction"] >= frequency["score_object_rel_direction"] + 0.10
+    assert model["score_object_size_estimation"] >= frequency["score_object_size_estimation"] + 0.15
