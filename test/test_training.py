@@ -1283,3 +1283,9 @@ def test_number_stage_teaches_the_bridges_number_head_which_a_bridge_without_one
     loss, measured = trainer.number_loss(final, ["How many chair(s) are in this room?",
                                                  "Which is nearer?\nA. sofa\nB. lamp"], ["3", "A"])
     assert measured.shape == (1,) and torch.isfinite(loss)
+    # --memory-reliance scores the head's median on the number questions, with each memory
+    rows = trainer.memory_reliance(samples=2)
+    scored = {t for t, r in rows.items() if "own_number_score" in r}
+    assert scored and scored <= {"object_counting", "object_abs_distance", "object_size_estimation",
+                                 "room_size_estimation"}
+    assert all(0 <= r[k] <= 1 for r in rows.values() for k in ("own_number_score", "other_number_score") if k in r)

@@ -491,9 +491,10 @@ class Trainer:
         For multiple-choice types also the accuracy of the option the model picks with each memory
         (as the engine does: the likeliest first letter, or with choice_answer "option_text" the
         likeliest option text); and once the run has trained its grounding probe, the
-        probe's mean error (metres) on the objects the questions name, with each memory. Rows
-        {type: {own, other, questions[, own_accuracy, other_accuracy][, own_grounding_m,
-        other_grounding_m]}} and "all"."""
+        probe's mean error (metres) on the objects the questions name, with each memory; and with a
+        number head, its median's relative accuracy (VSI-Bench's score) on the number questions,
+        with each memory. Rows {type: {own, other, questions[, own_accuracy, other_accuracy]
+        [, own_grounding_m, other_grounding_m][, own_number_score, other_number_score]}} and "all"."""
         # what the run's language model learnt to read: its last stage's memories
         source = next((s.memory for s in reversed(self.config.stages) if s.memory in BRIDGE_SOURCES), "stream")
         memories = self.memories(source)
@@ -514,6 +515,7 @@ class Trainer:
         losses: dict[str, list[tuple[float, float]]] = {}
         hits: dict[str, list[tuple[bool, bool]]] = {}
         grounding: dict[str, list[tuple[float, float]]] = {}
+        numbers: dict[str, list[tuple[float, float]]] = {}
         self.model.eval()
         with torch.no_grad():
             for own, other in zip(picks, np.roll(picks, 1)):
@@ -528,6 +530,10 @@ class Trainer:
                     if answer in tuple(LETTERS):
                         hits.setdefault(task, []).append(tuple(chosen_letter(memories[int(m)], prompt) == answer
                                                                for m in (own, other)))
+                    if bridge.number_head is not None:
+                        scores = [self.number_loss(p.final[i:i + 1], [prompt], [answer])[1] for p in passes]
+                        if len(scores[0]):
+                            numbers.setdefault(task, []).append((float(scores[0][0]), float(scores[1][0])))
                     if grounding_layer is not None and named:
                         errors = [self.grounding_loss(p.hidden[i:i + 1], [prompt], [named])[1] for p in passes]
                         for key in (task, "all"):
@@ -541,6 +547,9 @@ class Trainer:
         for task, pairs in grounding.items():
             rows[task].update(own_grounding_m=float(np.mean([a for a, _ in pairs])),
                               other_grounding_m=float(np.mean([b for _, b in pairs])))
+        for task, pairs in numbers.items():
+            rows[task].update(own_number_score=float(np.mean([a for a, _ in pairs])),
+                              other_number_score=float(np.mean([b for _, b in pairs])))
         return rows
 
     def room_size_probe(self, folds: int = 5, ridge: float = 100.0) -> dict[str, float]:
