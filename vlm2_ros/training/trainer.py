@@ -541,15 +541,10 @@ class Trainer:
         self.model.train()
         rows = {task: {"own": float(np.mean([a for a, _ in pairs])), "other": float(np.mean([b for _, b in pairs])),
                        "questions": len(pairs)} for task, pairs in sorted(losses.items())}
-        for task, pairs in hits.items():
-            rows[task].update(own_accuracy=float(np.mean([a for a, _ in pairs])),
-                              other_accuracy=float(np.mean([b for _, b in pairs])))
-        for task, pairs in grounding.items():
-            rows[task].update(own_grounding_m=float(np.mean([a for a, _ in pairs])),
-                              other_grounding_m=float(np.mean([b for _, b in pairs])))
-        for task, pairs in numbers.items():
-            rows[task].update(own_number_score=float(np.mean([a for a, _ in pairs])),
-                              other_number_score=float(np.mean([b for _, b in pairs])))
+        for name, measured in (("accuracy", hits), ("grounding_m", grounding), ("number_score", numbers)):
+            for task, pairs in measured.items():
+                rows[task].update({f"own_{name}": float(np.mean([a for a, _ in pairs])),
+                                   f"other_{name}": float(np.mean([b for _, b in pairs]))})
         return rows
 
     def room_size_probe(self, folds: int = 5, ridge: float = 100.0) -> dict[str, float]:
