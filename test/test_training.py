@@ -835,6 +835,14 @@ def test_choice_probe_names_the_answers_slot_among_the_objects_named(data, tmp_p
     hidden[0, bridge.answer_position(prompt), 0] = 0.0            # the probe reads no other position
     assert trainer.choice_loss(hidden, [prompt], ["A"], named)[1].tolist() == [False]
     assert probe.out_features == GATHERED_OBJECTS
+    # an appearance order: the choice is the object its answer lists first (seen first)
+    order = build_prompt("What will be the first-time appearance order of the following categories in the video: "
+                         "sofa, table, lamp, chair?", ["sofa, table, lamp, chair", "table, sofa, chair, lamp"])
+    hidden = torch.zeros(1, bridge.answer_position(order) + 3, bridge.hidden_size)
+    hidden[0, bridge.answer_position(order), 0] = 1.0
+    named = [[("chair", (1.0, 2.0, 0.5)), ("table", (3.0, 0.5, 0.4)), ("sofa", (0.5, 0.5, 0.4))]]
+    assert trainer.choice_loss(hidden, [order], ["B"], named)[1].tolist() == [True]    # table: named second
+    assert trainer.choice_loss(hidden, [order], ["A"], named)[1].tolist() == [False]   # sofa: named first
     # an answer that is no named object (a count, a direction): nothing to choose, a zero loss
     loss, hits = trainer.choice_loss(hidden, ["How many chair(s) are in this room?"], ["3"], [[]])
     assert float(loss) == 0.0 and len(hits) == 0
@@ -994,19 +1002,25 @@ def test_answer_pass_returns_a_layers_attention_over_the_whole_prompt():
         bridge.answer_pass(memory, questions, answers, attention_layer=2)
 
 
-def test_memory_reliance_reports_the_grounding_error_with_each_memory(data, tmp_path):
+def test_memory_reliance_reports_the_grounding_error_and_the_choice_probe_with_each_memory(data, tmp_path):
     from vlm2_ros.training.config import load_train_config
     from vlm2_ros.training.trainer import Trainer
 
     (tmp_path / "data").symlink_to(data)
     config = write_config(tmp_path / "train.yaml", questions_per_task=2, memory_questions_per_task=1,
                           stages=[{"name": "a", "steps": 2, "train": ["bridge"], "depth_loss_weight": 0.0,
-                                   "memory": "stream", "grounding_loss_weight": 1.0, "grounding_layer": 1}])
+                                   "memory": "stream", "grounding_loss_weight": 1.0, "grounding_layer": 1,
+                                   "choice_loss_weight": 1.0}])
     assert main(["train", "--config", str(config)]) == 0
     rows = Trainer(load_train_config(config), resume=True, progress=False).memory_reliance(samples=2)
     named = [t for t, r in rows.items() if "own_grounding_m" in r]
     assert "all" in named and "memory_object_quadrant" in named and "room_size_estimation" not in named
     assert all(r["own_grounding_m"] > 0 and r["other_grounding_m"] > 0 for t, r in rows.items() if t in named)
+    # the choice probe: scored where the answer is a named object (pair, furthest), never on a count
+    chosen = {t for t, r in rows.items() if "own_choice_probe" in r}
+    assert chosen and chosen <= {"memory_object_pair", "memory_object_extreme", "object_rel_distance",
+                                 "obj_appearance_order"}
+    assert all(0 <= rows[t][k] <= 1 for t in chosen for k in ("own_choice_probe", "other_choice_probe"))
 
 
 def test_oracle_memory_is_the_room_then_each_object_seen_by_the_question_in_order(data):

@@ -108,11 +108,15 @@ def diagnose_command(config, reliance_samples: int | None, room_size_probe: bool
     write_json_atomic(Path(config.out) / "memory_reliance.json", rows)
     # score: accuracy of a multiple-choice type, the number head's relative accuracy of a number type
     print("| question type | questions | loss, own memory | loss, another scene's | score, own (%) | score, another's "
-          "(%) | grounding error, own (m) | grounding error, another's (m) |\n" + "|---" * 8 + "|")
+          "(%) | grounding error, own (m) | grounding error, another's (m) | choice probe, own (%) | choice probe, "
+          "another's (%) |\n" + "|---" * 10 + "|")
     for task, row in rows.items():
         kind = "accuracy" if "own_accuracy" in row else "number_score" if "own_number_score" in row else None
         accuracy = f"{100 * row[f'own_{kind}']:.1f} | {100 * row[f'other_{kind}']:.1f}" if kind else "- | -"
         grounding = (f"{row['own_grounding_m']:.2f} | {row['other_grounding_m']:.2f}" if "own_grounding_m" in row
                      else "- | -")
-        print(f"| {task} | {row['questions']} | {row['own']:.3f} | {row['other']:.3f} | {accuracy} | {grounding} |")
+        choice = (f"{100 * row['own_choice_probe']:.1f} | {100 * row['other_choice_probe']:.1f}"
+                  if "own_choice_probe" in row else "- | -")
+        print(f"| {task} | {row['questions']} | {row['own']:.3f} | {row['other']:.3f} | {accuracy} | {grounding} "
+              f"| {choice} |")
     return 0

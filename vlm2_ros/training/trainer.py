@@ -491,19 +491,23 @@ class Trainer:
         For multiple-choice types also the accuracy of the option the model picks with each memory
         (as the engine does: the likeliest first letter, or with choice_answer "option_text" the
         likeliest option text); and once the run has trained its grounding probe, the
-        probe's mean error (metres) on the objects the questions name, with each memory; and with a
-        number head, its median's relative accuracy (VSI-Bench's score) on the number questions,
-        with each memory. Rows {type: {own, other, questions[, own_accuracy, other_accuracy]
-        [, own_grounding_m, other_grounding_m][, own_number_score, other_number_score]}} and "all"."""
+        probe's mean error (metres) on the objects the questions name, with each memory; once it has
+        trained its choice probe, the probe's accuracy on the questions it picks a named object for;
+        and with a number head, its median's relative accuracy (VSI-Bench's score) on the number
+        questions, with each memory. Rows {type: {own, other, questions[, own_accuracy, other_accuracy]
+        [, own_grounding_m, other_grounding_m][, own_choice_probe, other_choice_probe]
+        [, own_number_score, other_number_score]}} and "all"."""
         # what the run's language model learnt to read: its last stage's memories
         source = next((s.memory for s in reversed(self.config.stages) if s.memory in BRIDGE_SOURCES), "stream")
         memories = self.memories(source)
         picks = np.random.default_rng(self.config.seed).choice(len(self.data), min(samples, len(self.data)),
                                                                 replace=False)
         bridge = self.model.bridge
-        grounding_layer = next((s.grounding_layer for s in self.config.stages if s.grounding_loss_weight > 0), None)
-        if "grounding" not in self.trained_probes():
-            grounding_layer = None
+        # the probes read one layer (TrainConfig checks), passed to answer_pass only when one is measured
+        measured = {"grounding", "choice"} & set(self.trained_probes())
+        probe_layer = next((s.grounding_layer for s in self.config.stages if s.probes_language_model), None)
+        if not measured:
+            probe_layer = None
         letter_ids = torch.tensor([bridge.answer_ids(letter)[0] for letter in LETTERS])
 
         def chosen_letter(memory: torch.Tensor, prompt: str) -> str:
@@ -515,13 +519,14 @@ class Trainer:
         losses: dict[str, list[tuple[float, float]]] = {}
         hits: dict[str, list[tuple[bool, bool]]] = {}
         grounding: dict[str, list[tuple[float, float]]] = {}
+        choices: dict[str, list[tuple[bool, bool]]] = {}
         numbers: dict[str, list[tuple[float, float]]] = {}
         self.model.eval()
         with torch.no_grad():
             for own, other in zip(picks, np.roll(picks, 1)):
                 sample = self.data[int(own)]
                 # all of a sample's questions in one pass per memory (the memory prefix runs once)
-                passes = [bridge.answer_pass(memories[int(m)], [sample.prompts], [sample.answers], grounding_layer)
+                passes = [bridge.answer_pass(memories[int(m)], [sample.prompts], [sample.answers], probe_layer)
                           for m in (own, other)]
                 for i, (prompt, answer, task, named) in enumerate(zip(sample.prompts, sample.answers, sample.tasks,
                                                                       sample.named_objects)):
@@ -534,15 +539,20 @@ class Trainer:
                         scores = [self.number_loss(p.final[i:i + 1], [prompt], [answer])[1] for p in passes]
                         if len(scores[0]):
                             numbers.setdefault(task, []).append((float(scores[0][0]), float(scores[1][0])))
-                    if grounding_layer is not None and named:
+                    if "grounding" in measured and named:
                         errors = [self.grounding_loss(p.hidden[i:i + 1], [prompt], [named])[1] for p in passes]
                         for key in (task, "all"):
                             grounding.setdefault(key, []).extend(zip(errors[0].tolist(), errors[1].tolist()))
+                    if "choice" in measured and named:
+                        right = [self.choice_loss(p.hidden[i:i + 1], [prompt], [answer], [named])[1] for p in passes]
+                        if len(right[0]):
+                            choices.setdefault(task, []).append((bool(right[0][0]), bool(right[1][0])))
         self.model.train()
         rows = {task: {"own": float(np.mean([a for a, _ in pairs])), "other": float(np.mean([b for _, b in pairs])),
                        "questions": len(pairs)} for task, pairs in sorted(losses.items())}
-        for name, measured in (("accuracy", hits), ("grounding_m", grounding), ("number_score", numbers)):
-            for task, pairs in measured.items():
+        for name, values in (("accuracy", hits), ("grounding_m", grounding), ("choice_probe", choices),
+                             ("number_score", numbers)):
+            for task, pairs in values.items():
                 rows[task].update({f"own_{name}": float(np.mean([a for a, _ in pairs])),
                                    f"other_{name}": float(np.mean([b for _, b in pairs]))})
         return rows
@@ -1019,15 +1029,17 @@ class Trainer:
                     named: list[list[tuple[str, tuple[float, float, float]]]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy of the choice probe: at each question's last prompt token (hidden [Q,L,d]),
         which of the objects it names (slot in the order named, as for gather_loss) its answer
-        names; and whether the probe's pick was right [N], for the N questions whose answer (a
-        letter's option text, or the text itself) is one of their named objects."""
+        names first; and whether the probe's pick was right [N], for the N questions whose answer
+        (a letter's option text, or the text itself) is one of their named objects or, for an
+        appearance order, lists one first (the object seen first: the order's first comparison)."""
         rows, slots = [], []
         for row, (prompt, answer, objects) in enumerate(zip(prompts, answers, named)):
             text = question_option_texts(prompt).get(answer.strip(), answer.strip())
+            first = text.split(", ")[0]
             order = [category for category, _ in self.named_in_order(prompt, objects)]
-            if text in order:
+            if first in order:
                 rows.append(row)
-                slots.append(order.index(text))
+                slots.append(order.index(first))
         return self.classifier_loss("choice", hidden, prompts, rows, slots)
 
     def direction_loss(self, hidden: torch.Tensor, prompts: list[str],
