@@ -1126,6 +1126,14 @@ def test_perceived_stage_reads_the_object_readouts_objects_out_of_streamed_memor
     expected = object_tokens(boxes, classes, 160, trainer.model.config.bridge.memory_dim,
                              trainer.model.config.fusion.position_scale_m)
     assert torch.allclose(trainer.memories("perceived")[0], expected, atol=1e-5)
+    # weights whose object readout carries the head read with it, no run directory needed
+    save_checkpoint(trainer.model, tmp_path / "readout" / "checkpoint")
+    chained = {k: v for k, v in settings.items() if k not in ("init_modules", "model")}
+    taken = Trainer(load_train_config(write_config(tmp_path / "chained.yaml", init_checkpoint="readout/checkpoint",
+                                                   **chained)), progress=False)
+    taken.data = taken.data[:1]
+    assert "category" in taken.trained_probes()
+    assert torch.allclose(taken.memories("perceived")[0], expected, atol=1e-5)
     # the category probe is the object readout's head: the model reads the same at a question
     assert trainer.probes["category"] is trainer.model.object_readout.category
     with torch.no_grad():

@@ -587,10 +587,15 @@ class Trainer:
                 "log_correlation": float(np.corrcoef(probe, y)[0, 1])}
 
     def trained_probes(self) -> list[str]:
-        """The probes a stage of this run has trained so far (their loss weight > 0), and those it
-        took trained from other runs (init_probes)."""
+        """The probes a stage of this run has trained so far (their loss weight > 0), those it
+        took trained from other runs (init_probes), and the category probe where it is the object
+        readout's head and came with the weights the run starts from (init_checkpoint, or
+        init_modules' object_readout): a chain of runs from shipped weights needs no run directory."""
         run = self.config.stages[:self.stage_index + 1]
+        with_weights = self.model.object_readout.category is not None and (
+            self.config.init_checkpoint is not None or "object_readout" in self.config.init_modules)
         return [name for name in PROBES if name in self.config.init_probes
+                or (name == "category" and with_weights)
                 or any(getattr(stage, f"{name}_loss_weight") > 0 for stage in run)]
 
     def position_probe(self, episodes: int = 8, min_share: float = 0.3) -> dict:
