@@ -505,9 +505,8 @@ class Trainer:
         bridge = self.model.bridge
         # the probes read one layer (TrainConfig checks), passed to answer_pass only when one is measured
         measured = {"grounding", "choice"} & set(self.trained_probes())
-        probe_layer = next((s.grounding_layer for s in self.config.stages if s.probes_language_model), None)
-        if not measured:
-            probe_layer = None
+        probe_layer = (next((s.grounding_layer for s in self.config.stages if s.probes_language_model), None)
+                       if measured else None)
         letter_ids = torch.tensor([bridge.answer_ids(letter)[0] for letter in LETTERS])
 
         def chosen_letter(memory: torch.Tensor, prompt: str) -> str:
