@@ -76,3 +76,24 @@ def test_a_perceived_memory_is_written_like_the_oracle_and_bad_input_is_named():
         object_tokens(boxes, CLASSES, tokens=1, dim=16, scale_m=2.0)
     with pytest.raises(ValueError, match="must agree"):
         perceive_objects(torch.zeros(3, CLASSES), torch.zeros(2, 3), torch.zeros(3))
+
+
+def test_the_order_channel_holds_each_objects_rank_by_first_sighting():
+    # frames 40, 7, 7, 900: ranks over the three distinct sightings; the room 0; a long run's
+    # frame indices do not stretch the channel
+    boxes = [ObjectBox(ROOM_CLASS, (3.0, 2.0, 1.5), (6.0, 4.0, 3.0)),
+             ObjectBox(1, (1.0, 1.0, 0.5), (0.4, 0.4, 1.0), first_seen=40),
+             ObjectBox(2, (2.0, 1.0, 0.5), (0.4, 0.4, 1.0), first_seen=7),
+             ObjectBox(3, (3.0, 1.0, 0.5), (0.4, 0.4, 1.0), first_seen=7),
+             ObjectBox(1, (4.0, 1.0, 0.5), (0.4, 0.4, 1.0), first_seen=900)]
+    plain = object_tokens(boxes, CLASSES, tokens=6, dim=16, scale_m=2.0)
+    ordered = object_tokens(boxes, CLASSES, tokens=6, dim=16, scale_m=2.0, order_channel=True)
+    order = CLASSES + 6
+    assert ordered[0, :, order].tolist() == [0.0, 0.5, 0.0, 0.0, 1.0, 0.0]
+    # the channel is the only change, and without it the shipped layout is unchanged
+    assert torch.equal(ordered[..., :order], plain[..., :order]) and not plain[..., order:].any()
+    assert not ordered[..., order + 1:].any()
+    one = object_tokens(boxes[:2], CLASSES, tokens=2, dim=16, scale_m=2.0, order_channel=True)
+    assert one[0, :, order].tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match=f"needs {CLASSES + 7} channels"):
+        object_tokens(boxes, CLASSES, tokens=6, dim=CLASSES + 6, scale_m=2.0, order_channel=True)

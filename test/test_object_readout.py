@@ -19,9 +19,9 @@ from vlm2_ros.training.trainer import memory_digest
 READOUT = {"enabled": True, "min_share": 0.3, "merge_radius_m": 0.5}
 
 
-def object_model(seed: int = 0):
+def object_model(seed: int = 0, **readout):
     torch.manual_seed(seed)
-    model = build_model(preset_config("tiny").with_changes({"object_readout": READOUT})).eval()
+    model = build_model(preset_config("tiny").with_changes({"object_readout": {**READOUT, **readout}})).eval()
     torch.nn.init.normal_(model.object_readout.category.weight, std=0.5)   # as if trained: confident shares
     return model
 
@@ -59,8 +59,9 @@ def test_bad_settings_are_refused(change, message):
         ObjectReadoutConfig(enabled=True, **change)
 
 
-def test_the_language_model_reads_the_boxes_the_head_finds_in_every_token():
-    model = object_model()
+@pytest.mark.parametrize("order_channel", [False, True])
+def test_the_language_model_reads_the_boxes_the_head_finds_in_every_token(order_channel):
+    model = object_model(order_channel=order_channel)
     engine = streamed(model)
     memory = engine.stream.memory
     with torch.no_grad():
@@ -74,9 +75,10 @@ def test_the_language_model_reads_the_boxes_the_head_finds_in_every_token():
     assert len(boxes) > 2, "the test head should show some objects"
     assert boxes[0].semantic_class == ROOM_CLASS
     expected = object_tokens(boxes, k, model.readout_tokens, model.config.bridge.memory_dim,
-                             model.config.fusion.position_scale_m)
+                             model.config.fusion.position_scale_m, order_channel)
     assert read.tokens.shape == (1, model.readout_tokens, model.config.bridge.memory_dim)
     assert torch.equal(read.tokens, expected)
+    assert bool(read.tokens[0, :, k + 6].any()) == order_channel     # ranks by first sighting, when asked
     # each box token comes from the entry of its most certain token (the room's too); padding from none
     per_entry = model.num_tokens_per_frame
     assert boxes[0].token == int(readings[:, ROOM_CLASS].argmax())

@@ -1046,6 +1046,11 @@ def test_oracle_memory_is_the_room_then_each_object_seen_by_the_question_in_orde
         assert torch.allclose(memory[0, slot, classes:classes + 6], torch.tensor([*o.center, *o.size]) / 4.0)
     assert 2 <= len(seen) < len(visibility)
     assert not memory[0, 1 + len(seen):].any() and not memory[..., classes + 6:].any()
+    ordered = oracle_memory(scene, visibility, asked_at, tokens=12, dim=32, scale_m=4.0, order_channel=True)
+    times = sorted({t for t, _ in seen})
+    assert ordered[0, 1:1 + len(seen), classes + 6].tolist() == pytest.approx(
+        [times.index(t) / max(1, len(times) - 1) for t, _ in seen])
+    assert torch.equal(ordered[..., :classes + 6], memory[..., :classes + 6])
     with pytest.raises(ValueError, match="channels"):
         oracle_memory(scene, visibility, asked_at, tokens=12, dim=classes + 5, scale_m=4.0)
     with pytest.raises(ValueError, match="more than"):
@@ -1272,6 +1277,25 @@ def test_generated_stage_trains_on_new_scenes_each_step(data, tmp_path):
     asked_types = [{t for t in MEMORY_TASKS if any(word[t] in p for ps in prompts for p in ps)} for _, prompts in asked]
     assert [set(row["loss_answer_by_type"]) for row in log] == asked_types
     assert all(v > 0 for row in log for v in row["loss_answer_by_type"].values())
+
+
+def test_a_model_with_the_order_channel_gets_it_in_every_oracle_memory(data, tmp_path):
+    from vlm2_ros.sim.scene import SEMANTIC_CLASSES
+    from vlm2_ros.training.config import load_train_config
+    from vlm2_ros.training.trainer import Trainer
+
+    (tmp_path / "data").symlink_to(data)
+    stage = {"name": "order", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "memory": "oracle",
+             "question_types": ["obj_appearance_order"]}
+    config = write_config(tmp_path / "train.yaml", questions_per_task=1, model={"object_readout": {
+        "enabled": True, "order_channel": True}}, stages=[stage, {**stage, "name": "generated", "scenes": "generated"}])
+    trainer = Trainer(load_train_config(config), progress=False)
+    order = len(SEMANTIC_CLASSES) + 6
+    generated = trainer.generated_samples(trainer.config.stages[1], 1)[0].memory
+    for memory in (generated, trainer.oracle_memories()[0]):
+        ranks = memory[0, :, order]
+        # the room 0, the first object 0, the last seen 1, and nothing past the channel
+        assert ranks[0] == 0 and ranks.max() == 1 and not memory[..., order + 1:].any()
 
 
 def test_number_stage_teaches_the_bridges_number_head_which_a_bridge_without_one_gains_fresh(data, tmp_path):

@@ -1,6 +1,6 @@
 """A memory as a list of boxes: the room, then one box per object in the order first seen, each
 written into one token a language bridge reads (its semantic class one-hot, then the box's centre
-and extents).
+and extents, and with `order_channel` its place in the order first seen).
 
 Two producers share the layout. The synthetic world's ground truth (training.data.oracle_memory)
 gives the language model a perfect memory, the diagnostic its "oracle" training stages read.
@@ -28,6 +28,7 @@ from .memory_readout import EPISODIC, WORKING, ReadoutTokens
 
 ROOM_CLASS = 0                  # semantic class 0 is the room shell (walls, floor, ceiling)
 BOX_CHANNELS = 6                # centre (x, y, z) and extents (x, y, z) after the class one-hot
+ORDER_CHANNELS = 1              # with order_channel: the object's rank by first sighting, after the box
 MIN_EXTENT_M = 0.1              # a box perceived from one token has no spread to measure
 GROUPINGS = ("greedy", "peaks")
 PEAK_SIGMA_M = 0.3              # "peaks": the density's Gaussian kernel on the floor plane
@@ -45,19 +46,33 @@ class ObjectBox:
     token: int = -1                         # perceived: its most certain token (index into the readings); -1: none
 
 
-def object_tokens(boxes: list[ObjectBox], num_classes: int, tokens: int, dim: int, scale_m: float) -> torch.Tensor:
+def object_tokens(boxes: list[ObjectBox], num_classes: int, tokens: int, dim: int, scale_m: float,
+                  order_channel: bool = False) -> torch.Tensor:
     """[1,tokens,dim]: boxes[i] in token i (class one-hot, then centre and extents in units of
-    scale_m); every other channel and token is 0."""
-    if dim < num_classes + BOX_CHANNELS:
-        raise ValueError(f"an object token needs {num_classes + BOX_CHANNELS} channels, the language bridge "
-                         f"reads {dim}")
+    scale_m); every other channel and token is 0. With `order_channel`, the channel after the
+    extents holds each object's rank by first sighting (appearance_ranks), so an order is a value
+    the language model compares like a distance rather than a token position it must count."""
+    needed = num_classes + BOX_CHANNELS + (ORDER_CHANNELS if order_channel else 0)
+    if dim < needed:
+        raise ValueError(f"an object token needs {needed} channels, the language bridge reads {dim}")
     if len(boxes) > tokens:
         raise ValueError(f"{len(boxes)} boxes, more than the {tokens} tokens of the memory")
     memory = torch.zeros(1, tokens, dim)
     for slot, box in enumerate(boxes):
         memory[0, slot, box.semantic_class] = 1.0
         memory[0, slot, num_classes:num_classes + BOX_CHANNELS] = torch.tensor([*box.centre, *box.size]) / scale_m
+    if order_channel:
+        memory[0, :len(boxes), num_classes + BOX_CHANNELS] = torch.tensor(appearance_ranks(boxes))
     return memory
+
+
+def appearance_ranks(boxes: list[ObjectBox]) -> list[float]:
+    """Each box's rank among the objects' distinct first sightings, 0 (the earliest) to 1 (the
+    latest); objects first seen in one frame share a rank; the room's box 0. Ranks, not frame
+    indices: they stay in [0, 1] however long the robot has run."""
+    times = sorted({b.first_seen for b in boxes if b.semantic_class != ROOM_CLASS})
+    rank = {t: i / max(1, len(times) - 1) for i, t in enumerate(times)}
+    return [0.0 if b.semantic_class == ROOM_CLASS else rank[b.first_seen] for b in boxes]
 
 
 def perceive_objects(shares: torch.Tensor, points: torch.Tensor, frame_index: torch.Tensor,
@@ -177,6 +192,7 @@ class ObjectReadoutConfig:
     min_share: float = 0.5              # perceive_objects: a token shows a class from this share on
     merge_radius_m: float = 1.0         # ... and joins an object of its class this close on the floor plane
     grouping: str = "greedy"            # ... GROUPINGS
+    order_channel: bool = False         # each object token also holds its rank by first sighting (object_tokens)
 
     def __post_init__(self) -> None:
         self.classes = tuple(self.classes)
@@ -222,7 +238,8 @@ class ObjectReadout(nn.Module):
 
     def memory_tokens(self, boxes: list[ObjectBox]) -> torch.Tensor:
         """boxes as the language model reads them: [1,tokens,bridge_dim] (object_tokens), on the head's device."""
-        tokens = object_tokens(boxes, len(self.config.classes), self.tokens, self.bridge_dim, self.scale_m)
+        tokens = object_tokens(boxes, len(self.config.classes), self.tokens, self.bridge_dim, self.scale_m,
+                               self.config.order_channel)
         return tokens if self.category is None else tokens.to(self.category.weight.device)
 
     def forward(self, memory: MemoryState) -> ReadoutTokens:

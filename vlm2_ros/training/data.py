@@ -91,10 +91,11 @@ def named_objects(scene: Scene, question: dict) -> list[tuple[str, tuple[float, 
 
 
 def oracle_memory(scene: Scene, visibility: dict[int, tuple[int, int, int]], asked_at: int, tokens: int,
-                  dim: int, scale_m: float) -> torch.Tensor:
+                  dim: int, scale_m: float, order_channel: bool = False) -> torch.Tensor:
     """What a perfect memory would hand the language model at frame `asked_at` ("oracle" stages):
     [1,tokens,dim] in model.object_memory's layout, the room's box first, then each object seen up
-    to that frame (`visibility`: id -> (first seen, ...)), in the order first seen."""
+    to that frame (`visibility`: id -> (first seen, ...)), in the order first seen (and with
+    `order_channel` each one's rank in it: object_tokens)."""
     seen = sorted((visibility[o.id][0], o.id, o) for o in scene.objects
                   if o.id in visibility and visibility[o.id][0] <= asked_at)
     if 1 + len(seen) > tokens:
@@ -104,7 +105,7 @@ def oracle_memory(scene: Scene, visibility: dict[int, tuple[int, int, int]], ask
     boxes = [ObjectBox(0, (room.width / 2, room.depth / 2, room.height / 2), (room.width, room.depth, room.height))]
     boxes += [ObjectBox(SEMANTIC_CLASSES.index(o.category), tuple(o.center), tuple(o.size), first_seen)
               for first_seen, _, o in seen]
-    return object_tokens(boxes, len(SEMANTIC_CLASSES), tokens, dim, scale_m)
+    return object_tokens(boxes, len(SEMANTIC_CLASSES), tokens, dim, scale_m, order_channel)
 
 
 def question_fields(scene: Scene, questions: list[dict]) -> tuple[list[str], list[str], list[str], list, list]:
@@ -146,7 +147,8 @@ def generated_scene_seed(run_seed: int, step: int, index: int) -> int:
 
 
 def generated_oracle_sample(scene_seed: int, questions_per_task: int, memory_questions_per_task: int,
-                            question_types: list[str], tokens: int, dim: int, scale_m: float) -> GeneratedSample:
+                            question_types: list[str], tokens: int, dim: int, scale_m: float,
+                            order_channel: bool = False) -> GeneratedSample:
     """A new scene from `scene_seed` with its oracle memory and questions (only `question_types`
     if given). No camera walks it: every object counts as seen, one a frame in a random order, and
     the questions are asked after the last (the data sets' episodes see 89-97 % of their objects by
@@ -158,7 +160,7 @@ def generated_oracle_sample(scene_seed: int, questions_per_task: int, memory_que
     questions = QuestionGenerator(scene, visibility, stamps_ns, episode_id=f"generated_{scene_seed}",
                                   seed=scene_seed).generate(questions_per_task, memory_questions_per_task,
                                                             question_types)
-    memory = oracle_memory(scene, visibility, len(order), tokens, dim, scale_m)
+    memory = oracle_memory(scene, visibility, len(order), tokens, dim, scale_m, order_channel)
     return GeneratedSample(scene_seed, memory, *question_fields(scene, questions))
 
 

@@ -474,8 +474,8 @@ class Trainer:
             for sample in self.data:
                 episode = self._episodes.setdefault(sample.path, EpisodeDir(sample.path))
                 self._oracle.append(oracle_memory(episode.scene, episode.visibility(), sample.asked_at, tokens,
-                                                  c.bridge.memory_dim, c.fusion.position_scale_m
-                                                  ).to(self.config.device))
+                                                  c.bridge.memory_dim, c.fusion.position_scale_m,
+                                                  c.object_readout.order_channel).to(self.config.device))
         return self._oracle
 
     def memories(self, source: str) -> list[torch.Tensor]:
@@ -887,7 +887,7 @@ class Trainer:
             sample = generated_oracle_sample(
                 generated_scene_seed(c.seed, self.global_step, index), c.questions_per_task,
                 c.memory_questions_per_task, stage.question_types, self.model.readout_tokens, model.bridge.memory_dim,
-                model.fusion.position_scale_m)
+                model.fusion.position_scale_m, model.object_readout.order_channel)
             index += 1
             if sample.prompts:
                 samples.append(sample)
