@@ -709,6 +709,22 @@ def test_init_modules_take_each_module_from_its_checkpoint_under_a_new_semantic_
     assert all(torch.equal(v, theirs[k]) for k, v in trainer.model.memory.state_dict().items())
 
 
+def test_an_object_readouts_head_is_taken_whatever_the_run_groups_and_writes_but_not_for_other_classes():
+    from vlm2_ros.model.checkpoint import build_model
+    from vlm2_ros.model.presets import preset_config
+    from vlm2_ros.training.trainer import copy_modules
+
+    def model(**readout):
+        return build_model(preset_config("tiny").with_changes({"object_readout": {"enabled": True, **readout}}))
+
+    source = model(min_share=0.3)
+    target = model(min_share=0.5, grouping="peaks", order_channel=True)
+    copy_modules(source, target, ["object_readout"], "source")
+    assert torch.equal(target.object_readout.category.weight, source.object_readout.category.weight)
+    with pytest.raises(TrainConfigError, match="another config"):
+        copy_modules(source, model(classes=["room", "chair"]), ["object_readout"], "source")
+
+
 def test_the_recipe_configs_are_valid():
     from pathlib import Path
 

@@ -238,13 +238,16 @@ def set_trainable(model: VLM2Model, modules: list[str]) -> list[torch.nn.Paramet
 def copy_modules(source: VLM2Model, target: VLM2Model, modules: list[str], where: str) -> None:
     """Copy the weights of `modules` from source (the checkpoint at `where`) into target; their
     configs and every tensor's shape must agree (TrainConfigError names what does not). The
-    memory's sizes and episodic replacement rule hold no weights: a run may change them. A bridge
+    memory's sizes and episodic replacement rule hold no weights, nor does how the object readout
+    groups and writes what its head reads (only its classes do): a run may change them. A bridge
     without a number head may be copied into one with a fresh head (to learn it)."""
     def weight_config(config: VLM2Config, name: str):
         # every module but the readout has a config of its name in VLM2Config
         part = getattr(config, name, None)
         if name == "memory":
             return dataclasses.replace(part, working=None, episodic=None)
+        if name == "object_readout":
+            return (part.enabled, part.classes)
         return dataclasses.replace(part, number_head=False) if name == "bridge" else part
 
     for name in modules:
