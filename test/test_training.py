@@ -1314,6 +1314,57 @@ def test_a_model_with_the_order_channel_gets_it_in_every_oracle_memory(data, tmp
         assert ranks[0] == 0 and ranks.max() == 1 and not memory[..., order + 1:].any()
 
 
+def test_first_sighting_ranks_sort_an_appearance_orders_categories_as_its_answer():
+    from vlm2_ros.training.data import generated_oracle_sample, generated_scene_seed
+
+    checked = 0
+    for index in range(4):
+        sample = generated_oracle_sample(generated_scene_seed(3, 0, index), 2, 0, ["obj_appearance_order"],
+                                         tokens=160, dim=256, scale_m=5.0)
+        ranks = sample.category_ranks
+        # the earliest category 0; the last object seen may be of a category seen before
+        assert min(ranks.values()) == 0.0 and max(ranks.values()) <= 1.0
+        for prompt, answer in zip(sample.prompts, sample.answers):
+            order = question_option_texts(prompt)[answer].split(", ")
+            assert sorted(order, key=ranks.__getitem__) == order
+            checked += 1
+    assert checked >= 4
+
+
+def test_order_probe_gives_each_named_categorys_first_sighting_rank_at_its_names(data, tmp_path):
+    from vlm2_ros.training.trainer import Trainer
+
+    (tmp_path / "data").symlink_to(data)
+    config = write_config(tmp_path / "train.yaml", questions_per_task=2, stages=[{
+        "name": "order", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "memory": "oracle",
+        "order_loss_weight": 1.0, "episodes_per_step": 2, "questions_per_episode": 8}])
+    trainer = Trainer(load_train_config(config), progress=False)
+    assert all(s.category_ranks for s in trainer.data)
+    loss, metrics = trainer.step_losses(trainer.config.stages[0])
+    assert metrics["loss_order"] > 0 and metrics["order_error"] > 0
+    loss.backward()
+    assert trainer.probes["order"].weight.grad.abs().sum() > 0
+    bridge = trainer.model.bridge
+    prompts = ["Order these categories by when they are first seen in the video: chair, box, table, lamp.",
+               "How many plant(s) are in this room?"]
+    ranks = [{"chair": 0.5, "box": 0.0, "table": 1.0, "lamp": 0.25, "sofa": 0.75}, {"sofa": 0.0}]
+    length = max(bridge.answer_position(p) for p in prompts) + 3
+    hidden = torch.zeros(2, length, bridge.hidden_size)
+    for category, rank in ranks[0].items():         # each name's last token holds its rank
+        for column in bridge.phrase_positions(prompts[0], category):
+            hidden[0, column, 0] = rank
+    probe = trainer.probes["order"]
+    with torch.no_grad():
+        probe.weight.zero_()
+        probe.bias.zero_()
+        probe.weight[0, 0] = 1.0
+        # four names in the first question (the sofa is not named), none in the second (no plant seen)
+        loss, errors = trainer.order_loss(hidden, prompts, ranks)
+        assert float(loss) < 1e-12 and errors.shape == (4,)
+        loss, errors = trainer.order_loss(hidden, prompts[1:], ranks[1:])
+        assert float(loss) == 0.0 and len(errors) == 0
+
+
 def test_number_stage_teaches_the_bridges_number_head_which_a_bridge_without_one_gains_fresh(data, tmp_path):
     from vlm2_ros.model.checkpoint import load_model, save_checkpoint
     from vlm2_ros.training.trainer import Trainer

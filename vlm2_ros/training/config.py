@@ -15,11 +15,11 @@ SCENE_SOURCES = ("data", "generated")
 BRIDGE_SOURCES = ("stream", "oracle", "perceived")   # memories built once per stage; only the language bridge learns
 LOSS_WEIGHTS = ("depth_loss_weight", "answer_loss_weight", "category_loss_weight", "position_loss_weight",
                 "point_loss_weight", "objectness_loss_weight", "grounding_loss_weight", "gather_loss_weight",
-                "choice_loss_weight", "direction_loss_weight", "bearing_loss_weight", "copy_loss_weight",
-                "number_loss_weight")
+                "choice_loss_weight", "direction_loss_weight", "bearing_loss_weight", "order_loss_weight",
+                "copy_loss_weight", "number_loss_weight")
 # The probes that read the language model's hidden states after grounding_layer layers.
 LANGUAGE_PROBE_WEIGHTS = ("grounding_loss_weight", "gather_loss_weight", "choice_loss_weight",
-                          "direction_loss_weight", "bearing_loss_weight")
+                          "direction_loss_weight", "bearing_loss_weight", "order_loss_weight")
 # The losses on the language model over memories built before the stage (its probes, its attention, its number head).
 BRIDGE_LOSS_WEIGHTS = (*LANGUAGE_PROBE_WEIGHTS, "copy_loss_weight", "number_loss_weight")
 # Memory sources that train some modules on one loss: (the modules train may name, the loss weight
@@ -106,6 +106,13 @@ class StageConfig:
     # was learnt from the answers alone; front/back (the hard quadrants) and the route's turns
     # were not (at chance after 900 steps): the answer needs an angle no other probe asks for.
     bearing_loss_weight: float = 0.0
+    # When each named category was first seen, at its names: a sixth probe at the last token of
+    # every name of a category the question names gives the rank of its first sighting among the
+    # objects seen (data.first_sighting_ranks, the scale of the object tokens' order channel). An
+    # appearance order compares four of these; with the order channel alone it stayed at chance
+    # (even its first object: the choice probe 22 % of four), as a comparison of positions did
+    # before the grounding probe fetched them to the names.
+    order_loss_weight: float = 0.0
     # The copy, in the language model's own attention: where the answer names an object category
     # the question names (pair, furthest, relative distance, each category of an appearance
     # order), the first head of decoder layer `copy_layer` (negative: from the last) at the
@@ -261,7 +268,7 @@ class TrainConfig:
                 raise TrainConfigError(f"stage {stage.name!r}: question_types names memory tasks, which generated "
                                        "scenes ask memory_questions_per_task of; set it > 0")
         if len({s.grounding_layer for s in self.stages if s.probes_language_model}) > 1:
-            raise TrainConfigError("the stages that train the grounding, gather, choice, direction or bearing probe "
+            raise TrainConfigError("the stages that train the grounding, gather, choice, direction, bearing or order probe "
                                    "read different grounding_layer values; there is one probe of each: give them "
                                    "the same layer")
         from ..model.vlm2 import VLM2Config

@@ -48,6 +48,7 @@ class TrainingEpisode:
     path: str                   # the episode directory (every frame, for streamed memories)
     asked_at: int               # frame index the questions are asked at
     stream_key: str             # which frames a streamed memory holds: the episode's content and asked_at
+    category_ranks: dict[str, float]   # first_sighting_ranks at asked_at
 
 
 def clip_indices(asked_at: int, clip_frames: int) -> np.ndarray:
@@ -108,6 +109,21 @@ def oracle_memory(scene: Scene, visibility: dict[int, tuple[int, int, int]], ask
     return object_tokens(boxes, len(SEMANTIC_CLASSES), tokens, dim, scale_m, order_channel)
 
 
+def first_sighting_ranks(scene: Scene, visibility: dict[int, tuple[int, int, int]], asked_at: int) -> dict[str, float]:
+    """Each category seen by frame `asked_at`: the rank of its first sighting (its earliest object's)
+    among the seen objects' distinct first sightings, 0 the earliest to 1 the latest, the scale of
+    the object tokens' order channel (model.object_memory.appearance_ranks). An appearance order
+    sorts the categories it names by these."""
+    first = {o.id: visibility[o.id][0] for o in scene.objects if o.id in visibility and visibility[o.id][0] <= asked_at}
+    times = sorted(set(first.values()))
+    rank = {t: i / max(1, len(times) - 1) for i, t in enumerate(times)}
+    earliest: dict[str, int] = {}
+    for o in scene.objects:
+        if o.id in first:
+            earliest[o.category] = min(earliest.get(o.category, first[o.id]), first[o.id])
+    return {category: rank[t] for category, t in earliest.items()}
+
+
 def question_fields(scene: Scene, questions: list[dict]) -> tuple[list[str], list[str], list[str], list, list]:
     """A sample's question fields from question records (AskedQuestions): the prompts as the model
     reads them, the ground truths as answer text, the question types, each one's named objects and
@@ -124,6 +140,7 @@ class AskedQuestions(Protocol):
     tasks: list[str]
     named_objects: list[list[tuple[str, tuple[float, float, float]]]]
     directions: list[str | None]
+    category_ranks: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -137,6 +154,7 @@ class GeneratedSample:
     tasks: list[str]
     named_objects: list[list[tuple[str, tuple[float, float, float]]]]
     directions: list[str | None]
+    category_ranks: dict[str, float]    # first_sighting_ranks once every object is seen
 
 
 def generated_scene_seed(run_seed: int, step: int, index: int) -> int:
@@ -161,7 +179,8 @@ def generated_oracle_sample(scene_seed: int, questions_per_task: int, memory_que
                                   seed=scene_seed).generate(questions_per_task, memory_questions_per_task,
                                                             question_types)
     memory = oracle_memory(scene, visibility, len(order), tokens, dim, scale_m, order_channel)
-    return GeneratedSample(scene_seed, memory, *question_fields(scene, questions))
+    return GeneratedSample(scene_seed, memory, *question_fields(scene, questions),
+                           first_sighting_ranks(scene, visibility, len(order)))
 
 
 def load_training_episode(path: Path, clip_frames: int, image_size: tuple[int, int],
@@ -196,7 +215,8 @@ def load_training_episode(path: Path, clip_frames: int, image_size: tuple[int, i
             input_pixel_rays(episode.intrinsics, image_size),
             torch.from_numpy(episode.stamps_ns[idx].astype(np.int64)), torch.from_numpy(idx.astype(np.int64)),
             *question_fields(episode.scene, questions),
-            str(path), asked_at, f"{digest}@{asked_at}"))
+            str(path), asked_at, f"{digest}@{asked_at}", first_sighting_ranks(episode.scene, episode.visibility(),
+                                                                               asked_at)))
     return samples
 
 

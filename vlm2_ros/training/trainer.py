@@ -69,10 +69,10 @@ METRICS = ("loss_depth", "loss_category", "loss_position", "loss_point", "loss_o
            "loss_answer", "loss_grounding", "category_accuracy", "position_error_m", "point_error_m",
            "grounding_error_m", "loss_gather", "gather_error_m", "loss_choice", "choice_accuracy",
            "loss_direction", "direction_accuracy", "loss_bearing", "bearing_error_deg", "loss_copy",
-           "copy_attention", "loss_number", "number_accuracy")
+           "copy_attention", "loss_number", "number_accuracy", "loss_order", "order_error")
 # training-only heads, each with its stage loss weight; every one after "category" came later, and
 # a run saved before one of them starts it fresh
-PROBES = ("category", "position", "point", "grounding", "gather", "choice", "direction", "bearing")
+PROBES = ("category", "position", "point", "grounding", "gather", "choice", "direction", "bearing", "order")
 GATHERED_OBJECTS = 5        # the gather probe's slots: a relative-distance question names five objects
 BEARINGS = 2                # the bearing probe's angles: a route turns twice, a relative direction is one
 BEARING_TASKS = (*DIRECTION_CLASSES, "route_planning")     # the questions the bearing probe reads
@@ -385,6 +385,7 @@ class Trainer:
                                                                      GATHERED_OBJECTS),
                                            "direction": torch.nn.Linear(self.model.bridge.hidden_size, len(COMPASS)),
                                            "bearing": torch.nn.Linear(self.model.bridge.hidden_size, 2 * BEARINGS),
+                                           "order": torch.nn.Linear(self.model.bridge.hidden_size, 1),
                                            }).to(config.device)
         if self._probe_state is not None:   # a run from before a later probe starts that one fresh
             resumed = resume and has_state
@@ -900,8 +901,8 @@ class Trainer:
                            questions: int) -> tuple[torch.Tensor, dict[str, float]]:
         """The samples' questions (TrainingEpisode or GeneratedSample) in one teacher-forced batch
         over their memories [1,M,C] each (streamed or oracle, the stage's memory), plus the loss of
-        each language probe (grounding, gather, choice, direction, bearing) the stage gives a weight."""
-        tokens, prompts, answers, named, tasks, directions = [], [], [], [], [], []
+        each language probe (grounding, gather, choice, direction, bearing, order) the stage gives a weight."""
+        tokens, prompts, answers, named, tasks, directions, ranks = [], [], [], [], [], [], []
         for memory, sample in zip(memories, samples):
             asked = pick_questions(sample.tasks, questions, self.rng, stage.balance_tasks, stage.question_types)
             tokens.append(memory)
@@ -910,6 +911,7 @@ class Trainer:
             named += [sample.named_objects[i] for i in asked]
             tasks += [sample.tasks[i] for i in asked]
             directions += [sample.directions[i] for i in asked]
+            ranks += [sample.category_ranks] * len(asked)
         result = self.model.bridge.answer_pass(torch.cat(tokens), prompts, answers,
                                                stage.grounding_layer if stage.probes_language_model else None,
                                                stage.copy_layer if stage.copy_loss_weight > 0 else None)
@@ -931,6 +933,8 @@ class Trainer:
                           lambda: self.direction_loss(result.hidden, flat_prompts, directions)),
             "bearing": (stage.bearing_loss_weight, "bearing_error_deg",
                         lambda: self.bearing_loss(result.hidden, flat_prompts, tasks, named)),
+            "order": (stage.order_loss_weight, "order_error",
+                      lambda: self.order_loss(result.hidden, flat_prompts, ranks)),
             "copy": (stage.copy_loss_weight, "copy_attention",
                      lambda: self.copy_loss(result.attention, result.row_start, flat_prompts, flat_answers)),
             "number": (stage.number_loss_weight, "number_accuracy",
@@ -1082,6 +1086,27 @@ class Trainer:
         error = torch.atan2(p[:, 0] * t[:, 1] - p[:, 1] * t[:, 0], (p * t).sum(dim=-1)).abs()
         return loss, torch.rad2deg(error)
 
+    def order_loss(self, hidden: torch.Tensor, prompts: list[str],
+                   ranks: list[dict[str, float]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Squared error (mean over names) of the order probe at the last token of every name of a
+        category the question names (hidden [Q,L,d], the questions' rows) against the rank of the
+        category's first sighting (ranks: per question, data.first_sighting_ranks); and each
+        name's absolute error in rank [N] (N = 0 when no question names a category seen)."""
+        rows, columns, targets = [], [], []
+        for row, (prompt, by_category) in enumerate(zip(prompts, ranks)):
+            for category, rank in by_category.items():
+                if category not in prompt:      # spares tokenizing the prompt for every category seen
+                    continue
+                for column in self.model.bridge.phrase_positions(prompt, category):
+                    rows.append(row)
+                    columns.append(column)
+                    targets.append(rank)
+        if not rows:
+            return hidden.sum() * 0.0, hidden.new_zeros(0)
+        predicted = self.probes["order"](hidden[rows, columns])[:, 0]                    # [N]
+        target = torch.tensor(targets, device=hidden.device, dtype=predicted.dtype)      # [N]
+        return (predicted - target).square().mean(), (predicted.detach() - target).abs()
+
     def classifier_loss(self, probe: str, hidden: torch.Tensor, prompts: list[str], rows: list[int],
                         classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy of a classifying language probe at the last prompt token of the questions
@@ -1185,6 +1210,7 @@ def plot_curves(log_path: Path, png: Path) -> None:
               ("choice_accuracy", "choice probe at the answer: accuracy"),
               ("direction_accuracy", "direction probe at the answer: accuracy"),
               ("bearing_error_deg", "bearing probe at the answer: error (degrees)"),
+              ("order_error", "order probe at named categories: rank error"),
               ("copy_attention", "copy head: attention on the answer's name"),
               ("number_accuracy", "number head: relative accuracy (MRA) of its median"))
     fig, axes = plt.subplots(3, 5, figsize=(25, 11.4))
