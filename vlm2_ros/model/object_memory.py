@@ -70,9 +70,14 @@ def appearance_ranks(boxes: list[ObjectBox]) -> list[float]:
     """Each box's rank among the objects' distinct first sightings, 0 (the earliest) to 1 (the
     latest); objects first seen in one frame share a rank; the room's box 0. Ranks, not frame
     indices: they stay in [0, 1] however long the robot has run."""
-    times = sorted({b.first_seen for b in boxes if b.semantic_class != ROOM_CLASS})
-    rank = {t: i / max(1, len(times) - 1) for i, t in enumerate(times)}
+    rank = sighting_ranks(b.first_seen for b in boxes if b.semantic_class != ROOM_CLASS)
     return [0.0 if b.semantic_class == ROOM_CLASS else rank[b.first_seen] for b in boxes]
+
+
+def sighting_ranks(frames) -> dict[int, float]:
+    """Each distinct first-sighting frame's rank, 0 (the earliest) to 1 (the latest)."""
+    times = sorted(set(frames))
+    return {t: i / max(1, len(times) - 1) for i, t in enumerate(times)}
 
 
 def perceive_objects(shares: torch.Tensor, points: torch.Tensor, frame_index: torch.Tensor,

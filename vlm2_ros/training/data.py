@@ -16,7 +16,7 @@ from tqdm import tqdm
 from ..camera import world_points
 from ..evaluation.data import episode_dirs
 from ..evaluation.predictors import format_prompt
-from ..model.object_memory import ObjectBox, object_tokens
+from ..model.object_memory import ObjectBox, object_tokens, sighting_ranks
 from ..model.vlm2 import input_pixel_rays
 from ..sim.episode import EpisodeDir
 from ..sim.questions import Balancer, QuestionGenerator, generate_questions
@@ -115,8 +115,7 @@ def first_sighting_ranks(scene: Scene, visibility: dict[int, tuple[int, int, int
     the object tokens' order channel (model.object_memory.appearance_ranks). An appearance order
     sorts the categories it names by these."""
     first = {o.id: visibility[o.id][0] for o in scene.objects if o.id in visibility and visibility[o.id][0] <= asked_at}
-    times = sorted(set(first.values()))
-    rank = {t: i / max(1, len(times) - 1) for i, t in enumerate(times)}
+    rank = sighting_ranks(first.values())
     earliest: dict[str, int] = {}
     for o in scene.objects:
         if o.id in first:

@@ -1001,13 +1001,7 @@ class Trainer:
         grounding probe's world centre at the last token of every name of a named object (hidden
         [Q,L,d], the questions' rows) against the object's centre; and each name's error in metres
         [N] (N = 0 when no question names an object alone in its category; the loss is then 0)."""
-        rows, columns, centres = [], [], []
-        for row, (prompt, objects) in enumerate(zip(prompts, named)):
-            for category, centre in objects:
-                for column in self.model.bridge.phrase_positions(prompt, category):
-                    rows.append(row)
-                    columns.append(column)
-                    centres.append(centre)
+        rows, columns, centres = self.at_names(prompts, named)
         if not rows:
             return hidden.sum() * 0.0, hidden.new_zeros(0)
         scale = self.model.config.fusion.position_scale_m
@@ -1092,20 +1086,27 @@ class Trainer:
         category the question names (hidden [Q,L,d], the questions' rows) against the rank of the
         category's first sighting (ranks: per question, data.first_sighting_ranks); and each
         name's absolute error in rank [N] (N = 0 when no question names a category seen)."""
-        rows, columns, targets = [], [], []
-        for row, (prompt, by_category) in enumerate(zip(prompts, ranks)):
-            for category, rank in by_category.items():
-                if category not in prompt:      # spares tokenizing the prompt for every category seen
-                    continue
-                for column in self.model.bridge.phrase_positions(prompt, category):
-                    rows.append(row)
-                    columns.append(column)
-                    targets.append(rank)
+        rows, columns, targets = self.at_names(prompts, [r.items() for r in ranks])
         if not rows:
             return hidden.sum() * 0.0, hidden.new_zeros(0)
         predicted = self.probes["order"](hidden[rows, columns])[:, 0]                    # [N]
         target = torch.tensor(targets, device=hidden.device, dtype=predicted.dtype)      # [N]
         return (predicted - target).square().mean(), (predicted.detach() - target).abs()
+
+    def at_names(self, prompts: list[str], values) -> tuple[list[int], list[int], list]:
+        """Where a probe reads each question's names: for every (category, value) of values[row],
+        the row, the column of the last token of each name of the category in prompts[row], and
+        the value there."""
+        rows, columns, targets = [], [], []
+        for row, (prompt, by_category) in enumerate(zip(prompts, values)):
+            for category, value in by_category:
+                if category not in prompt:      # spares tokenizing the prompt for a category it does not name
+                    continue
+                for column in self.model.bridge.phrase_positions(prompt, category):
+                    rows.append(row)
+                    columns.append(column)
+                    targets.append(value)
+        return rows, columns, targets
 
     def classifier_loss(self, probe: str, hidden: torch.Tensor, prompts: list[str], rows: list[int],
                         classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
