@@ -21,6 +21,7 @@ def test_soak_ci_variant(tmp_path):
     assert {"queries_sent", "queries_answered_or_clean_error", "node_crashes", "rss_max_mb", "rss_growth_mb"} <= set(r)
     assert r["node_crashes"] == 0 and r["node_exit_code"] == 0, r
     assert r["frames_received"] > 0 and r["frames_ingested"] > 0, r
+    assert r["frames_published"] >= r["frames_received"], r   # the camera process counted to the end
     assert r["frames_unaccounted"] == 0, r          # every frame received is ingested or counted as dropped
     assert r["queries_sent"] > 0 and r["queries_answered_or_clean_error"] == r["queries_sent"], r
     assert r["queries_no_response"] == 0 and r["queries_internal_error"] == 0, r

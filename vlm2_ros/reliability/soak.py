@@ -38,6 +38,7 @@ QUESTIONS = (
 # Error codes that are a clean, documented outcome under load (INTERNAL_ERROR is a bug).
 CLEAN_ERRORS = {"EMPTY_QUESTION", "QUESTION_TOO_LONG", "INVALID_REQUEST", "NOT_READY", "MEMORY_EMPTY",
                 "TIMEOUT", "BUSY", "CANCELED"}
+STALL_LOG_LINES = 120          # of the node's log when its queue does not drain: the stacks SIGUSR1 dumps
 NO_RESPONSE = "NO_RESPONSE"      # the call itself failed: no answer and no error code came back
 
 
@@ -65,9 +66,13 @@ def publish_cameras(domain_id: int, cameras: int, rate_hz: float, width: int, he
     from ..camera import CameraIntrinsics
     from ..ros.node_client import CameraPublisher
 
+    from rclpy.signals import SignalHandlerOptions
+
+    # rclpy's own SIGTERM handler would shut the context down under a publish in progress (which
+    # then raises, and the count is lost); the loop stops at its next tick instead.
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    rclpy.init(domain_id=domain_id)
+    rclpy.init(domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node("soak_cameras")
     published = 0
     try:
@@ -190,6 +195,13 @@ def longest_ingest_stall_s(curve: list[tuple[float, int, int, int]]) -> float:
     return longest
 
 
+def _log_tail(path: Path, lines: int) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"(no node log: {exc})"
+
+
 def _status_fields(status) -> dict:
     names = ("frames_received", "frames_ingested", "frames_dropped", "frames_dropped_queue_full",
              "frames_dropped_rate_limit", "frames_dropped_bad_image", "frames_dropped_rejected", "queue_depth",
@@ -208,6 +220,7 @@ def run_soak(config: SoakConfig, workdir: Path, domain_id: int, progress: bool =
     rclpy.init(domain_id=domain_id)
     monitor = clients = cameras = None
     crashes, restarts_s, status_curve = 0, [], []
+    stall: dict = {}                    # evidence, only when the queue did not drain
     try:
         monitor = NodeClient(name="soak_monitor")
         node.start()
@@ -241,9 +254,11 @@ def run_soak(config: SoakConfig, workdir: Path, domain_id: int, progress: bool =
                 drain_s = time.monotonic() - drain_started
             except NodeClientError:        # stalled: have the node log every thread's stack
                 final, drain_s = monitor.latest_status(), -1.0
+                stall = {"status_age_s": monitor.status_age_s(), "monitor_spin_errors": list(monitor.spin_errors)}
                 if node.alive():
                     os.kill(node.pid, signal.SIGUSR1)
                     time.sleep(1.0)
+                stall["node_log_tail"] = _log_tail(node.log_path, STALL_LOG_LINES)
         run_s = time.monotonic() - started
         crashed_at_end = not node.alive()
         crashes += crashed_at_end
@@ -280,7 +295,7 @@ def run_soak(config: SoakConfig, workdir: Path, domain_id: int, progress: bool =
         "frames_not_delivered": published - status["frames_received"],
         "ingest_rate_hz": status["frames_ingested"] / run_s,
         "ingest_longest_stall_s": longest_ingest_stall_s(status_curve),
-        "queue_drain_s": drain_s,           # -1: not drained 60 s after the cameras stopped (stacks in the node log)
+        "queue_drain_s": drain_s,           # -1: not drained 60 s after the cameras stopped (see stall_*)
         "queries_sent": len(records),
         "queries_ok": outcomes["OK"],
         "queries_answered_or_clean_error": sum(n for code, n in outcomes.items() if code == "OK" or code in CLEAN_ERRORS),
@@ -306,6 +321,7 @@ def run_soak(config: SoakConfig, workdir: Path, domain_id: int, progress: bool =
         "rss_growth_mb": (samples[-1][1] - warm[0]) if warm else float("nan"),
         "rss_slope_mb_per_min": slope,
         "node_cpu_percent_mean": statistics.fmean(cpu for _, _, cpu in samples) if samples else float("nan"),
+        **{f"stall_{name}": value for name, value in stall.items()},
     }
     curves = {"rss": [(t, mb) for t, mb, _ in samples], "queries": records, "status": status_curve,
               "warmup_s": warm_at}

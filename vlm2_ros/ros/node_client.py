@@ -108,7 +108,9 @@ class NodeClient:
         self._ask = ActionClient(self.node, Ask, f"{base}/ask")
         self._lock = threading.Lock()
         self.statuses: list[MemoryStatus] = []
+        self._status_received_at: float | None = None    # time.monotonic() of the latest status
         self.answers: list[str] = []
+        self.spin_errors: list[str] = []                  # what the spinner survived (see _spin)
         self.node.create_subscription(MemoryStatus, f"{base}/memory_status", self._on_status, 10)
         self.node.create_subscription(String, f"{base}/answers", self._on_answer, 50)
         self._executor = SingleThreadedExecutor()
@@ -131,8 +133,18 @@ class NodeClient:
             rclpy.try_shutdown()
 
     def _spin(self) -> None:
+        # rclpy's executors can raise from a wait set that races another thread destroying
+        # entities (InvalidHandle, ros2/rclpy#1355). A spinner that died would freeze this
+        # client without a word (statuses stop, calls time out): keep spinning, keep the error.
         while not self._stop.is_set():
-            self._executor.spin_once(timeout_sec=0.05)
+            try:
+                self._executor.spin_once(timeout_sec=0.05)
+            except Exception as exc:  # noqa: BLE001 - any error: the spinner must outlive it
+                with self._lock:
+                    self.spin_errors.append(repr(exc))
+                    del self.spin_errors[:-20]
+                print(f"{self.node.get_name()}: spin_once raised {exc!r}; still spinning", file=sys.stderr)
+                self._stop.wait(0.05)
 
     def close(self) -> None:
         self._stop.set()
@@ -144,6 +156,7 @@ class NodeClient:
         with self._lock:
             self.statuses.append(msg)
             del self.statuses[:-100]
+            self._status_received_at = time.monotonic()
 
     def _on_answer(self, msg: String) -> None:
         with self._lock:
@@ -162,6 +175,13 @@ class NodeClient:
     def latest_status(self) -> MemoryStatus | None:
         with self._lock:
             return self.statuses[-1] if self.statuses else None
+
+    def status_age_s(self) -> float | None:
+        """Seconds since the latest status message arrived (None: none yet). A node publishes
+        every status_period_s, so an age well past that means it, or this client, has stalled."""
+        with self._lock:
+            received_at = self._status_received_at
+        return None if received_at is None else time.monotonic() - received_at
 
     def wait_for_status(self, condition, timeout_s: float = 30.0) -> MemoryStatus:
         """The first status message (from now on, or the latest one) for which condition(status) holds."""
