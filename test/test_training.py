@@ -733,8 +733,11 @@ def test_the_recipe_configs_are_valid():
     recipe = Path(__file__).resolve().parent.parent / "config" / "train_tiny.yaml"
     config = load_train_config(recipe)
     assert [s.name for s in config.stages] == ["geometry", "perception", "compare1", "compare2", "directions",
-                                               "perceived_directions", "all_types", "perceived_all", "perceived_vsi"]
-    assert VLM2Config(**config.model).object_readout.enabled    # its model changes make a valid config
+                                               "perceived_directions", "all_types", "perceived_all", "perceived_vsi",
+                                               "compare4", "all_types_order", "perceived_order"]
+    readout = VLM2Config(**config.model).object_readout          # its model changes make a valid config
+    assert readout.enabled and readout.order_channel
+    assert config.stages[-1].order_loss_weight > 0 and config.stages[-1].memory == "perceived"
     # its oracle stages are the first of the oracle curriculum's
     oracle = load_train_config(recipe.with_name("train_tiny_oracle.yaml"))
     assert config.stages[2:5] == oracle.stages[:3]
