@@ -62,11 +62,10 @@ def publish_cameras(domain_id: int, cameras: int, rate_hz: float, width: int, he
     """Camera process body: `cameras` rgb8 streams at rate_hz (plus camera info) until SIGTERM;
     returns how many images it published. Ticks that fall behind are skipped, not bunched."""
     import rclpy
+    from rclpy.signals import SignalHandlerOptions
 
     from ..camera import CameraIntrinsics
     from ..ros.node_client import CameraPublisher
-
-    from rclpy.signals import SignalHandlerOptions
 
     # rclpy's own SIGTERM handler would shut the context down under a publish in progress (which
     # then raises, and the count is lost); the loop stops at its next tick instead.
@@ -195,13 +194,6 @@ def longest_ingest_stall_s(curve: list[tuple[float, int, int, int]]) -> float:
     return longest
 
 
-def _log_tail(path: Path, lines: int) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError as exc:
-        return f"(no node log: {exc})"
-
-
 def _status_fields(status) -> dict:
     names = ("frames_received", "frames_ingested", "frames_dropped", "frames_dropped_queue_full",
              "frames_dropped_rate_limit", "frames_dropped_bad_image", "frames_dropped_rejected", "queue_depth",
@@ -258,7 +250,7 @@ def run_soak(config: SoakConfig, workdir: Path, domain_id: int, progress: bool =
                 if node.alive():
                     os.kill(node.pid, signal.SIGUSR1)
                     time.sleep(1.0)
-                stall["node_log_tail"] = _log_tail(node.log_path, STALL_LOG_LINES)
+                stall["node_log_tail"] = "\n".join(node.log().splitlines()[-STALL_LOG_LINES:])
         run_s = time.monotonic() - started
         crashed_at_end = not node.alive()
         crashes += crashed_at_end
