@@ -734,7 +734,7 @@ def test_the_recipe_configs_are_valid():
     config = load_train_config(recipe)
     assert [s.name for s in config.stages] == ["geometry", "perception", "compare1", "compare2", "directions",
                                                "perceived_directions", "all_types", "perceived_all", "perceived_vsi",
-                                               "compare4", "all_types_order", "perceived_order"]
+                                               "compare4", "all_types_order", "route_back", "perceived_order"]
     readout = VLM2Config(**config.model).object_readout          # its model changes make a valid config
     assert readout.enabled and readout.order_channel
     assert config.stages[-1].order_loss_weight > 0 and config.stages[-1].memory == "perceived"
