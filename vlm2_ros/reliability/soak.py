@@ -239,14 +239,23 @@ def run_soak(config: SoakConfig, workdir: Path, domain_id: int, progress: bool =
             published = cameras.stop()
             clients.stop()
             # every frame received is ingested or dropped, and counted, once the queue drains
-            drain_started = time.monotonic()
+            drain_started, drain_curve = time.monotonic(), []
+
+            def drained(s) -> bool:
+                point = (round(time.monotonic() - drain_started, 2), s.frames_received, s.frames_ingested,
+                         s.frames_dropped, s.queue_depth, round(s.mean_ingest_ms, 1))
+                if not drain_curve or drain_curve[-1][1:] != point[1:]:
+                    drain_curve.append(point)       # each change: frames still arriving, or the worker crawling
+                return s.queue_depth == 0 and s.frames_received == s.frames_ingested + s.frames_dropped
+
             try:
-                final = monitor.wait_for_status(lambda s: s.queue_depth == 0 and s.frames_received ==
-                                                s.frames_ingested + s.frames_dropped, timeout_s=60)
+                final = monitor.wait_for_status(drained, timeout_s=60)
                 drain_s = time.monotonic() - drain_started
             except NodeClientError:        # stalled: have the node log every thread's stack
                 final, drain_s = monitor.latest_status(), -1.0
-                stall = {"status_age_s": monitor.status_age_s(), "monitor_spin_errors": list(monitor.spin_errors)}
+                stall = {"status_age_s": monitor.status_age_s(), "monitor_spin_errors": list(monitor.spin_errors),
+                         # (s after the cameras stopped, received, ingested, dropped, queue depth, mean ingest ms)
+                         "drain_curve": drain_curve[-40:]}
                 if node.alive():
                     os.kill(node.pid, signal.SIGUSR1)
                     time.sleep(1.0)
