@@ -37,7 +37,7 @@ from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.signals import SignalHandlerOptions
@@ -51,6 +51,7 @@ from vlm2_ros.camera import CameraIntrinsics
 from vlm2_ros.engine.engine import IngestError, SpatialMemoryEngine
 from vlm2_ros.engine.snapshot import INDEX_NAME, SnapshotError
 from vlm2_ros.ros import queries
+from vlm2_ros.ros.executor import PoolExecutor
 from vlm2_ros.ros.image_conversion import (LINK_TO_OPTICAL, camera_info_distortion,
                                            camera_info_to_intrinsics, compressed_to_rgb, image_to_rgb,
                                            ns_to_stamp, pose_to_matrix, stamp_to_ns)
@@ -754,7 +755,7 @@ def main(args: list[str] | None = None) -> int:
         rclpy.try_shutdown()
         return 2
     code = 0
-    executor = MultiThreadedExecutor(num_threads=node.executor_threads)
+    executor = PoolExecutor(num_threads=node.executor_threads)
     executor.add_node(node)
     try:
         if node.get_parameter("autostart").value and not node.start():
