@@ -44,14 +44,13 @@ class PoolExecutor(Executor):
         except (ExternalShutdownException, ShutdownException, TimeoutException, ConditionReachedException):
             return
         with self._lock:
-            taken = self._queued.get(task)
-            if taken is None:
-                taken = self._queued[task] = threading.Event()
+            queued = self._queued.get(task)
+            if queued is None:
+                self._queued[task] = taken = threading.Event()
                 self._pool.submit(self._run, task, taken)
                 self._submitted.append(task)
-                taken = None
-        if taken is not None:
-            taken.wait(QUEUED_WAIT_S)
+        if queued is not None:      # yielded again before a pool thread took it: let one take it
+            queued.wait(QUEUED_WAIT_S)
             return
         running = []
         for submitted in self._submitted:
