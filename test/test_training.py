@@ -1171,6 +1171,17 @@ def test_perceived_stage_reads_the_object_readouts_objects_out_of_streamed_memor
     assert torch.allclose(again.memories("perceived")[0], expected, atol=1e-5)
     first, _ = fit(again, again.config.stages[0], steps=1)
     assert first["loss_answer"] > 0
+    # --perception-noise: those boxes against the truth at the question, as a generated stage's noise
+    from vlm2_ros.sim.episode import EpisodeDir
+    from vlm2_ros.training.data import oracle_boxes
+    from vlm2_ros.training.perception_noise import PerceptionNoise, measure_perception_noise
+    episode = EpisodeDir(sample.path)
+    noise = again.perception_noise()
+    assert noise["samples"] == 1 and noise["readout"]["min_share"] == 0.2
+    truth = oracle_boxes(episode.scene, episode.visibility(), sample.asked_at)
+    assert {k: v for k, v in noise.items() if k not in ("samples", "readout")} == measure_perception_noise(
+        [(boxes, truth, sample.asked_at)])
+    PerceptionNoise(**{k: v for k, v in noise.items() if k not in ("samples", "readout", "objects")})
     # the object readout's grouping groups the same readings otherwise (nothing streamed again)
     settings["model"] = {"object_readout": {"enabled": True, "min_share": 0.2, "grouping": "peaks"}}
     peaks = write_config(tmp_path / "peaks.yaml", init_probes={"category": "perception"}, **settings)

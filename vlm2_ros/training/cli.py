@@ -1,7 +1,7 @@
 """`vlm2 train --config FILE [--resume]`: train a preset on a data set (see training/config.py).
-`--memory-reliance`, `--room-size-probe` and `--position-probe` train nothing: they measure a finished
-run (does its language model read its memory; does its memory hold the room's extent; does it hold
-where each object is)."""
+`--memory-reliance`, `--room-size-probe`, `--position-probe` and `--perception-noise` train nothing:
+they measure a finished run (does its language model read its memory; does its memory hold the
+room's extent; does it hold where each object is; how its perceived boxes differ from the truth)."""
 from __future__ import annotations
 
 import argparse
@@ -28,6 +28,11 @@ def register(subparsers) -> None:
                                "probes, at the entry grid and the readout grid (mean pool, and the model's "
                                "own); with the depth error of the geometry windows; writes "
                                "position_probe.json in the run directory")
+    diagnose.add_argument("--perception-noise", action="store_true",
+                          help="do not train: how the run's perceived boxes (its object readout on the "
+                               "config's episodes' streamed memories) differ from the truth, as the fields "
+                               "of a generated stage's perception_noise; writes perception_noise.json in "
+                               "the run directory")
     p.set_defaults(func=train_command)
 
 
@@ -42,8 +47,10 @@ def train_command(args: argparse.Namespace) -> int:
     if not Path(config.data).is_dir():
         raise SystemExit(f"vlm2 train: data directory {config.data} does not exist; write one with "
                          f"`vlm2 sim dataset --seed 1 --episodes 40 --frames 300 --out {config.data}`")
-    if args.memory_reliance is not None or args.room_size_probe or args.position_probe is not None:
-        return diagnose_command(config, args.memory_reliance, args.room_size_probe, args.position_probe)
+    if (args.memory_reliance is not None or args.room_size_probe or args.position_probe is not None
+            or args.perception_noise):
+        return diagnose_command(config, args.memory_reliance, args.room_size_probe, args.position_probe,
+                                args.perception_noise)
     try:
         checkpoint = Trainer(config, resume=args.resume).run()
     except (FileExistsError, TrainConfigError) as e:
@@ -54,7 +61,7 @@ def train_command(args: argparse.Namespace) -> int:
 
 
 def diagnose_command(config, reliance_samples: int | None, room_size_probe: bool,
-                     position_episodes: int | None = None) -> int:
+                     position_episodes: int | None = None, perception_noise: bool = False) -> int:
     from ..atomic_io import write_json_atomic
     from .config import TrainConfigError
     from .trainer import STATE_JSON, Trainer
@@ -92,6 +99,14 @@ def diagnose_command(config, reliance_samples: int | None, room_size_probe: bool
                   f"seen; {objects['located']} of {objects['objects']} single objects have a box of their category, "
                   f"median error {meters(objects['median_error_m'])} m; room floor area "
                   f"x{objects['median_room_area_ratio']:.2f} of the true (median)")
+        return 0
+    if perception_noise:
+        try:
+            result = trainer.perception_noise()
+        except ValueError as e:            # TrainConfigError too: no category probe to read the memory with
+            raise SystemExit(f"vlm2 train: {e}") from None
+        write_json_atomic(Path(config.out) / "perception_noise.json", result)
+        print(json.dumps(result, indent=2))
         return 0
     if room_size_probe:
         try:

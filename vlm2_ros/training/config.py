@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from ..sim.questions import MEMORY_TASKS, TASKS
+from .perception_noise import PerceptionNoise
 
 MODULES = ("geometry", "semantic", "depth_refinement", "fusion", "memory", "readout", "object_readout", "bridge")
 MEMORY_SOURCES = ("clip", "stream", "window", "oracle", "perceived")
@@ -159,6 +160,10 @@ class StageConfig:
     # comparison the language model cannot learn from 200 scenes may need thousands, and an oracle
     # memory costs nothing to make.
     scenes: str = "data"
+    # A "generated" stage's boxes made as wrong as a perception's (training.perception_noise
+    # PerceptionNoise fields: objects missed, split, placed off, ...; `vlm2 train --perception-noise`
+    # measures them for a run's perception). Empty: the oracle's perfect boxes.
+    perception_noise: PerceptionNoise | dict = field(default_factory=dict)
 
     @property
     def probes_language_model(self) -> bool:
@@ -167,6 +172,18 @@ class StageConfig:
 
     def __post_init__(self) -> None:
         check_modules(self.train, f"stage {self.name!r}")
+        if not isinstance(self.perception_noise, (dict, PerceptionNoise)):
+            raise TrainConfigError(f"stage {self.name!r}: perception_noise maps PerceptionNoise fields to values, "
+                                   f"got {self.perception_noise!r}")
+        if isinstance(self.perception_noise, dict):
+            try:
+                self.perception_noise = _make(PerceptionNoise, self.perception_noise,
+                                              f"stage {self.name!r} perception_noise")
+            except ValueError as e:         # a value out of range
+                raise TrainConfigError(f"stage {self.name!r}: {e}") from None
+        if self.perception_noise.enabled and self.scenes != "generated":
+            raise TrainConfigError(f"stage {self.name!r}: perception_noise changes generated scenes' oracle boxes: "
+                                   "set scenes: generated")
         if self.steps < 1 or self.lr <= 0 or self.warmup_steps < 0:
             raise TrainConfigError(f"stage {self.name!r}: steps must be >= 1, lr > 0, warmup_steps >= 0")
         weights = {name: getattr(self, name) for name in LOSS_WEIGHTS}

@@ -21,6 +21,7 @@ from ..model.vlm2 import input_pixel_rays
 from ..sim.episode import EpisodeDir
 from ..sim.questions import Balancer, QuestionGenerator, generate_questions
 from ..sim.scene import SEMANTIC_CLASSES, Scene, generate_scene, semantic_classes
+from .perception_noise import PerceptionNoise
 
 # `vlm2 sim dataset` gives its episodes seeds below this (sim.cli.episode_seed), so a scene generated
 # for training from a seed at or above it is in no data set, held-out ones included.
@@ -97,16 +98,22 @@ def oracle_memory(scene: Scene, visibility: dict[int, tuple[int, int, int]], ask
     [1,tokens,dim] in model.object_memory's layout, the room's box first, then each object seen up
     to that frame (`visibility`: id -> (first seen, ...)), in the order first seen (and with
     `order_channel` each one's rank in it: object_tokens)."""
+    boxes = oracle_boxes(scene, visibility, asked_at)
+    if len(boxes) > tokens:
+        raise ValueError(f"scene {scene.name}: {len(boxes) - 1} objects seen by frame {asked_at}, more than the "
+                         f"{tokens - 1} tokens an oracle memory has for them")
+    return object_tokens(boxes, len(SEMANTIC_CLASSES), tokens, dim, scale_m, order_channel)
+
+
+def oracle_boxes(scene: Scene, visibility: dict[int, tuple[int, int, int]], asked_at: int) -> list[ObjectBox]:
+    """The truth at frame `asked_at` as object_memory boxes: the room's, then each object seen by
+    then (`visibility`: id -> (first seen, ...)) in the order first seen."""
     seen = sorted((visibility[o.id][0], o.id, o) for o in scene.objects
                   if o.id in visibility and visibility[o.id][0] <= asked_at)
-    if 1 + len(seen) > tokens:
-        raise ValueError(f"scene {scene.name}: {len(seen)} objects seen by frame {asked_at}, more than the "
-                         f"{tokens - 1} tokens an oracle memory has for them")
     room = scene.room
     boxes = [ObjectBox(0, (room.width / 2, room.depth / 2, room.height / 2), (room.width, room.depth, room.height))]
-    boxes += [ObjectBox(SEMANTIC_CLASSES.index(o.category), tuple(o.center), tuple(o.size), first_seen)
-              for first_seen, _, o in seen]
-    return object_tokens(boxes, len(SEMANTIC_CLASSES), tokens, dim, scale_m, order_channel)
+    return boxes + [ObjectBox(SEMANTIC_CLASSES.index(o.category), tuple(o.center), tuple(o.size), first_seen)
+                    for first_seen, _, o in seen]
 
 
 def first_sighting_ranks(scene: Scene, visibility: dict[int, tuple[int, int, int]], asked_at: int) -> dict[str, float]:
@@ -165,11 +172,12 @@ def generated_scene_seed(run_seed: int, step: int, index: int) -> int:
 
 def generated_oracle_sample(scene_seed: int, questions_per_task: int, memory_questions_per_task: int,
                             question_types: list[str], tokens: int, dim: int, scale_m: float,
-                            order_channel: bool = False) -> GeneratedSample:
+                            order_channel: bool = False, noise: PerceptionNoise | None = None) -> GeneratedSample:
     """A new scene from `scene_seed` with its oracle memory and questions (only `question_types`
     if given). No camera walks it: every object counts as seen, one a frame in a random order, and
     the questions are asked after the last (the data sets' episodes see 89-97 % of their objects by
-    the question), so the memory holds every object and appearance order is the order of its tokens."""
+    the question), so the memory holds every object and appearance order is the order of its tokens;
+    with `noise`, its boxes are made as wrong as a perception's (PerceptionNoise)."""
     scene = generate_scene(scene_seed)
     order = np.random.default_rng([scene_seed, 0x0DE]).permutation([o.id for o in scene.objects])
     visibility = {int(object_id): (frame, frame, 1) for frame, object_id in enumerate(order)}
@@ -177,7 +185,11 @@ def generated_oracle_sample(scene_seed: int, questions_per_task: int, memory_que
     questions = QuestionGenerator(scene, visibility, stamps_ns, episode_id=f"generated_{scene_seed}",
                                   seed=scene_seed).generate(questions_per_task, memory_questions_per_task,
                                                             question_types)
-    memory = oracle_memory(scene, visibility, len(order), tokens, dim, scale_m, order_channel)
+    boxes = oracle_boxes(scene, visibility, len(order))
+    if noise is not None and noise.enabled:
+        # the questions and the probes' targets stay the truth: only what the memory says is perceived
+        boxes = noise.apply(boxes, len(order), np.random.default_rng([scene_seed, 0x9015E]))[:tokens]
+    memory = object_tokens(boxes, len(SEMANTIC_CLASSES), tokens, dim, scale_m, order_channel)
     return GeneratedSample(scene_seed, memory, *question_fields(scene, questions),
                            first_sighting_ranks(scene, visibility, len(order)))
 

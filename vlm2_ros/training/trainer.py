@@ -55,7 +55,8 @@ from ..sim.questions import COMPASS, DIRECTION_CLASSES, LETTERS, MEMORY_TASKS, r
 from ..sim.scene import CATEGORIES, SEMANTIC_CLASSES
 from .config import BRIDGE_SOURCES, MODULES, StageConfig, TrainConfig, TrainConfigError
 from .data import (AskedQuestions, GeneratedSample, TrainingEpisode, generated_oracle_sample, generated_scene_seed,
-                   load_frames, load_training_set, load_world_points, oracle_memory)
+                   load_frames, load_training_set, load_world_points, oracle_boxes, oracle_memory)
+from .perception_noise import measure_perception_noise
 
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
 STREAMED_MEMORIES = "streamed_memories.safetensors"
@@ -449,26 +450,43 @@ class Trainer:
         """The room and the objects token_readings show, grouped as the model's object readout groups them."""
         return self.model.object_readout.boxes(readings)
 
+    def perceived_readings(self) -> list[torch.Tensor]:
+        """Every sample's token_readings [E*N, K+4] of its streamed memory by the run's category
+        probe (cached in the run directory)."""
+        if "category" not in self.trained_probes():
+            raise TrainConfigError("perceived memories are read by the category probe; this run has not "
+                                   "trained it (train it, or take it with init_probes)")
+        digest = hashlib.sha256(memory_digest(self.model).encode())
+        hash_tensors(digest, {name: t for name, t in self.probes.state_dict().items()
+                              if name.split(".")[0] == "category"})
+
+        def read(engine: SpatialMemoryEngine, sample: TrainingEpisode) -> torch.Tensor:
+            stream_episode(engine, EpisodeDir(sample.path), sample.asked_at)
+            with torch.no_grad():
+                return self.token_readings(engine.stream.memory).cpu()
+
+        return self.streamed(STREAMED_READINGS, digest.hexdigest(), read)
+
     def perceived_memories(self) -> list[torch.Tensor]:
         """Every sample's memory in the oracle's form (model.object_memory), from its streamed
         memory: the run's category probe reads what each token shows, the token's carried point
         places it ("perceived" stages)."""
         if self._perceived is None:
-            if "category" not in self.trained_probes():
-                raise TrainConfigError("perceived memories are read by the category probe; this run has not "
-                                       "trained it (train it, or take it with init_probes)")
-            digest = hashlib.sha256(memory_digest(self.model).encode())
-            hash_tensors(digest, {name: t for name, t in self.probes.state_dict().items()
-                                  if name.split(".")[0] == "category"})
-
-            def read(engine: SpatialMemoryEngine, sample: TrainingEpisode) -> torch.Tensor:
-                stream_episode(engine, EpisodeDir(sample.path), sample.asked_at)
-                with torch.no_grad():
-                    return self.token_readings(engine.stream.memory).cpu()
-
             self._perceived = [self.model.object_readout.memory_tokens(self.perceived_boxes(readings))
-                               for readings in self.streamed(STREAMED_READINGS, digest.hexdigest(), read)]
+                               for readings in self.perceived_readings()]
         return self._perceived
+
+    def perception_noise(self) -> dict:
+        """How the run's perceived boxes differ from the truth on its data set's samples, as
+        PerceptionNoise's fields (perception_noise.measure_perception_noise), for a generated
+        stage's `perception_noise`."""
+        pairs = []
+        for sample, readings in zip(self.data, self.perceived_readings()):
+            episode = self._episodes.setdefault(sample.path, EpisodeDir(sample.path))
+            pairs.append((self.perceived_boxes(readings), oracle_boxes(episode.scene, episode.visibility(),
+                                                                       sample.asked_at), sample.asked_at))
+        return {"samples": len(pairs), "readout": dataclasses.asdict(self.model.config.object_readout),
+                **measure_perception_noise(pairs)}
 
     def oracle_memories(self) -> list[torch.Tensor]:
         """Every sample's oracle memory (data.oracle_memory)."""
@@ -891,7 +909,7 @@ class Trainer:
             sample = generated_oracle_sample(
                 generated_scene_seed(c.seed, self.global_step, index), c.questions_per_task,
                 c.memory_questions_per_task, stage.question_types, self.model.readout_tokens, model.bridge.memory_dim,
-                model.fusion.position_scale_m, model.object_readout.order_channel)
+                model.fusion.position_scale_m, model.object_readout.order_channel, stage.perception_noise)
             index += 1
             if sample.prompts:
                 samples.append(sample)
