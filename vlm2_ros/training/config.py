@@ -172,14 +172,13 @@ class StageConfig:
 
     def __post_init__(self) -> None:
         check_modules(self.train, f"stage {self.name!r}")
-        if not isinstance(self.perception_noise, (dict, PerceptionNoise)):
-            raise TrainConfigError(f"stage {self.name!r}: perception_noise maps PerceptionNoise fields to values, "
-                                   f"got {self.perception_noise!r}")
-        if isinstance(self.perception_noise, dict):
-            try:
+        if not isinstance(self.perception_noise, PerceptionNoise):
+            try:                            # _make names a value that is not a mapping, or an unknown key
                 self.perception_noise = _make(PerceptionNoise, self.perception_noise,
                                               f"stage {self.name!r} perception_noise")
-            except ValueError as e:         # a value out of range
+            except TrainConfigError:
+                raise
+            except ValueError as e:         # a value out of range (PerceptionNoise's own check)
                 raise TrainConfigError(f"stage {self.name!r}: {e}") from None
         if self.perception_noise.enabled and self.scenes != "generated":
             raise TrainConfigError(f"stage {self.name!r}: perception_noise changes generated scenes' oracle boxes: "

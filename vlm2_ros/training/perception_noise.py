@@ -22,6 +22,7 @@ from ..sim.scene import SEMANTIC_CLASSES
 
 MATCH_RADIUS_M = 1.5        # a perceived box of an object's class this close (floor plane) is a box of it
 ON_TIME = 0.02              # first seen within this share of the asking frame of the truth: on time
+FALSE_NEAR_M = 1.0          # a box of nothing this close (floor plane) to a true object lies on it
 
 
 @dataclass
@@ -117,7 +118,8 @@ def measure_perception_noise(pairs: list[tuple[list[ObjectBox], list[ObjectBox],
                 lateness.append((b.first_seen - obj.first_seen) / max(asked_at, 1))
         others = [b for i, b in enumerate(perceived[1:]) if i not in matched]
         false += len(others)
-        near += sum(any(np.hypot(b.centre[0] - o.centre[0], b.centre[1] - o.centre[1]) <= 1.0 for o in truth[1:])
+        near += sum(any(np.hypot(b.centre[0] - o.centre[0], b.centre[1] - o.centre[1]) <= FALSE_NEAR_M
+                            for o in truth[1:])
                     for b in others)
         total += len(truth) - 1
     if not total:
