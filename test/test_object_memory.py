@@ -97,3 +97,16 @@ def test_the_order_channel_holds_each_objects_rank_by_first_sighting():
     assert one[0, :, order].tolist() == [0.0, 0.0]
     with pytest.raises(ValueError, match=f"needs {CLASSES + 7} channels"):
         object_tokens(boxes, CLASSES, tokens=6, dim=CLASSES + 6, scale_m=2.0, order_channel=True)
+
+
+def test_per_class_settings_find_a_small_object_and_keep_a_large_one_whole():
+    """A lamp never fills half a patch; a bed's tokens spread over 2.4 m. One threshold and radius
+    miss the lamp or split the bed; a value per class (room, chair, lamp, bed) does neither."""
+    lamp = tokens_showing(2, 0.2, [[1.0, 1.0, 1.2], [1.1, 1.0, 1.3]], frame=2)
+    bed = tokens_showing(3, 0.9, [[4.0, 2.0, 0.4], [5.2, 2.0, 0.4], [6.4, 2.0, 0.4]], frame=5)
+    one_value = perceive(lamp, bed, min_share=0.3, merge_radius_m=1.0)[1:]
+    assert [o.semantic_class for o in one_value] == [3, 3, 3]
+    per_class = perceive(lamp, bed, min_share=[0.5, 0.5, 0.15, 0.5], merge_radius_m=[1.0, 1.0, 1.0, 3.0])[1:]
+    assert [(o.semantic_class, o.first_seen) for o in per_class] == [(2, 2), (3, 5)]
+    with pytest.raises(ValueError, match="one per class"):
+        perceive(lamp, bed, min_share=[0.5, 0.5])

@@ -116,3 +116,26 @@ def test_its_weights_survive_a_checkpoint_and_leave_the_memory_digest_alone(tmp_
     assert memory_digest(plain) == memory_digest(model)
     torch.nn.init.zeros_(model.object_readout.category.weight)
     assert memory_digest(plain) == memory_digest(model)
+
+
+def test_per_class_readout_settings_fall_back_to_the_one_value_and_name_known_classes():
+    config = ObjectReadoutConfig(enabled=True, min_share=0.3, merge_radius_m=2.0, class_min_share={"lamp": 0.1},
+                                 class_merge_radius_m={"bed": 3.0})
+    shares, radii = config.per_class("min_share"), config.per_class("merge_radius_m")
+    assert shares[config.classes.index("lamp")] == 0.1 and shares[config.classes.index("bed")] == 0.3
+    assert radii[config.classes.index("bed")] == 3.0 and radii[config.classes.index("lamp")] == 2.0
+    with pytest.raises(ValueError, match="class_min_share"):
+        ObjectReadoutConfig(enabled=True, class_min_share={"unicorn": 0.2})
+    with pytest.raises(ValueError, match="merge_radius_m"):
+        ObjectReadoutConfig(enabled=True, class_merge_radius_m={"bed": 0.0})
+
+
+def test_a_checkpoint_runs_with_other_readout_settings_but_not_other_weights(tmp_path):
+    from vlm2_ros.model.checkpoint import CheckpointError, MemoryOverrides
+
+    save_checkpoint(object_model(), tmp_path / "ckpt")
+    model, _ = load_checkpoint(tmp_path / "ckpt", MemoryOverrides(readout={"class_min_share": {"lamp": 0.1}}))
+    assert model.object_readout.config.class_min_share == {"lamp": 0.1}
+    assert model.config.object_readout.min_share == READOUT["min_share"]
+    with pytest.raises(CheckpointError, match="not run-time choices"):
+        load_checkpoint(tmp_path / "ckpt", MemoryOverrides(readout={"enabled": False}))

@@ -118,6 +118,7 @@ def test_balanced_picks_take_every_task_in_turn():
     ({"pose_probability": 2.0}, "pose_probability"),
     ({"model": {"readout_grd": [3, 4]}}, "unknown model config fields"),
     ({"model": {"readout_pool": "objectness"}, "init_checkpoint": "ckpt"}, "from its initialisation"),
+    ({"model": {"object_readout": {"enabled": False}}, "init_checkpoint": "ckpt"}, "only object_readout's"),
     ({"stages": [{"name": "x", "steps": 1, "train": ["semantic"], "objectness_loss_weight": 1.0}]},
      "add readout to train"),
     ({"stages": [{"name": "x", "steps": 1, "train": ["bridge"], "grounding_loss_weight": 1.0}]},
@@ -1182,6 +1183,22 @@ def test_perceived_stage_reads_the_object_readouts_objects_out_of_streamed_memor
     assert {k: v for k, v in noise.items() if k not in ("samples", "readout")} == measure_perception_noise(
         [(boxes, truth, sample.asked_at)])
     PerceptionNoise(**{k: v for k, v in noise.items() if k not in ("samples", "readout", "objects")})
+    # --fit-readout: each class's readout settings against the same truth; a run from the weights takes them
+    measured = again.fit_readout()
+    assert measured["samples"] == 1 and set(measured["classes"]) == set(SEMANTIC_CLASSES[1:])
+    monkeypatch.undo()                                           # the command streams every sample
+    assert main(["train", "--config", str(config), "--fit-readout"]) == 0
+    assert set(json.loads((tmp_path / "run" / "readout_fit.json").read_text())["classes"]) == set(SEMANTIC_CLASSES[1:])
+    refit = Trainer(load_train_config(write_config(tmp_path / "refit.yaml", init_checkpoint="readout/checkpoint",
+                                                   model={"object_readout": measured["object_readout"]}, **chained)),
+                    progress=False)
+    refit.data = refit.data[:1]
+    fitted = refit.model.config.object_readout
+    assert fitted.class_min_share == measured["object_readout"]["class_min_share"]
+    expected = object_tokens(perceive_objects(shares, points, frames, fitted.per_class("min_share"),
+                                              fitted.per_class("merge_radius_m")), classes, 160,
+                             trainer.model.config.bridge.memory_dim, trainer.model.config.fusion.position_scale_m)
+    assert torch.allclose(refit.memories("perceived")[0], expected, atol=1e-5)
     # the object readout's grouping groups the same readings otherwise (nothing streamed again)
     settings["model"] = {"object_readout": {"enabled": True, "min_share": 0.2, "grouping": "peaks"}}
     peaks = write_config(tmp_path / "peaks.yaml", init_probes={"category": "perception"}, **settings)

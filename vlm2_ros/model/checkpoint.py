@@ -22,6 +22,7 @@ from ..atomic_io import atomic_directory, read_versioned_json, sha256_file
 from .geometry_encoder import GeometryEncoder
 from .hf_backbone import BackboneLoader
 from .language_bridge import LanguageBridge
+from .object_memory import READOUT_SETTINGS
 from .presets import PRESETS, preset_config
 from .semantic_encoder import SemanticEncoder
 from .vlm2 import VLM2Config, VLM2Model
@@ -115,15 +116,23 @@ def read_checkpoint_config(directory: str | Path) -> tuple[VLM2Config, dict]:
 @dataclasses.dataclass(frozen=True)
 class MemoryOverrides:
     """Run-time choices that no weight depends on: the memory ablation, the window and memory
-    sizes (L_g, L_w, L_e) and the episodic replacement rule. None keeps the checkpoint's (or
-    preset's) value."""
+    sizes (L_g, L_w, L_e), the episodic replacement rule and how the object readout makes boxes
+    of its category head's shares (READOUT_SETTINGS). None keeps the checkpoint's (or preset's)
+    value."""
     mode: str | None = None
     working_size: int | None = None
     episodic_size: int | None = None
     geometry_window: int | None = None
     episodic_replacement: str | None = None
+    readout: dict | None = None             # {ObjectReadoutConfig field in READOUT_SETTINGS: value}
 
     def apply(self, config: VLM2Config) -> VLM2Config:
+        if self.readout:
+            weighted = sorted(set(self.readout) - set(READOUT_SETTINGS))
+            if weighted:
+                raise ValueError(f"object_readout fields {weighted} are not run-time choices; those are "
+                                 f"{READOUT_SETTINGS}")
+            config = config.with_changes({"object_readout": self.readout})
         memory = config.memory
         if self.working_size is not None:
             memory = dataclasses.replace(memory, working=dataclasses.replace(memory.working, capacity=self.working_size))

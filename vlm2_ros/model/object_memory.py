@@ -16,7 +16,8 @@ patch tokens. Its cost is fixed by the memory's capacity, like the pooled readou
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -34,6 +35,8 @@ GROUPINGS = ("greedy", "peaks")
 PEAK_SIGMA_M = 0.3              # "peaks": the density's Gaussian kernel on the floor plane
 PEAK_MIN_RATIO = 0.1            # ... a peak's class density over every token's density there, at least
 PEAK_MIN_SUPPORT = 1.0          # ... and its class density (kernel-weighted shares), at least
+# ObjectReadoutConfig fields that no weight depends on: a checkpoint runs with others (MemoryOverrides)
+READOUT_SETTINGS = ("min_share", "merge_radius_m", "class_min_share", "class_merge_radius_m", "grouping")
 
 
 @dataclass(frozen=True)
@@ -81,14 +84,16 @@ def sighting_ranks(frames) -> dict[int, float]:
 
 
 def perceive_objects(shares: torch.Tensor, points: torch.Tensor, frame_index: torch.Tensor,
-                     min_share: float = 0.5, merge_radius_m: float = 1.0, max_boxes: int | None = None,
-                     room_quantile: float = 0.02, grouping: str = "greedy") -> list[ObjectBox]:
+                     min_share: float | Sequence[float] = 0.5, merge_radius_m: float | Sequence[float] = 1.0,
+                     max_boxes: int | None = None, room_quantile: float = 0.02,
+                     grouping: str = "greedy") -> list[ObjectBox]:
     """The room's box and the objects a memory's tokens show, as ObjectBoxes in the oracle's order.
 
     shares [M,K]: each token's share of each semantic class (ROOM_CLASS the room); points [M,3]:
     its world point in metres; frame_index [M]: the frame of the memory entry it is in.
-    A token shows class k > 0 when its share of k is at least `min_share`. `grouping` (GROUPINGS)
-    makes objects of those tokens:
+    A token shows class k > 0 when its share of k is at least `min_share` (one value, or one per
+    class: a small object rarely fills most of a patch, a large one often does). `grouping`
+    (GROUPINGS) makes objects of those tokens, `merge_radius_m` (one value, or one per class) apart:
     - "greedy": per class, tokens are taken from the most certain down and each joins the nearest
       group of its class whose centre (share-weighted mean point) is within `merge_radius_m` on the
       floor plane, else starts one: one group, one object.
@@ -112,32 +117,49 @@ def perceive_objects(shares: torch.Tensor, points: torch.Tensor, frame_index: to
     if not (shares.ndim == 2 and points.shape == (len(shares), 3) and frames.shape == (len(shares),)):
         raise ValueError(f"shares [M,K], points [M,3] and frame_index [M] must agree, got {shares.shape}, "
                          f"{points.shape} and {frames.shape}")
-    room_points = points[shares[:, ROOM_CLASS] >= min_share]
+    min_shares, merge_radii = per_class(min_share, shares.shape[1]), per_class(merge_radius_m, shares.shape[1])
+    room_points = points[shares[:, ROOM_CLASS] >= min_shares[ROOM_CLASS]]
     if len(room_points) == 0:
         room_points = points
     low, high = np.quantile(room_points, [room_quantile, 1 - room_quantile], axis=0)
     room = ObjectBox(ROOM_CLASS, tuple(float(v) for v in (low + high) / 2), tuple(float(v) for v in high - low),
                      support=float(len(room_points)), token=int(np.argmax(shares[:, ROOM_CLASS])))
-    objects = []
-    for k in range(shares.shape[1]):
-        if k == ROOM_CLASS:
-            continue
-        tokens = np.flatnonzero(shares[:, k] >= min_share)
-        if grouping == "greedy":
-            groups = greedy_groups(shares[tokens, k], points[tokens], merge_radius_m)
-        else:
-            groups = peak_groups(shares[:, k], points, tokens, merge_radius_m)
-        for group in (tokens[g] for g in groups):
-            weight = shares[group, k]
-            centre = (weight[:, None] * points[group]).sum(0) / weight.sum()
-            spread = np.sqrt((weight[:, None] * (points[group] - centre) ** 2).sum(0) / weight.sum())
-            objects.append(ObjectBox(k, tuple(float(v) for v in centre),
-                                     tuple(float(v) for v in np.maximum(2 * spread, MIN_EXTENT_M)),
-                                     first_seen=int(frames[group].min()), support=float(weight.sum()),
-                                     token=int(group[np.argmax(weight)])))
+    objects = [box for k in range(shares.shape[1]) if k != ROOM_CLASS
+               for box in class_objects(k, shares[:, k], points, frames, min_shares[k], merge_radii[k], grouping)]
     if max_boxes is not None and len(objects) > max_boxes - 1:
         objects = sorted(objects, key=lambda o: -o.support)[:max_boxes - 1]
     return [room, *sorted(objects, key=lambda o: (o.first_seen, o.semantic_class))]
+
+
+def per_class(value: float | Sequence[float], num_classes: int) -> np.ndarray:
+    """One setting per class [K] from one value or one per class."""
+    values = np.asarray(value, dtype=np.float64)
+    if values.ndim == 0:
+        return np.full(num_classes, float(values))
+    if values.shape != (num_classes,):
+        raise ValueError(f"expected one value or one per class ({num_classes}), got {values.shape}")
+    return values
+
+
+def class_objects(k: int, share: np.ndarray, points: np.ndarray, frames: np.ndarray, min_share: float,
+                  merge_radius_m: float, grouping: str) -> list[ObjectBox]:
+    """The objects of class k that the tokens showing it make (perceive_objects): share [M] of k,
+    points [M,3], frames [M]."""
+    tokens = np.flatnonzero(share >= min_share)
+    if grouping == "greedy":
+        groups = greedy_groups(share[tokens], points[tokens], merge_radius_m)
+    else:
+        groups = peak_groups(share, points, tokens, merge_radius_m)
+    objects = []
+    for group in (tokens[g] for g in groups):
+        weight = share[group]
+        centre = (weight[:, None] * points[group]).sum(0) / weight.sum()
+        spread = np.sqrt((weight[:, None] * (points[group] - centre) ** 2).sum(0) / weight.sum())
+        objects.append(ObjectBox(k, tuple(float(v) for v in centre),
+                                 tuple(float(v) for v in np.maximum(2 * spread, MIN_EXTENT_M)),
+                                 first_seen=int(frames[group].min()), support=float(weight.sum()),
+                                 token=int(group[np.argmax(weight)])))
+    return objects
 
 
 def greedy_groups(share: np.ndarray, points: np.ndarray, merge_radius_m: float) -> list[np.ndarray]:
@@ -196,6 +218,9 @@ class ObjectReadoutConfig:
     classes: tuple[str, ...] = SEMANTIC_CLASSES   # what the category head tells apart; classes[0] is the room shell
     min_share: float = 0.5              # perceive_objects: a token shows a class from this share on
     merge_radius_m: float = 1.0         # ... and joins an object of its class this close on the floor plane
+    # ... per class, over the two above: {class: value} (vlm2 train --fit-readout measures them)
+    class_min_share: dict[str, float] = field(default_factory=dict)
+    class_merge_radius_m: dict[str, float] = field(default_factory=dict)
     grouping: str = "greedy"            # ... GROUPINGS
     order_channel: bool = False         # each object token also holds its rank by first sighting (object_tokens)
 
@@ -203,11 +228,21 @@ class ObjectReadoutConfig:
         self.classes = tuple(self.classes)
         if len(self.classes) < 2:
             raise ValueError(f"object_readout.classes needs the room and at least one category, got {self.classes}")
-        if not 0 < self.min_share <= 1 or self.merge_radius_m <= 0:
-            raise ValueError("object_readout.min_share must be in (0, 1] and merge_radius_m > 0, got "
-                             f"{self.min_share} and {self.merge_radius_m}")
+        for name, value, per in (("min_share", self.min_share, self.class_min_share),
+                                 ("merge_radius_m", self.merge_radius_m, self.class_merge_radius_m)):
+            if not isinstance(per, dict) or set(per) - set(self.classes):
+                raise ValueError(f"object_readout.class_{name} maps classes of {self.classes} to values, got {per!r}")
+            for value in (value, *per.values()):
+                if not (0 < value <= 1 if name == "min_share" else value > 0):
+                    raise ValueError(f"object_readout.{name} must be "
+                                     f"{'in (0, 1]' if name == 'min_share' else '> 0'}, got {value}")
         if self.grouping not in GROUPINGS:
             raise ValueError(f"object_readout.grouping must be one of {GROUPINGS}, got {self.grouping!r}")
+
+    def per_class(self, name: str) -> tuple[float, ...]:
+        """"min_share" or "merge_radius_m" for each of the classes."""
+        default, per = getattr(self, name), getattr(self, f"class_{name}")
+        return tuple(float(per.get(c, default)) for c in self.classes)
 
 
 def token_readings(category: nn.Linear, memory: MemoryState) -> torch.Tensor:
@@ -238,8 +273,9 @@ class ObjectReadout(nn.Module):
     def boxes(self, readings: torch.Tensor) -> list[ObjectBox]:
         """The room and the objects token_readings [M,K+4] show (perceive_objects, this config)."""
         k, c = len(self.config.classes), self.config
-        return perceive_objects(readings[:, :k], readings[:, k:k + 3], readings[:, k + 3].round().long(), c.min_share,
-                                c.merge_radius_m, self.tokens, grouping=c.grouping)
+        return perceive_objects(readings[:, :k], readings[:, k:k + 3], readings[:, k + 3].round().long(),
+                                c.per_class("min_share"), c.per_class("merge_radius_m"), self.tokens,
+                                grouping=c.grouping)
 
     def memory_tokens(self, boxes: list[ObjectBox]) -> torch.Tensor:
         """boxes as the language model reads them: [1,tokens,bridge_dim] (object_tokens), on the head's device."""

@@ -1,7 +1,8 @@
 """`vlm2 train --config FILE [--resume]`: train a preset on a data set (see training/config.py).
-`--memory-reliance`, `--room-size-probe`, `--position-probe` and `--perception-noise` train nothing:
-they measure a finished run (does its language model read its memory; does its memory hold the
-room's extent; does it hold where each object is; how its perceived boxes differ from the truth)."""
+`--memory-reliance`, `--room-size-probe`, `--position-probe`, `--perception-noise` and `--fit-readout`
+train nothing: they measure a finished run (does its language model read its memory; does its
+memory hold the room's extent; does it hold where each object is; how its perceived boxes differ
+from the truth; which readout settings per class find its objects best)."""
 from __future__ import annotations
 
 import argparse
@@ -33,6 +34,11 @@ def register(subparsers) -> None:
                                "config's episodes' streamed memories) differ from the truth, as the fields "
                                "of a generated stage's perception_noise; writes perception_noise.json in "
                                "the run directory")
+    diagnose.add_argument("--fit-readout", action="store_true",
+                          help="do not train: fit each class's object readout min_share and merge_radius_m "
+                               "to the truth on the config's episodes' streamed memories (best F1 of boxes "
+                               "against objects); writes readout_fit.json in the run directory, and prints "
+                               "the model config to run with them")
     p.set_defaults(func=train_command)
 
 
@@ -48,9 +54,9 @@ def train_command(args: argparse.Namespace) -> int:
         raise SystemExit(f"vlm2 train: data directory {config.data} does not exist; write one with "
                          f"`vlm2 sim dataset --seed 1 --episodes 40 --frames 300 --out {config.data}`")
     if (args.memory_reliance is not None or args.room_size_probe or args.position_probe is not None
-            or args.perception_noise):
+            or args.perception_noise or args.fit_readout):
         return diagnose_command(config, args.memory_reliance, args.room_size_probe, args.position_probe,
-                                args.perception_noise)
+                                args.perception_noise, args.fit_readout)
     try:
         checkpoint = Trainer(config, resume=args.resume).run()
     except (FileExistsError, TrainConfigError) as e:
@@ -61,7 +67,8 @@ def train_command(args: argparse.Namespace) -> int:
 
 
 def diagnose_command(config, reliance_samples: int | None, room_size_probe: bool,
-                     position_episodes: int | None = None, perception_noise: bool = False) -> int:
+                     position_episodes: int | None = None, perception_noise: bool = False,
+                     fit_readout: bool = False) -> int:
     from ..atomic_io import write_json_atomic
     from .config import TrainConfigError
     from .trainer import STATE_JSON, Trainer
@@ -76,11 +83,7 @@ def diagnose_command(config, reliance_samples: int | None, room_size_probe: bool
                          "no trained weights (init_modules, init_checkpoint)")
     trainer = Trainer(config, resume=True)
     if position_episodes is not None:
-        try:
-            result = trainer.position_probe(position_episodes)
-        except ValueError as e:
-            raise SystemExit(f"vlm2 train: {e}") from None
-        write_json_atomic(Path(config.out) / "position_probe.json", result)
+        result = measure(lambda: trainer.position_probe(position_episodes), Path(config.out) / "position_probe.json")
         print(f"{result['episodes']} episodes, {result['reader']} probe; depth error of the geometry windows "
               f"(mean |log d - log d*|): {result['depth_error']:.3f} as the fusion places pixels "
               f"({result['decoder_depth_error']:.3f} the decoder's); median floor-plane error of the patch "
@@ -101,20 +104,20 @@ def diagnose_command(config, reliance_samples: int | None, room_size_probe: bool
                   f"x{objects['median_room_area_ratio']:.2f} of the true (median)")
         return 0
     if perception_noise:
-        try:
-            result = trainer.perception_noise()
-        except ValueError as e:            # TrainConfigError too: no category probe to read the memory with
-            raise SystemExit(f"vlm2 train: {e}") from None
-        write_json_atomic(Path(config.out) / "perception_noise.json", result)
-        print(json.dumps(result, indent=2))
+        print(json.dumps(measure(trainer.perception_noise, Path(config.out) / "perception_noise.json"), indent=2))
+        return 0
+    if fit_readout:
+        result = measure(trainer.fit_readout, Path(config.out) / "readout_fit.json")
+        print("| class | min_share | merge radius (m) | objects | found | extra boxes | missed | F1 | F1 now |\n"
+              + "|---" * 9 + "|")
+        for name, row in result["classes"].items():
+            now = f"{row['current']['f1']:.2f}" if "current" in row else "-"
+            print(f"| {name} | {row['min_share']} | {row['merge_radius_m']} | {row['objects']} | {row['matched']} | "
+                  f"{row['extra']} | {row['missed']} | {row['f1']:.2f} | {now} |")
+        print("model config: " + json.dumps({"object_readout": result["object_readout"]}))
         return 0
     if room_size_probe:
-        try:
-            result = trainer.room_size_probe()
-        except ValueError as e:
-            raise SystemExit(f"vlm2 train: {e}") from None
-        write_json_atomic(Path(config.out) / "room_size_probe.json", result)
-        print(json.dumps(result, indent=2))
+        print(json.dumps(measure(trainer.room_size_probe, Path(config.out) / "room_size_probe.json"), indent=2))
         return 0
     try:
         rows = trainer.memory_reliance(reliance_samples)
@@ -135,3 +138,16 @@ def diagnose_command(config, reliance_samples: int | None, room_size_probe: bool
         print(f"| {task} | {row['questions']} | {row['own']:.3f} | {row['other']:.3f} | {accuracy} | {grounding} "
               f"| {choice} |")
     return 0
+
+
+def measure(measurement, path: Path) -> dict:
+    """measurement() written to `path`; its ValueError (a TrainConfigError too, e.g. no category probe
+    to read the memory with) as the command's error."""
+    from ..atomic_io import write_json_atomic
+
+    try:
+        result = measurement()
+    except ValueError as e:
+        raise SystemExit(f"vlm2 train: {e}") from None
+    write_json_atomic(path, result)
+    return result

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from ..model.object_memory import READOUT_SETTINGS
 from ..sim.questions import MEMORY_TASKS, TASKS
 from .perception_noise import PerceptionNoise
 
@@ -239,7 +240,9 @@ class TrainConfig:
     # trained (a "perceived" stage reads the memory with the category and point probes).
     init_probes: dict[str, str] = field(default_factory=dict)
     # Model config fields (VLM2Config) changed from the preset's, for a run from the preset's
-    # initialisation, e.g. {readout_pool: objectness}. The checkpoint records the result.
+    # initialisation, e.g. {readout_pool: objectness}. Beside init_checkpoint, only the object
+    # readout's run-time settings (object_memory.READOUT_SETTINGS), e.g. the per-class values
+    # `vlm2 train --fit-readout` prints. The checkpoint records the result.
     model: dict = field(default_factory=dict)
     clip_frames: int = 16                   # frames per episode the stream is unrolled over
     questions_per_episode: int = 4
@@ -301,12 +304,18 @@ class TrainConfig:
         if self.init_modules and self.init_checkpoint:
             raise TrainConfigError("init_checkpoint takes the whole model, init_modules some modules from "
                                    "checkpoints and the rest fresh: use one")
-        if self.model and self.init_checkpoint:
+        if self.model and self.init_checkpoint and not self.readout_settings_only():
             raise TrainConfigError("model changes the preset's config for a run from its initialisation; "
                                    "init_checkpoint's weights were trained with its own config (take some "
-                                   "of its modules with init_modules)")
+                                   "of its modules with init_modules); beside it, model may change only "
+                                   f"object_readout's {READOUT_SETTINGS}")
         if not 0 <= self.pose_probability <= 1:
             raise TrainConfigError(f"pose_probability must be in [0, 1], got {self.pose_probability}")
+
+    def readout_settings_only(self) -> bool:
+        """Does `model` change only the object readout's run-time settings?"""
+        readout = self.model.get("object_readout")
+        return set(self.model) == {"object_readout"} and isinstance(readout, dict) and set(readout) <= set(READOUT_SETTINGS)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -43,7 +43,7 @@ from ..engine.answer import expected_answer_kind, parse_number, question_option_
 from ..engine.engine import SpatialMemoryEngine
 from ..engine.number_decoding import relative_accuracy
 from ..evaluation.model_predictor import stream_episode
-from ..model.checkpoint import load_checkpoint, load_model, save_checkpoint
+from ..model.checkpoint import MemoryOverrides, load_checkpoint, load_model, save_checkpoint
 from ..model.dual_memory import MemoryState, memory_entries
 from ..model.fusion import pool_to_grid
 from ..model.language_bridge import NumberHead
@@ -57,6 +57,7 @@ from .config import BRIDGE_SOURCES, MODULES, StageConfig, TrainConfig, TrainConf
 from .data import (AskedQuestions, GeneratedSample, TrainingEpisode, generated_oracle_sample, generated_scene_seed,
                    load_frames, load_training_set, load_world_points, oracle_boxes, oracle_memory)
 from .perception_noise import measure_perception_noise
+from .readout_fit import fit_readout
 
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
 STREAMED_MEMORIES = "streamed_memories.safetensors"
@@ -340,9 +341,12 @@ class Trainer:
                     copy_modules(source, self.model, modules, checkpoint)
                     self.weights += f"+{','.join(modules)} from {source_weights}"
             else:
-                self.model, self.weights = load_model(config.preset, checkpoint_dir=config.init_checkpoint,
-                                                      seed=config.seed, use_shipped=False,
-                                                      config_changes=config.model)
+                # beside a checkpoint, model changes only the readout's run-time settings (TrainConfig)
+                from_checkpoint = config.init_checkpoint is not None
+                self.model, self.weights = load_model(
+                    config.preset, checkpoint_dir=config.init_checkpoint, seed=config.seed, use_shipped=False,
+                    overrides=MemoryOverrides(readout=config.model.get("object_readout")) if from_checkpoint else None,
+                    config_changes=None if from_checkpoint else config.model)
             if config.init_probes:
                 self._probe_state = run_probes(config.init_probes)
         layers = self.model.bridge.num_layers
@@ -480,13 +484,23 @@ class Trainer:
         """How the run's perceived boxes differ from the truth on its data set's samples, as
         PerceptionNoise's fields (perception_noise.measure_perception_noise), for a generated
         stage's `perception_noise`."""
-        pairs = []
-        for sample, readings in zip(self.data, self.perceived_readings()):
-            episode = self._episodes.setdefault(sample.path, EpisodeDir(sample.path))
-            pairs.append((self.perceived_boxes(readings), oracle_boxes(episode.scene, episode.visibility(),
-                                                                       sample.asked_at), sample.asked_at))
+        pairs = [(self.perceived_boxes(readings), truth, asked_at) for readings, truth, asked_at in self.read_truth()]
         return {"samples": len(pairs), "readout": dataclasses.asdict(self.model.config.object_readout),
                 **measure_perception_noise(pairs)}
+
+    def fit_readout(self) -> dict:
+        """Per-class object readout settings (readout_fit.fit_readout) fit on the run's data set's
+        samples' streamed memories, the run's readout scored beside them."""
+        c = self.model.config.object_readout
+        pairs = [(readings.numpy(), truth) for readings, truth, _ in self.read_truth()]
+        return {"samples": len(pairs), "readout": dataclasses.asdict(c),
+                **fit_readout(pairs, c.classes, c.grouping, (c.per_class("min_share"), c.per_class("merge_radius_m")))}
+
+    def read_truth(self):
+        """Each sample's (token readings, data.oracle_boxes at its asking frame, asking frame)."""
+        for sample, readings in zip(self.data, self.perceived_readings()):
+            episode = self._episodes.setdefault(sample.path, EpisodeDir(sample.path))
+            yield readings, oracle_boxes(episode.scene, episode.visibility(), sample.asked_at), sample.asked_at
 
     def oracle_memories(self) -> list[torch.Tensor]:
         """Every sample's oracle memory (data.oracle_memory)."""
