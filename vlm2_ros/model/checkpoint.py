@@ -22,7 +22,7 @@ from ..atomic_io import atomic_directory, read_versioned_json, sha256_file
 from .geometry_encoder import GeometryEncoder
 from .hf_backbone import BackboneLoader
 from .language_bridge import LanguageBridge
-from .object_memory import READOUT_SETTINGS
+from .object_memory import READOUT_SETTINGS, weighted_readout_fields
 from .presets import PRESETS, preset_config
 from .semantic_encoder import SemanticEncoder
 from .vlm2 import VLM2Config, VLM2Model
@@ -128,7 +128,7 @@ class MemoryOverrides:
 
     def apply(self, config: VLM2Config) -> VLM2Config:
         if self.readout:
-            weighted = sorted(set(self.readout) - set(READOUT_SETTINGS))
+            weighted = weighted_readout_fields(self.readout)
             if weighted:
                 raise ValueError(f"object_readout fields {weighted} are not run-time choices; those are "
                                  f"{READOUT_SETTINGS}")

@@ -39,6 +39,14 @@ PEAK_MIN_SUPPORT = 1.0          # ... and its class density (kernel-weighted sha
 READOUT_SETTINGS = ("min_share", "merge_radius_m", "class_min_share", "class_merge_radius_m", "grouping")
 
 
+def weighted_readout_fields(readout: object) -> list[str]:
+    """The fields of an object_readout change that are not READOUT_SETTINGS (all, if it is no mapping):
+    a checkpoint's weights were trained with its own values of those."""
+    if not isinstance(readout, dict):
+        return [repr(readout)]
+    return sorted(set(readout) - set(READOUT_SETTINGS))
+
+
 @dataclass(frozen=True)
 class ObjectBox:
     semantic_class: int                     # index into the semantic classes (ROOM_CLASS: the room)
@@ -228,14 +236,16 @@ class ObjectReadoutConfig:
         self.classes = tuple(self.classes)
         if len(self.classes) < 2:
             raise ValueError(f"object_readout.classes needs the room and at least one category, got {self.classes}")
-        for name, value, per in (("min_share", self.min_share, self.class_min_share),
-                                 ("merge_radius_m", self.merge_radius_m, self.class_merge_radius_m)):
+        for name in ("min_share", "merge_radius_m"):
+            per = getattr(self, f"class_{name}")
             if not isinstance(per, dict) or set(per) - set(self.classes):
                 raise ValueError(f"object_readout.class_{name} maps classes of {self.classes} to values, got {per!r}")
-            for value in (value, *per.values()):
-                if not (0 < value <= 1 if name == "min_share" else value > 0):
-                    raise ValueError(f"object_readout.{name} must be "
-                                     f"{'in (0, 1]' if name == 'min_share' else '> 0'}, got {value}")
+        for share in (self.min_share, *self.class_min_share.values()):
+            if not 0 < share <= 1:
+                raise ValueError(f"object_readout.min_share must be in (0, 1], got {share}")
+        for radius in (self.merge_radius_m, *self.class_merge_radius_m.values()):
+            if not radius > 0:
+                raise ValueError(f"object_readout.merge_radius_m must be > 0, got {radius}")
         if self.grouping not in GROUPINGS:
             raise ValueError(f"object_readout.grouping must be one of {GROUPINGS}, got {self.grouping!r}")
 

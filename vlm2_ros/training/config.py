@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from ..model.object_memory import READOUT_SETTINGS
+from ..model.object_memory import READOUT_SETTINGS, weighted_readout_fields
 from ..sim.questions import MEMORY_TASKS, TASKS
 from .perception_noise import PerceptionNoise
 
@@ -314,8 +314,7 @@ class TrainConfig:
 
     def readout_settings_only(self) -> bool:
         """Does `model` change only the object readout's run-time settings?"""
-        readout = self.model.get("object_readout")
-        return set(self.model) == {"object_readout"} and isinstance(readout, dict) and set(readout) <= set(READOUT_SETTINGS)
+        return set(self.model) == {"object_readout"} and not weighted_readout_fields(self.model["object_readout"])
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
