@@ -14,7 +14,7 @@ from vlm2_ros.model.object_memory import (ROOM_CLASS, ObjectReadoutConfig, objec
 from vlm2_ros.model.presets import preset_config
 from vlm2_ros.model.vlm2 import VLM2Config
 from vlm2_ros.sim.scene import SEMANTIC_CLASSES
-from vlm2_ros.training.trainer import memory_digest
+from vlm2_ros.evaluation.streaming import memory_digest
 
 READOUT = {"enabled": True, "min_share": 0.3, "merge_radius_m": 0.5}
 

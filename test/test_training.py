@@ -469,7 +469,7 @@ def test_stream_stage_memory_is_the_inference_memory_and_training_lowers_the_los
     again._streamed = None
     again.stream_memories()
     assert len(calls) == 2             # other weights: streamed again
-    from vlm2_ros.training.trainer import memory_digest
+    from vlm2_ros.evaluation.streaming import memory_digest
     digest = memory_digest(again.model)
     again.model.config.readout_grid = (3, 4)
     assert memory_digest(again.model) != digest      # so is another memory layout with the same weights

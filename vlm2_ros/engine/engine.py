@@ -375,6 +375,21 @@ class SpatialMemoryEngine:
 
     def save(self, directory: str | Path) -> Path:
         """Atomically write the memory (safetensors + JSON) into `directory`."""
+        tensors, metadata = self.memory_tensors()
+        return write_snapshot(directory, tensors, metadata)
+
+    def load(self, directory: str | Path) -> None:
+        """Replace the memory with a snapshot's. Everything is validated before anything is
+        replaced: on any error (SnapshotError) the current memory is untouched."""
+        tensors, meta = read_snapshot(directory)
+        _check_state_version(meta, str(directory))
+        if meta.get("fingerprint") != self.fingerprint():
+            raise SnapshotError(f"{directory}: snapshot was written by a different model or memory "
+                                f"configuration ({meta.get('fingerprint')} != {self.fingerprint()})")
+        self.restore_memory(tensors, meta, str(directory))
+
+    def memory_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """The memory as (tensors, JSON-able metadata): what a snapshot holds."""
         with self._state_lock:
             stream, last, rejected = self._stream, self._last_stamp_ns, self._frames_rejected
             ingest_seconds = self._ingest_seconds
@@ -388,24 +403,18 @@ class SpatialMemoryEngine:
                     "ingest_seconds": ingest_seconds,
                     "episodic_replacements": stream.memory.episodic.replacements,
                     "saved_unix_time": time.time()}
-        return write_snapshot(directory, tensors, metadata)
+        return tensors, metadata
 
-    def load(self, directory: str | Path) -> None:
-        """Replace the memory with a snapshot's. Everything is validated before anything is
-        replaced: on any error (SnapshotError) the current memory is untouched."""
-        tensors, meta = read_snapshot(directory)
-        if meta.get("engine_state_version") != ENGINE_STATE_VERSION:
-            raise SnapshotError(f"{directory}: engine state version {meta.get('engine_state_version')!r} "
-                                f"is not {ENGINE_STATE_VERSION}")
-        if meta.get("fingerprint") != self.fingerprint():
-            raise SnapshotError(f"{directory}: snapshot was written by a different model or memory "
-                                f"configuration ({meta.get('fingerprint')} != {self.fingerprint()})")
-        stream = self._stream_from_tensors(tensors, meta, str(directory))
+    def restore_memory(self, tensors: dict[str, torch.Tensor], meta: dict, source: str) -> None:
+        """Replace the memory with memory_tensors' output, after checking every tensor against this
+        model (not the fingerprint: the caller knows which weights wrote them; raises SnapshotError)."""
+        _check_state_version(meta, source)
+        stream = self._stream_from_tensors(tensors, meta, source)
         last_stamp_ns = meta.get("last_stamp_ns")
         rejected, seconds = meta.get("frames_rejected", 0), meta.get("ingest_seconds", 0.0)
         if not (last_stamp_ns is None and stream.frames == 0 or _is_count(last_stamp_ns)) \
                 or not _is_count(rejected) or not _is_finite_nonnegative(seconds):
-            raise SnapshotError(f"{directory}: invalid metadata: last_stamp_ns {last_stamp_ns!r}, "
+            raise SnapshotError(f"{source}: invalid metadata: last_stamp_ns {last_stamp_ns!r}, "
                                 f"frames_rejected {rejected!r}, ingest_seconds {seconds!r}")
         with self._ingest_lock, self._state_lock:
             self._stream = stream
@@ -471,6 +480,12 @@ class SpatialMemoryEngine:
 def number_text(decision: NumberDecision) -> str:
     """A decoded number as the answer's text: three significant digits, no exponent (159, 2.07, 1100)."""
     return f"{float(f'{decision.value:.3g}'):g}"
+
+
+def _check_state_version(meta: dict, source: str) -> None:
+    if meta.get("engine_state_version") != ENGINE_STATE_VERSION:
+        raise SnapshotError(f"{source}: engine state version {meta.get('engine_state_version')!r} "
+                            f"is not {ENGINE_STATE_VERSION}")
 
 
 def _is_count(value) -> bool:

@@ -25,6 +25,10 @@ def register(subparsers) -> None:
     p.add_argument("--number-samples", type=int, default=DEFAULT_NUMBER_SAMPLES,
                    help="--predictor model: answers drawn per number question (minimum Bayes risk, as "
                         "model.number_samples); 0: greedy")
+    p.add_argument("--stream-cache", type=Path, default=None,
+                   help="--predictor model: keep each streamed memory in this directory and read it back "
+                        "for any checkpoint with the same memory writers (a new language bridge or "
+                        "object readout is scored in minutes; other weights stream and keep their own)")
     p.add_argument("--seed", type=int, default=0, help="seed of the chance baseline")
     p.add_argument("--limit", type=int, default=None, help="score only the first N questions")
     p.add_argument("--json", type=Path, default=None,
@@ -44,6 +48,10 @@ def register(subparsers) -> None:
     p.add_argument("--preset", default="tiny")
     p.add_argument("--checkpoint-dir", default=None)
     p.add_argument("--out", type=Path, required=True, help="data sets, length.json, length.md, length.png")
+    p.add_argument("--stream-cache", type=Path, default=None,
+                   help="keep each streamed memory in this directory and read it back "
+                        "for any checkpoint with the same memory writers (a new language bridge or "
+                        "object readout is scored in minutes; other weights stream and keep their own)")
     p.set_defaults(func=eval_length_command)
 
 
@@ -58,7 +66,7 @@ def make_predictors(args: argparse.Namespace) -> list:
         else:
             from .model_predictor import ModelPredictor
             predictors += [ModelPredictor(args.preset, memory, args.device, checkpoint_dir=args.checkpoint_dir,
-                                          number_samples=args.number_samples)
+                                          number_samples=args.number_samples, stream_cache=args.stream_cache)
                            for memory in (args.memory or [None])]
     return predictors
 
@@ -80,8 +88,8 @@ def eval_command(args: argparse.Namespace) -> int:
         records = records[: args.limit]
     if not records:
         raise SystemExit(f"no questions found under {args.data}")
-    if args.memory and "model" not in args.predictor:
-        raise SystemExit("--memory applies to --predictor model")
+    if (args.memory or args.stream_cache) and "model" not in args.predictor:
+        raise SystemExit("--memory and --stream-cache apply to --predictor model")
     results, predictions = {}, []
     for predictor in make_predictors(args):
         out = evaluate(records, predictor, data_root=args.data if args.data.is_dir() else None, progress=True)
@@ -114,7 +122,7 @@ def eval_length_command(args: argparse.Namespace) -> int:
     if min(args.lengths) < 2 or args.episodes < 1 or args.per_task < 1:
         raise SystemExit("--lengths must be >= 2 frames, --episodes and --per-task >= 1")
     result = run_length_sweep(args.out, sorted(set(args.lengths)), list(dict.fromkeys(args.memory)), args.seed,
-                              args.episodes, args.per_task, args.preset, args.checkpoint_dir)
+                              args.episodes, args.per_task, args.preset, args.checkpoint_dir, args.stream_cache)
     print((args.out / "length.md").read_text())
     print(f"plot: {args.out / 'length.png'}")
     return 0 if result["rows"] else 1

@@ -34,14 +34,16 @@ def ensure_dataset(out: Path, frames: int, seed: int, episodes: int, per_task: i
 
 
 def run_length_sweep(out: Path, lengths: list[int], memory_modes: list[str], seed: int = 5, episodes: int = 3,
-                     per_task: int = 2, preset: str = "tiny", checkpoint_dir: str | None = None) -> dict:
+                     per_task: int = 2, preset: str = "tiny", checkpoint_dir: str | None = None,
+                     stream_cache: str | None = None) -> dict:
     from .data import load_questions
     from .evaluate import evaluate
     from .model_predictor import ModelPredictor
     from .predictors import FrequencyPredictor
 
     rows = []
-    predictors = {mode: ModelPredictor(preset, mode, checkpoint_dir=checkpoint_dir) for mode in memory_modes}
+    predictors = {mode: ModelPredictor(preset, mode, checkpoint_dir=checkpoint_dir, stream_cache=stream_cache)
+                  for mode in memory_modes}
     for frames in lengths:
         data = ensure_dataset(out, frames, seed, episodes, per_task)
         records = load_questions(data)

@@ -3,26 +3,19 @@ the asking frame, then answer each question with the VSI-Bench prompt."""
 from __future__ import annotations
 
 from ..engine.number_decoding import DEFAULT_NUMBER_SAMPLES
-
-INGEST_CHUNK = 32      # frames per ingest_batch (the same memory as one by one; encoders batched)
-
-
-def stream_episode(engine, episode, last_frame: int) -> None:
-    """Reset `engine` and ingest `episode`'s frames 0..last_frame with their poses and intrinsics,
-    as a robot's stream would arrive (training's "stream" stages build their memories this way)."""
-    engine.reset()
-    for start in range(0, last_frame + 1, INGEST_CHUNK):
-        idx = range(start, min(last_frame + 1, start + INGEST_CHUNK))
-        engine.ingest_batch([episode.frame(i) for i in idx], [int(episode.stamps_ns[i]) for i in idx],
-                            [episode.intrinsics] * len(idx), [episode.poses[i] for i in idx])
+from .streaming import StreamCache, stream_episode
 
 
 class ModelPredictor:
     def __init__(self, preset: str = "tiny", memory: str | None = None, device: str = "cpu",
-                 checkpoint_dir: str | None = None, dtype: str = "fp32", number_samples: int = DEFAULT_NUMBER_SAMPLES):
+                 checkpoint_dir: str | None = None, dtype: str = "fp32", number_samples: int = DEFAULT_NUMBER_SAMPLES,
+                 stream_cache: str | None = None):
+        """`stream_cache`: a directory that keeps every streamed memory (StreamCache), so that the
+        next model with the same memory writers answers without streaming the episodes again."""
         from ..engine.engine import SpatialMemoryEngine
         self.engine = SpatialMemoryEngine.from_preset(preset, checkpoint_dir=checkpoint_dir, memory_mode=memory,
                                                       device=device, dtype=dtype, number_samples=number_samples)
+        self.cache = StreamCache(stream_cache, self.engine) if stream_cache is not None else None
         self.name = f"model:{preset}" + (f":{memory}" if memory else "")
         self._loaded: tuple | None = None
 
@@ -37,7 +30,10 @@ class ModelPredictor:
         key = (episode.episode_id, frame_index)
         if self._loaded == key:
             return
-        stream_episode(self.engine, episode, frame_index)
+        if self.cache is not None:
+            self.cache.stream(episode, frame_index)
+        else:
+            stream_episode(self.engine, episode, frame_index)
         self._loaded = key
 
     def answer(self, record: dict, prompt: str) -> str:

@@ -16,6 +16,7 @@ Archives are written with fixed zip timestamps, so the same seed gives the same 
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import zipfile
@@ -221,6 +222,14 @@ class EpisodeDir:
 
     def __len__(self) -> int:
         return len(self.poses)
+
+    def content_digest(self) -> str:
+        """Names the episode by its content (metadata and scene), not its directory: the same
+        episode in another copy of a data set, or in a larger one from the same seed, has the same digest."""
+        h = hashlib.sha256()
+        for name in ("episode.json", "scene.json"):
+            h.update((self.path / name).read_bytes())
+        return h.hexdigest()[:16]
 
     def _chunk(self, c: int) -> dict:
         if self._cache is None or self._cache[0] != c:

@@ -3,7 +3,6 @@ frame the questions are asked at, resized to the model's input, with depth, sema
 world points, poses and stamps."""
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -73,15 +72,6 @@ def load_world_points(episode: EpisodeDir, indices, image_size: tuple[int, int])
     h, w = image_size
     return torch.from_numpy(np.stack([cv2.resize(world_points(episode.depth(i), episode.intrinsics, episode.poses[i]),
                                                  (w, h), interpolation=cv2.INTER_NEAREST) for i in indices]))
-
-
-def episode_digest(path: Path) -> str:
-    """Names a rendered episode by its content (metadata and scene), not its directory: the same
-    episode in another copy of a data set, or in a larger one from the same seed, has the same digest."""
-    h = hashlib.sha256()
-    for name in ("episode.json", "scene.json"):
-        h.update((path / name).read_bytes())
-    return h.hexdigest()[:16]
 
 
 def named_objects(scene: Scene, question: dict) -> list[tuple[str, tuple[float, float, float]]]:
@@ -212,7 +202,7 @@ def load_training_episode(path: Path, clip_frames: int, image_size: tuple[int, i
         by_frame = {asked_at: generate_questions(episode, questions_per_task, frame_index=asked_at, balancer=balancer,
                                                       memory_per_task=memory_questions_per_task)
                     for asked_at in by_frame}
-    digest = episode_digest(episode.path)
+    digest = episode.content_digest()
     samples = []
     for asked_at, questions in sorted(by_frame.items()):
         idx = clip_indices(asked_at, clip_frames)

@@ -42,7 +42,7 @@ from ..atomic_io import atomic_file, write_json_atomic
 from ..engine.answer import expected_answer_kind, parse_number, question_option_texts
 from ..engine.engine import SpatialMemoryEngine
 from ..engine.number_decoding import relative_accuracy
-from ..evaluation.model_predictor import stream_episode
+from ..evaluation.streaming import hash_tensors, memory_digest, stream_episode
 from ..model.checkpoint import MemoryOverrides, load_checkpoint, load_model, save_checkpoint
 from ..model.dual_memory import MemoryState, memory_entries
 from ..model.fusion import pool_to_grid
@@ -62,9 +62,6 @@ from .readout_fit import fit_readout
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
 STREAMED_MEMORIES = "streamed_memories.safetensors"
 STREAMED_READINGS = "streamed_readings.safetensors"   # each token's class shares and point ("perceived" stages)
-# How the engine streams an episode into a memory, beyond the model's config and weights; bumped when
-# that changes (2: pixels placed on the camera's rays), so a cache from older code is not reused.
-STREAMING_VERSION = 2
 STREAM_SAVE_EVERY = 50          # streamed samples between saves of the memory cache
 PROBE_PREFIX = "probes."
 METRICS = ("loss_depth", "loss_category", "loss_position", "loss_point", "loss_objectness",   # logged every step
@@ -78,25 +75,6 @@ PROBES = ("category", "position", "point", "grounding", "gather", "choice", "dir
 GATHERED_OBJECTS = 5        # the gather probe's slots: a relative-distance question names five objects
 BEARINGS = 2                # the bearing probe's angles: a route turns twice, a relative direction is one
 BEARING_TASKS = (*DIRECTION_CLASSES, "route_planning")     # the questions the bearing probe reads
-
-
-def memory_digest(model: VLM2Model) -> str:
-    """What a streamed memory depends on: sha256 over the streaming version, the model's config and
-    its parameters and buffers, all but those of the parts that read it (the language bridge, the
-    object readout; the memory sizes and readout grid are config, not weights)."""
-    readers = ("bridge", "object_readout")
-    digest = hashlib.sha256(f"streaming {STREAMING_VERSION}".encode())
-    config = {k: v for k, v in model.config.to_dict().items() if k not in readers}
-    digest.update(json.dumps(config, sort_keys=True).encode())
-    hash_tensors(digest, {name: t for name, t in model.state_dict().items() if name.split(".")[0] not in readers})
-    return digest.hexdigest()
-
-
-def hash_tensors(digest, tensors: dict[str, torch.Tensor]) -> None:
-    """Feed each tensor's name and bytes, in name order, into a hashlib digest."""
-    for name, tensor in sorted(tensors.items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
 
 
 def safe_open_metadata(path: Path) -> dict:

@@ -1,0 +1,76 @@
+"""StreamCache (`vlm2 eval --stream-cache`): a memory streamed once answers the same as streamed again,
+for any model with the same memory writers, and never for a model whose memory differs."""
+import pytest
+import torch
+
+from vlm2_ros.engine.engine import SpatialMemoryEngine
+from vlm2_ros.evaluation import streaming
+from vlm2_ros.evaluation.data import load_questions
+from vlm2_ros.evaluation.evaluate import evaluate
+from vlm2_ros.evaluation.model_predictor import ModelPredictor
+from vlm2_ros.evaluation.streaming import StreamCache
+from vlm2_ros.model.checkpoint import build_model
+from vlm2_ros.model.presets import preset_config
+from vlm2_ros.sim.episode import Episode, EpisodeDir, write_episode
+from vlm2_ros.sim.questions import generate_questions
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    episode = Episode.generate(12, 24, width=64, height=48)
+    questions = [*generate_questions(episode, per_task=1, frame_index=11), *generate_questions(episode, per_task=1)]
+    write_episode(episode, root / episode.spec.episode_id, questions)
+    return root
+
+
+def test_a_cached_memory_answers_as_the_streamed_one_without_streaming(data, tmp_path, monkeypatch):
+    records = load_questions(data)
+    asked_at = {r["frame_index"] for r in records}
+    assert len(asked_at) == 2
+    plain = evaluate(records, ModelPredictor("tiny"), data_root=data)["predictions"]
+    first = ModelPredictor("tiny", stream_cache=tmp_path / "cache")
+    assert evaluate(records, first, data_root=data)["predictions"] == plain
+    assert (first.cache.misses, first.cache.hits) == (2, 0)
+    assert len(list(first.cache.directory.glob("*.safetensors"))) == 2
+
+    monkeypatch.setattr(streaming, "stream_episode", lambda *a: pytest.fail("streamed again"))
+    second = ModelPredictor("tiny", stream_cache=tmp_path / "cache")
+    assert evaluate(records, second, data_root=data)["predictions"] == plain
+    assert (second.cache.misses, second.cache.hits) == (0, 2)
+
+
+def test_a_file_that_does_not_read_back_is_streamed_again(data, tmp_path):
+    episode = EpisodeDir(next(data.iterdir()))
+    cache = StreamCache(tmp_path, SpatialMemoryEngine(build_model(preset_config("tiny")), weights="w"))
+    cache.stream(episode, 5)
+    path = next(cache.directory.glob("*.safetensors"))
+    memory = cache.engine.stream.memory.working.tokens.clone()
+    path.write_bytes(path.read_bytes()[:100])
+    cache.engine.reset()
+    cache.stream(episode, 5)
+    assert (cache.misses, cache.hits) == (2, 0)
+    assert torch.equal(cache.engine.stream.memory.working.tokens, memory)
+    cache.stream(episode, 5)                                    # rewritten whole
+    assert cache.hits == 1
+
+
+def test_only_models_with_the_same_memory_writers_share_a_cache(tmp_path):
+    torch.manual_seed(0)
+    config = preset_config("tiny").with_changes({"object_readout": {"enabled": True}})
+    model = build_model(config)
+
+    def cache_of(model) -> StreamCache:
+        return StreamCache(tmp_path, SpatialMemoryEngine(model, weights="w"))
+
+    base = cache_of(model).directory
+    with torch.no_grad():
+        model.bridge.parameters().__next__().add_(1.0)              # a reader: the memory is the same
+        model.object_readout.category.weight.add_(1.0)
+    assert cache_of(model).directory == base
+    with torch.no_grad():
+        model.fusion.parameters().__next__().add_(1.0)              # a writer: another memory
+    assert cache_of(model).directory != base
+    working = build_model(config.with_changes({"memory": {"mode": "working"}}))
+    working.load_state_dict(model.state_dict())
+    assert cache_of(working).directory not in (base, cache_of(model).directory)   # the ablation is config
