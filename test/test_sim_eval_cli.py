@@ -78,6 +78,8 @@ def test_eval_compares_memory_modes_and_baselines_in_one_report(tmp_path):
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(SystemExit, match="--memory applies"):
         main(["eval", "--data", str(data), "--predictor", "chance", "--memory", "dual"])
+    with pytest.raises(SystemExit, match="--stream-cache applies"):
+        main(["eval", "--data", str(data), "--predictor", "frequency", "--stream-cache", str(tmp_path / "cache")])
 
 
 def test_eval_length_scores_each_length_per_memory_mode_and_reuses_its_data(tmp_path):
@@ -124,5 +126,5 @@ def test_eval_number_samples_reach_the_model():
 
     for samples in (0, DEFAULT_NUMBER_SAMPLES):                                # 0: greedy numbers
         args = argparse.Namespace(predictor=["model"], preset="tiny", memory=None, device="cpu", checkpoint_dir=None,
-                                  seed=0, number_samples=samples)
+                                  seed=0, number_samples=samples, stream_cache=None)
         assert [p.engine.number_samples for p in make_predictors(args)] == [samples]

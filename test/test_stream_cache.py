@@ -7,6 +7,7 @@ from vlm2_ros.engine.engine import SpatialMemoryEngine
 from vlm2_ros.evaluation import streaming
 from vlm2_ros.evaluation.data import load_questions
 from vlm2_ros.evaluation.evaluate import evaluate
+from vlm2_ros.evaluation import model_predictor
 from vlm2_ros.evaluation.model_predictor import ModelPredictor
 from vlm2_ros.evaluation.streaming import StreamCache
 from vlm2_ros.model.checkpoint import build_model
@@ -34,25 +35,50 @@ def test_a_cached_memory_answers_as_the_streamed_one_without_streaming(data, tmp
     assert (first.cache.misses, first.cache.hits) == (2, 0)
     assert len(list(first.cache.directory.glob("*.safetensors"))) == 2
 
-    monkeypatch.setattr(streaming, "stream_episode", lambda *a: pytest.fail("streamed again"))
+    monkeypatch.setattr(model_predictor, "stream_episode", lambda *a: pytest.fail("streamed again"))
     second = ModelPredictor("tiny", stream_cache=tmp_path / "cache")
     assert evaluate(records, second, data_root=data)["predictions"] == plain
     assert (second.cache.misses, second.cache.hits) == (0, 2)
 
+    calls = []
 
-def test_a_file_that_does_not_read_back_is_streamed_again(data, tmp_path):
+    def stream_episode(*args):
+        calls.append(args[2:])
+        streaming.stream_episode(*args)
+
+    monkeypatch.setattr(model_predictor, "stream_episode", stream_episode)
+    assert evaluate(records, ModelPredictor("tiny"), data_root=data)["predictions"] == plain
+    assert calls == [(11, 0), (23, 12)]              # the later question streams on from the earlier one
+
+
+def test_a_file_that_does_not_read_back_counts_as_missing_and_is_replaced(data, tmp_path):
     episode = EpisodeDir(next(data.iterdir()))
     cache = StreamCache(tmp_path, SpatialMemoryEngine(build_model(preset_config("tiny")), weights="w"))
-    cache.stream(episode, 5)
+    assert not cache.load(episode, 5)
+    streaming.stream_episode(cache.engine, episode, 5)
+    cache.save(episode, 5)
     path = next(cache.directory.glob("*.safetensors"))
-    memory = cache.engine.stream.memory.working.tokens.clone()
     path.write_bytes(path.read_bytes()[:100])
     cache.engine.reset()
-    cache.stream(episode, 5)
-    assert (cache.misses, cache.hits) == (2, 0)
-    assert torch.equal(cache.engine.stream.memory.working.tokens, memory)
-    cache.stream(episode, 5)                                    # rewritten whole
-    assert cache.hits == 1
+    assert not cache.load(episode, 5) and cache.engine.stream.frames == 0     # the memory is untouched
+    streaming.stream_episode(cache.engine, episode, 5)
+    cache.save(episode, 5)
+    cache.engine.reset()
+    assert cache.load(episode, 5) and cache.engine.stream.frames == 6
+    assert (cache.misses, cache.hits) == (2, 1)
+
+
+def test_a_later_question_streams_on_from_the_earlier_ones_memory(data):
+    episode = EpisodeDir(next(data.iterdir()))
+    engine = SpatialMemoryEngine(build_model(preset_config("tiny")), weights="w")
+    streaming.stream_episode(engine, episode, 23)
+    whole = engine.stream
+    streaming.stream_episode(engine, episode, 10)
+    streaming.stream_episode(engine, episode, 23, first_frame=11)
+    assert engine.stream.frames == whole.frames == 24
+    for name in ("working", "episodic"):
+        torch.testing.assert_close(getattr(engine.stream.memory, name).tokens, getattr(whole.memory, name).tokens)
+    torch.testing.assert_close(engine.stream.geometry_window, whole.geometry_window)
 
 
 def test_only_models_with_the_same_memory_writers_share_a_cache(tmp_path):

@@ -88,8 +88,9 @@ def eval_command(args: argparse.Namespace) -> int:
         records = records[: args.limit]
     if not records:
         raise SystemExit(f"no questions found under {args.data}")
-    if (args.memory or args.stream_cache) and "model" not in args.predictor:
-        raise SystemExit("--memory and --stream-cache apply to --predictor model")
+    for flag, value in (("--memory", args.memory), ("--stream-cache", args.stream_cache)):
+        if value and "model" not in args.predictor:
+            raise SystemExit(f"{flag} applies to --predictor model")
     results, predictions = {}, []
     for predictor in make_predictors(args):
         out = evaluate(records, predictor, data_root=args.data if args.data.is_dir() else None, progress=True)

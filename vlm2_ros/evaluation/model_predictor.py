@@ -1,5 +1,6 @@
 """The VLM2 engine as a predictor: ingest the episode's frames (with poses and intrinsics) up to
-the asking frame, then answer each question with the VSI-Bench prompt."""
+the asking frame, then answer each question with the VSI-Bench prompt. A later question of the
+same episode streams on from the memory the earlier one was asked of, as a robot's would."""
 from __future__ import annotations
 
 from ..engine.number_decoding import DEFAULT_NUMBER_SAMPLES
@@ -27,13 +28,16 @@ class ModelPredictor:
             raise ValueError("the model predictor needs the episode's frames: the questions name an "
                              "episode that is not under --data (question-only files can be scored with "
                              "the chance and frequency baselines only)")
-        key = (episode.episode_id, frame_index)
+        key = (episode.path.resolve(), frame_index)
         if self._loaded == key:
             return
-        if self.cache is not None:
-            self.cache.stream(episode, frame_index)
-        else:
-            stream_episode(self.engine, episode, frame_index)
+        if self.cache is None or not self.cache.load(episode, frame_index):
+            # Questions come in frame order: a later one of the same episode streams on from the last.
+            path, loaded = self._loaded or (None, -1)
+            first = loaded + 1 if path == key[0] and loaded < frame_index else 0
+            stream_episode(self.engine, episode, frame_index, first)
+            if self.cache is not None:
+                self.cache.save(episode, frame_index)
         self._loaded = key
 
     def answer(self, record: dict, prompt: str) -> str:

@@ -20,11 +20,13 @@ STREAMING_VERSION = 2
 MEMORY_READERS = ("bridge", "object_readout")   # the model's parts that read the memory and write none of it
 
 
-def stream_episode(engine, episode, last_frame: int) -> None:
-    """Reset `engine` and ingest `episode`'s frames 0..last_frame with their poses and intrinsics,
-    as a robot's stream would arrive (training's "stream" stages build their memories this way)."""
-    engine.reset()
-    for start in range(0, last_frame + 1, INGEST_CHUNK):
+def stream_episode(engine, episode, last_frame: int, first_frame: int = 0) -> None:
+    """Ingest `episode`'s frames first_frame..last_frame with their poses and intrinsics, as a
+    robot's stream would arrive (training's "stream" stages build their memories this way): from
+    a reset engine when first_frame is 0, else onto the memory of frames 0..first_frame-1."""
+    if first_frame == 0:
+        engine.reset()
+    for start in range(first_frame, last_frame + 1, INGEST_CHUNK):
         idx = range(start, min(last_frame + 1, start + INGEST_CHUNK))
         engine.ingest_batch([episode.frame(i) for i in idx], [int(episode.stamps_ns[i]) for i in idx],
                             [episode.intrinsics] * len(idx), [episode.poses[i] for i in idx])
@@ -59,23 +61,29 @@ class StreamCache:
         self.directory = Path(directory) / memory_digest(engine.model)[:16]
         self.hits = self.misses = 0
 
-    def stream(self, episode, last_frame: int) -> None:
-        """The engine's memory after `episode`'s frames 0..last_frame: from the cache, else streamed
-        (stream_episode) and written to it."""
-        path = self.directory / f"{episode.content_digest()}-{last_frame}.safetensors"
+    def path(self, episode, last_frame: int) -> Path:
+        return self.directory / f"{episode.content_digest()}-{last_frame}.safetensors"
+
+    def load(self, episode, last_frame: int) -> bool:
+        """Put the memory of `episode`'s frames 0..last_frame into the engine, if the cache has it
+        (a cut-short or foreign file counts as missing, and the next save replaces it)."""
+        path = self.path(episode, last_frame)
         if path.is_file():
             try:
                 with safe_open(str(path), framework="pt") as f:
                     meta = json.loads((f.metadata() or {})["engine_memory"])
                 self.engine.restore_memory(load_file(str(path)), meta, str(path))
                 self.hits += 1
-                return
+                return True
             except (SafetensorError, OSError, KeyError, ValueError, RuntimeError):
-                pass    # a cut-short or foreign file: stream the episode, and replace it below
-        stream_episode(self.engine, episode, last_frame)
+                pass
         self.misses += 1
+        return False
+
+    def save(self, episode, last_frame: int) -> None:
+        """Keep the engine's memory as that of `episode`'s frames 0..last_frame."""
         tensors, meta = self.engine.memory_tensors()
         self.directory.mkdir(parents=True, exist_ok=True)
-        with atomic_file(path) as tmp:
+        with atomic_file(self.path(episode, last_frame)) as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
                       metadata={"engine_memory": json.dumps(meta)})
