@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from vlm2_ros.cli import main
 from vlm2_ros.sim.questions import TASKS
@@ -80,6 +81,14 @@ def test_eval_compares_memory_modes_and_baselines_in_one_report(tmp_path):
         main(["eval", "--data", str(data), "--predictor", "chance", "--memory", "dual"])
     with pytest.raises(SystemExit, match="--stream-cache applies"):
         main(["eval", "--data", str(data), "--predictor", "frequency", "--stream-cache", str(tmp_path / "cache")])
+    with pytest.raises(SystemExit, match="--threads must be >= 1"):
+        main(["eval", "--data", str(data), "--predictor", "chance", "--threads", "0"])
+    threads = torch.get_num_threads()
+    try:
+        assert main(["eval", "--data", str(data), "--predictor", "chance", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_eval_length_scores_each_length_per_memory_mode_and_reuses_its_data(tmp_path):

@@ -9,6 +9,9 @@ from ..atomic_io import write_json_atomic
 from ..engine.number_decoding import DEFAULT_NUMBER_SAMPLES
 from ..model.dual_memory import MEMORY_MODES
 
+THREADS_HELP = ("torch CPU threads (default: torch's, one per core); jobs sharing a machine each take their share: "
+                "more threads than cores slow every job several times over")
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="VSI-Bench-style scores of a predictor on a question set")
@@ -29,6 +32,7 @@ def register(subparsers) -> None:
                    help="--predictor model: keep each streamed memory in this directory and read it back "
                         "for any checkpoint with the same memory writers (a new language bridge or "
                         "object readout is scored in minutes; other weights stream and keep their own)")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--seed", type=int, default=0, help="seed of the chance baseline")
     p.add_argument("--limit", type=int, default=None, help="score only the first N questions")
     p.add_argument("--json", type=Path, default=None,
@@ -52,6 +56,7 @@ def register(subparsers) -> None:
                    help="keep each streamed memory in this directory and read it back "
                         "for any checkpoint with the same memory writers (a new language bridge or "
                         "object readout is scored in minutes; other weights stream and keep their own)")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.set_defaults(func=eval_length_command)
 
 
@@ -78,11 +83,20 @@ def markdown_report(results: dict[str, dict], data: str, questions: int) -> str:
             + format_table(results) + "\n")
 
 
+def set_threads(threads: int | None) -> None:
+    if threads is not None:
+        if threads < 1:
+            raise SystemExit(f"--threads must be >= 1, got {threads}")
+        import torch
+        torch.set_num_threads(threads)
+
+
 def eval_command(args: argparse.Namespace) -> int:
     from ..atomic_io import atomic_file
     from .data import load_questions
     from .evaluate import evaluate, format_table, plot_report
 
+    set_threads(args.threads)
     records = load_questions(args.data)
     if args.limit is not None:
         records = records[: args.limit]
@@ -120,6 +134,7 @@ def eval_command(args: argparse.Namespace) -> int:
 def eval_length_command(args: argparse.Namespace) -> int:
     from .horizon import run_length_sweep
 
+    set_threads(args.threads)
     if min(args.lengths) < 2 or args.episodes < 1 or args.per_task < 1:
         raise SystemExit("--lengths must be >= 2 frames, --episodes and --per-task >= 1")
     result = run_length_sweep(args.out, sorted(set(args.lengths)), list(dict.fromkeys(args.memory)), args.seed,
