@@ -9,6 +9,9 @@ from ..atomic_io import write_json_atomic
 from ..engine.number_decoding import DEFAULT_NUMBER_SAMPLES
 from ..model.dual_memory import MEMORY_MODES
 
+STREAM_CACHE_HELP = ("keep each streamed memory in this directory and read it back for any checkpoint with the "
+                     "same memory writers (a new language bridge or object readout is scored in minutes; other "
+                     "weights stream and keep their own)")
 THREADS_HELP = ("torch CPU threads (default: torch's, one per core); jobs sharing a machine each take their share: "
                 "more threads than cores slow every job several times over")
 
@@ -28,10 +31,7 @@ def register(subparsers) -> None:
     p.add_argument("--number-samples", type=int, default=DEFAULT_NUMBER_SAMPLES,
                    help="--predictor model: answers drawn per number question (minimum Bayes risk, as "
                         "model.number_samples); 0: greedy")
-    p.add_argument("--stream-cache", type=Path, default=None,
-                   help="--predictor model: keep each streamed memory in this directory and read it back "
-                        "for any checkpoint with the same memory writers (a new language bridge or "
-                        "object readout is scored in minutes; other weights stream and keep their own)")
+    p.add_argument("--stream-cache", type=Path, default=None, help="--predictor model: " + STREAM_CACHE_HELP)
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--seed", type=int, default=0, help="seed of the chance baseline")
     p.add_argument("--limit", type=int, default=None, help="score only the first N questions")
@@ -52,10 +52,7 @@ def register(subparsers) -> None:
     p.add_argument("--preset", default="tiny")
     p.add_argument("--checkpoint-dir", default=None)
     p.add_argument("--out", type=Path, required=True, help="data sets, length.json, length.md, length.png")
-    p.add_argument("--stream-cache", type=Path, default=None,
-                   help="keep each streamed memory in this directory and read it back "
-                        "for any checkpoint with the same memory writers (a new language bridge or "
-                        "object readout is scored in minutes; other weights stream and keep their own)")
+    p.add_argument("--stream-cache", type=Path, default=None, help=STREAM_CACHE_HELP)
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.set_defaults(func=eval_length_command)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..atomic_io import atomic_file
 
@@ -70,9 +70,10 @@ class StreamCache:
         path = self.path(episode, last_frame)
         if path.is_file():
             try:
-                with safe_open(str(path), framework="pt") as f:
+                with safe_open(str(path), framework="pt") as f:     # one read: metadata and tensors
                     meta = json.loads((f.metadata() or {})["engine_memory"])
-                self.engine.restore_memory(load_file(str(path)), meta, str(path))
+                    tensors = {key: f.get_tensor(key) for key in f.keys()}
+                self.engine.restore_memory(tensors, meta, str(path))
                 self.hits += 1
                 return True
             except (SafetensorError, OSError, KeyError, ValueError, RuntimeError):
