@@ -4,7 +4,7 @@ Position follows a smoothed grid path between random waypoints at a smoothly var
 [0.3, 1.5] m/s; heading = direction of travel + a slow look-around oscillation, smoothed; slight
 downward pitch. Default frame rate 10 Hz (DEFAULT_FPS): frame i has stamp i * 1e9 / fps ns.
 
-style="long_horizon": the first ~20 % of the frames tour the whole room; afterwards the camera
+style="long_horizon": the first ~20 % of the frames (tour_frames) tour the whole room; afterwards the camera
 stays in one half of the room facing its end wall, so objects in the other half, seen early,
 stay out of view for a long time before the question (asked at the last frame).
 """
@@ -23,6 +23,12 @@ SPEED_RANGE = (0.3, 1.5)
 GRID = 0.1                 # occupancy grid resolution (m)
 CLEARANCE = 0.45           # distance kept from object footprints and walls (m)
 TRAJECTORY_STYLES = ("walk", "long_horizon")
+TOUR_SHARE = 0.2           # style "long_horizon": the share of the frames that tours the room
+
+
+def tour_frames(num_frames: int, style: str) -> int:
+    """How many of a walk's first frames tour the whole room: all of them but in a "long_horizon" walk."""
+    return int(TOUR_SHARE * num_frames) if style == "long_horizon" else num_frames
 
 
 @dataclass
@@ -161,11 +167,11 @@ def generate_trajectory(scene: Scene, num_frames: int, seed: int, *, fps: float 
     base = rng.uniform(0.5, 1.1)
     speed = np.clip(base + 0.35 * np.sin(2 * np.pi * t / rng.uniform(8, 20) + rng.uniform(0, 6.28)), *SPEED_RANGE)
     total = float(speed.sum() * dt) + 1.0
-    tour_frames = int(0.2 * num_frames) if style == "long_horizon" else num_frames
+    touring = tour_frames(num_frames, style)
 
     cur = tuple(cells[rng.integers(len(cells))])
     pts = [np.array(cur, float)]
-    length, tour_len = 0.0, float(speed[:tour_frames].sum() * dt)
+    length, tour_len = 0.0, float(speed[:touring].sum() * dt)
     guard = 0
     while length < total and guard < 10000:
         guard += 1
@@ -200,9 +206,9 @@ def generate_trajectory(scene: Scene, num_frames: int, seed: int, *, fps: float 
     heading = _smooth(heading, 1.0 * fps)
     look = np.radians(rng.uniform(35, 65)) * np.sin(2 * np.pi * t / rng.uniform(5, 10) + rng.uniform(0, 6.28))
     yaw = heading + look
-    if style == "long_horizon" and tour_frames < num_frames:
+    if style == "long_horizon" and touring < num_frames:
         # after the tour, face the x=0 end wall (yaw ~ pi) with the look-around on top
-        w = _smooth((np.arange(num_frames) >= tour_frames).astype(float), 1.0 * fps)
+        w = _smooth((np.arange(num_frames) >= touring).astype(float), 1.0 * fps)
         target = np.pi + 0.6 * look
         diff = (target - yaw + np.pi) % (2 * np.pi) - np.pi
         yaw = yaw + w * diff
