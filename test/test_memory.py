@@ -229,3 +229,34 @@ def test_episodic_replacement_is_validated():
     with pytest.raises(ValueError, match="place_cell_m"):
         EpisodicMemoryConfig(place_cell_m=0.0)
 
+
+
+def test_a_patch_inherits_the_first_sighting_of_its_place_from_posed_remembered_patches():
+    remembered = placed(2, (0.0, 0.0)).append(placed(5, (3.0, 0.0)), keep_last=4)
+    new = placed(9, (3.0, 0.0)).with_first_sightings([remembered], cell_m=0.5)
+    assert new.first_seen.tolist() == [[[5, 5, 5]]] and new.frame_index.tolist() == [[9]]
+    assert placed(9, (7.0, 7.0)).with_first_sightings([remembered], 0.5).first_seen.tolist() == [[[9, 9, 9]]]
+    # no common world frame: an unposed view inherits nothing, an unposed memory hands nothing on
+    assert placed(9, (3.0, 0.0), posed=False).with_first_sightings([remembered], 0.5).first_seen.tolist() \
+        == [[[9, 9, 9]]]
+    unposed = placed(2, (3.0, 0.0), posed=False)
+    assert placed(9, (3.0, 0.0)).with_first_sightings([unposed], 0.5).first_seen.tolist() == [[[9, 9, 9]]]
+    # a patch keeps its own frame when that is earlier (never later than the frame itself)
+    early = Provenance.single(torch.tensor([1]), torch.tensor([1]), placed(0, (3.0, 0.0)).patch_points[:, 0],
+                              torch.eye(4, dtype=torch.float64)[None])
+    assert early.with_first_sightings([remembered], 0.5).first_seen.tolist() == [[[1, 1, 1]]]
+
+
+def test_the_first_sighting_of_a_place_outlives_the_entries_that_saw_it():
+    """Two episodic entries and a one-entry window see place A at frame 0, B at frame 1, then A for
+    six frames: each view of A overwrites the last entry of A, frame 0's among them, and A's
+    patches still say frame 0."""
+    memory = DualMemory(DualMemoryConfig(dim=16, num_heads=2, working={"capacity": 1},
+                                         episodic={"capacity": 2, "replacement": "place"})).eval()
+    state = memory.empty_state(1, 3)
+    with torch.no_grad():
+        for i, centre in enumerate([(0.0, 0.0), (5.0, 0.0)] + [(0.0, 0.0)] * 6):
+            _, state, _ = memory(torch.randn(1, 3, 16), state, placed(i, centre))
+    assert state.episodic.provenance.frame_index.tolist() == [[7, 1]]
+    assert state.episodic.provenance.first_seen.tolist() == [[[0, 0, 0], [1, 1, 1]]]
+    assert state.working.provenance.first_seen.tolist() == [[[0, 0, 0]]]

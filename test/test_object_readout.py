@@ -3,6 +3,8 @@ the room and the objects the category head finds in every token of the dual memo
 perceive_objects makes of the head's readings, and an answer's evidence names the memory entries
 its objects came from. It reads the memory and does not change it: streamed memories cached under
 memory_digest stay valid."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -86,6 +88,21 @@ def test_the_language_model_reads_the_boxes_the_head_finds_in_every_token(order_
     assert (read.token_entry[0, len(boxes):] == -1).all()
     assert all(readings[box.token, box.semantic_class] >= 0.3 for box in boxes[1:])
     assert read.entry_source.shape == read.entry_slot.shape == (1, entries)
+
+
+def test_objects_are_first_seen_when_their_places_were_not_when_their_entries_were():
+    model = object_model()
+    memory = streamed(model).stream.memory
+    episodic = memory.episodic.provenance
+    lowered = dataclasses.replace(episodic, first_seen=episodic.first_seen // 2)   # as if seen earlier
+    memory = dataclasses.replace(memory, episodic=dataclasses.replace(memory.episodic, provenance=lowered))
+    with torch.no_grad():
+        readings = token_readings(model.object_readout.category, memory)
+    k = len(SEMANTIC_CLASSES)
+    expected = torch.cat([lowered.first_seen, memory.working.provenance.first_seen], dim=1).flatten()
+    assert torch.equal(readings[:, k + 3].long(), expected)
+    assert not torch.equal(expected, torch.cat([episodic.frame_index, memory.working.provenance.frame_index],
+                                                dim=1).repeat_interleave(model.num_tokens_per_frame))
 
 
 def test_an_answer_names_the_entries_its_objects_came_from():

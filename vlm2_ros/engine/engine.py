@@ -33,7 +33,7 @@ from .snapshot import SnapshotError, read_snapshot, write_snapshot
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)   # accepted in snapshots
-ENGINE_STATE_VERSION = 2
+ENGINE_STATE_VERSION = 3   # 3: each patch's first sighting (Provenance.first_seen)
 
 
 class IngestError(ValueError):
@@ -447,9 +447,10 @@ class SpatialMemoryEngine:
                                     f"expected [1, <= {template.capacity}, {n_tok}, {dim}]")
             prov = Provenance(take(f"{name}.stamp_ns", (torch.int64,)), take(f"{name}.frame_index", (torch.int64,)),
                               take(f"{name}.pose", (torch.float64,)), take(f"{name}.has_pose", (torch.bool,)),
-                              take(f"{name}.patch_points", (torch.float32,)))
+                              take(f"{name}.patch_points", (torch.float32,)),
+                              take(f"{name}.first_seen", (torch.int64,)))
             for k, v in prov.fields().items():
-                trailing = {"pose": (4, 4), "patch_points": (n_tok, 3)}.get(k, ())
+                trailing = {"pose": (4, 4), "patch_points": (n_tok, 3), "first_seen": (n_tok,)}.get(k, ())
                 if tuple(v.shape) != (1, n, *trailing):
                     raise SnapshotError(f"{source}: tensor '{name}.{k}' has shape {tuple(v.shape)}, "
                                         f"expected {[1, n, *trailing]}")

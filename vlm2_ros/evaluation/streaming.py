@@ -15,8 +15,9 @@ from ..atomic_io import atomic_file
 
 INGEST_CHUNK = 32      # frames per ingest_batch (the same memory as one by one; encoders batched)
 # How an episode is streamed into a memory, beyond the model's config and weights; bumped when that
-# changes (2: pixels placed on the camera's rays), so a cache from older code is not reused.
-STREAMING_VERSION = 2
+# changes (2: pixels placed on the camera's rays; 3: first sightings handed on between entries), so a
+# cache from older code is not reused.
+STREAMING_VERSION = 3
 MEMORY_READERS = ("bridge", "object_readout")   # the model's parts that read the memory and write none of it
 
 

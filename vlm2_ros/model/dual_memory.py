@@ -54,11 +54,11 @@ class MemoryState:
 
 def memory_entries(memory: MemoryState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every entry a memory holds, episodic then the working window: tokens [B,E,N,C], the
-    points they carry [B,E,N,3] and the frame index of each entry [B,E]."""
+    points they carry [B,E,N,3] and when each token's place was first seen [B,E,N]."""
     parts = (memory.episodic, memory.working)
     return (torch.cat([part.tokens for part in parts], dim=1),
             torch.cat([part.provenance.patch_points for part in parts], dim=1),
-            torch.cat([part.provenance.frame_index for part in parts], dim=1))
+            torch.cat([part.provenance.first_seen for part in parts], dim=1))
 
 
 class MemoryRead(nn.Module):
@@ -104,7 +104,10 @@ class DualMemory(nn.Module):
         """One streaming step: H_t [B,N,C] -> (M_t [B,N,C] or None, new state, episodic slot [B] or None).
 
         Modes "working" and "none" keep no episodic memory, so M_t is neither needed nor computed.
+        Frame t's patches take the first sightings the memory has of their places.
         """
+        provenance = provenance.with_first_sightings([state.episodic.provenance, state.working.provenance],
+                                                     self.config.episodic.place_cell_m)
         working = state.working.push(fused, provenance)
         if not self.uses_episodic:
             return None, MemoryState(working, state.episodic), None

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .provenance import Provenance
+from .provenance import Provenance, place_cells
 
 REPLACEMENTS = ("appearance", "place")
 
@@ -28,7 +28,8 @@ REPLACEMENTS = ("appearance", "place")
 class EpisodicMemoryConfig:
     capacity: int = 32                 # L_e (the paper's best value)
     replacement: str = "appearance"    # which entry a full memory overwrites (REPLACEMENTS)
-    place_cell_m: float = 0.5          # "place": patches in one cube of this size are the same place
+    place_cell_m: float = 0.5          # patches in one cube of this size are the same place ("place"
+                                       # replacement; first sightings, Provenance.with_first_sightings)
 
     def __post_init__(self) -> None:
         if self.capacity < 1:
@@ -48,12 +49,10 @@ def place_redundancy(points: torch.Tensor, cell_m: float) -> torch.Tensor:
     """Per entry, the share of its patches that lie in a cell where another entry also has a patch:
     points [B,m,N,3] (metres) -> [B,m]."""
     b, m, n, _ = points.shape
-    cells = torch.floor(points.float() / cell_m).long()                                      # [B,m,N,3]
-    batch = torch.arange(b).view(b, 1, 1, 1).expand(b, m, n, 1)
-    _, cell = torch.unique(torch.cat([batch, cells], dim=-1).view(-1, 4), dim=0, return_inverse=True)  # [B*m*N]
+    cell = place_cells(points.flatten(1, 2), cell_m).view(-1)                                   # [B*m*N]
     entry = torch.arange(b * m).repeat_interleave(n)                                           # [B*m*N]
-    cell_entries = torch.unique(torch.stack([cell, entry]), dim=1)[0]    # one cell id per (cell, entry) pair
-    entries_per_cell = torch.bincount(cell_entries, minlength=int(cell.max()) + 1)
+    pairs = torch.unique(cell * (b * m) + entry)                         # one key per (cell, entry) pair
+    entries_per_cell = torch.bincount(pairs // (b * m), minlength=int(cell.max()) + 1)
     return (entries_per_cell[cell] > 1).view(b, m, n).float().mean(dim=-1)
 
 

@@ -258,14 +258,14 @@ class ObjectReadoutConfig:
 def token_readings(category: nn.Linear, memory: MemoryState) -> torch.Tensor:
     """What every token of a one-stream memory (episodic entries in slot order, then the working
     window) tells of its patch: [E*N, K+4], its share of each of the K classes (`category`: the
-    head, tokens [.,C] -> logits [.,K]), the world point it carries (metres) and the frame index of
-    its entry."""
+    head, tokens [.,C] -> logits [.,K]), the world point it carries (metres) and the frame its place
+    was first seen at (Provenance.first_seen)."""
     if memory.working.tokens.shape[0] != 1:
         raise ValueError(f"objects are read from one stream's memory, got a batch of {memory.working.tokens.shape[0]}")
-    entries, points, frames = (part[0] for part in memory_entries(memory))                   # [E,N,C], [E,N,3], [E]
+    entries, points, first_seen = (part[0] for part in memory_entries(memory))               # [E,N,C], [E,N,3], [E,N]
     tokens = entries.flatten(0, 1).to(category.weight.dtype)                                 # [E*N,C]
     shares = category(tokens).float().softmax(dim=-1)                                        # [E*N,K]
-    frames = frames.to(shares.device).repeat_interleave(entries.shape[1]).float()[:, None]   # [E*N,1]
+    frames = first_seen.flatten().to(shares.device).float()[:, None]                         # [E*N,1]
     return torch.cat([shares, points.flatten(0, 1).to(shares), frames], dim=1)
 
 
