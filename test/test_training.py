@@ -1144,8 +1144,9 @@ def test_perceived_stage_reads_the_object_readouts_objects_out_of_streamed_memor
         shares = trainer.probes["category"](tokens).softmax(-1)
     points = torch.cat([memory.episodic.provenance.patch_points, memory.working.provenance.patch_points],
                        dim=1)[0].flatten(0, 1)
-    frames = torch.cat([memory.episodic.provenance.frame_index, memory.working.provenance.frame_index], dim=1)[0]
-    frames = frames.repeat_interleave(trainer.model.num_tokens_per_frame)
+    # each token's first sighting: its place's earliest in the memory (Provenance.first_seen)
+    frames = torch.cat([memory.episodic.provenance.first_seen, memory.working.provenance.first_seen], dim=1)[0]
+    frames = frames.flatten()
     boxes = perceive_objects(shares, points, frames, 0.2)
     assert len(boxes) > 1
     expected = object_tokens(boxes, classes, 160, trainer.model.config.bridge.memory_dim,
