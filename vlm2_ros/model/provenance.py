@@ -29,7 +29,7 @@ def place_cells(points: torch.Tensor, cell_m: float) -> torch.Tensor:
     """An id per point for the cube of cell_m metres it lies in, distinct between batch elements:
     points [B,M,3] (metres) -> [B,M] int64. Each cube is one int64 key (16 bits an axis: 32,768
     cubes either way of the origin, the outermost taking everything beyond), so one 1-D unique
-    finds them (some 50 times faster than a unique over rows)."""
+    finds them (some 30 times faster than a unique over rows)."""
     b = points.shape[0]
     cubes = (torch.floor(points.float() / cell_m).long() + CUBE_OFFSET).clamp(0, 2 * CUBE_OFFSET - 1)  # [B,M,3]
     key = torch.arange(b).view(b, 1)
