@@ -85,7 +85,7 @@ class Provenance:
         share the world frame: an unposed entry inherits nothing, an unposed remembered one hands
         nothing on."""
         parts = [p for p in remembered if len(p)]
-        if not parts:
+        if not parts or not bool(self.has_pose.any()):     # unposed streams skip the per-frame cube work
             return self
         b, _, n, _ = self.patch_points.shape
         points = torch.cat([p.patch_points for p in parts], dim=1).flatten(1, 2)               # [B,m*N,3]
