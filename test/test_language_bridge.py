@@ -7,6 +7,7 @@ import torch
 from vlm2_ros.model.hf_backbone import BackboneLoader
 from vlm2_ros.model.language_bridge import (LanguageBridge, LanguageBridgeConfig, NumberHead, PromptBatch,
                                             memory_relevance)
+from vlm2_ros.model.number_pointers import BoxLayout
 from vlm2_ros.model.semantic_encoder import SemanticEncoder, SemanticEncoderConfig
 from vlm2_ros.model.tiny_checkpoints import save_tiny_llava_onevision, save_tiny_qwen2_5_vl
 from vlm2_ros.model.tiny_language_model import (DEFAULT_WORDS, build_tiny_language_model, build_word_tokenizer,
@@ -246,18 +247,31 @@ def test_answer_pass_hidden_states_are_the_question_rows_of_a_whole_prompt(bridg
         bridge.answer_pass(mem, questions, answers, hidden_layer=bridge.num_layers + 1)
 
 
-@pytest.mark.parametrize("kind", ["causal_lm", "qwen2_5_vl"])
-def test_number_head_reads_the_answer_position_alike_in_training_and_at_a_question(kind, tiny_dir, qwen_dir):
-    # the trainer's number loss reads answer_pass.final at answer_position; estimate_number reads
-    # the same state at inference: the two must be one
+@pytest.mark.parametrize("kind,pointers", [("causal_lm", False), ("qwen2_5_vl", False), ("causal_lm", True),
+                                            ("qwen2_5_vl", True)])
+def test_number_head_reads_the_answer_position_alike_in_training_and_at_a_question(kind, pointers, tiny_dir, qwen_dir):
+    # the trainer's number loss reads answer_pass.final at answer_position (with memory pointers
+    # also the question's and the memory's states, pointer_inputs); estimate_number reads the same
+    # states at inference: the two must be one
     torch.manual_seed(0)
-    config = (LanguageBridgeConfig(checkpoint_dir=str(tiny_dir), memory_dim=32, number_head=True) if kind == "causal_lm"
-              else LanguageBridgeConfig(kind=kind, checkpoint_dir=str(qwen_dir), memory_dim=64, number_head=True))
-    bridge = LanguageBridge(config).eval()
+    config = (LanguageBridgeConfig(checkpoint_dir=str(tiny_dir), memory_dim=32, number_head=True,
+                                   number_pointers=pointers) if kind == "causal_lm"
+              else LanguageBridgeConfig(kind=kind, checkpoint_dir=str(qwen_dir), memory_dim=64, number_head=True,
+                                        number_pointers=pointers))
+    bridge = LanguageBridge(config, box_layout=BoxLayout(box_offset=11, scale_m=4.0) if pointers else None).eval()
     mem = memory(8, config.memory_dim)
+    mem[:, -2:] = 0.0                         # empty tokens, as an object memory pads its unused ones
     with torch.no_grad():
         result = bridge.answer_pass(mem, [[QUESTIONS[0]], [QUESTIONS[0]]], [[ANSWERS[0]], ["12"]])
-        mean, std = bridge.number_head(result.final[:, bridge.answer_position(QUESTIONS[0])])
+        states = result.final[:, bridge.answer_position(QUESTIONS[0])]
+        inputs = bridge.pointer_inputs(result, [QUESTIONS[0]] * 2, [0, 1], mem) if pointers else None
+        mean, std, reading = bridge.number_head(states, inputs)
+    if pointers:
+        assert reading.logits.shape == (2, 2, 8) and bool((reading.logits[..., -2:] < -1e3).all())
+        assert torch.isfinite(reading.measures).all()
+        bridge.number_head.measure_weights.bias.data.fill_(0.5)    # the measures now move the answer
+        with torch.no_grad():
+            mean, std, _ = bridge.number_head(states, inputs)
     for row in range(2):
         estimate = bridge.estimate_number(mem[[row]], QUESTIONS[0])
         assert estimate.log_mean == pytest.approx(float(mean[row]), abs=1e-4)
@@ -274,10 +288,10 @@ def test_number_head_likelihood_trains_and_a_bridge_without_one_says_so(tiny_dir
     start_std = float(head(hidden)[1].mean())
     for _ in range(300):
         optimizer.zero_grad()
-        loss = NumberHead.nll(*head(hidden), values).mean()
+        loss = NumberHead.nll(*head(hidden)[:2], values).mean()
         loss.backward()
         optimizer.step()
-    mean, std = head(hidden)
+    mean, std, _ = head(hidden)
     assert float((mean.exp() / values - 1).abs().median()) < 0.05 and float(std.median()) < start_std / 2
     assert causal_bridge.number_head is None
     with pytest.raises(RuntimeError, match="number_head"):

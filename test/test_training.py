@@ -746,6 +746,11 @@ def test_the_recipe_configs_are_valid():
                                                    "names3"]
     assert all(s.scenes == "generated" and s.memory == "oracle" for s in oracle.stages)
     assert oracle.stages[-1].bearing_loss_weight > 0 and oracle.stages[-1].copy_loss_weight > 0
+    # the memory pointers' experiment: the shipped weights' model and the number head alone learning
+    pointers = load_train_config(recipe.with_name("train_tiny_pointers.yaml"))
+    assert {**pointers.model, "bridge": {**pointers.model["bridge"], "number_pointers": False}} == {
+        **config.model, "bridge": {**config.model["bridge"], "number_pointers": False}}
+    assert all(s.train == ["number_head"] and s.pointer_loss_weight > 0 for s in pointers.stages)
 
 
 def test_named_objects_are_the_questions_objects_alone_in_their_category(data):
@@ -1399,6 +1404,7 @@ def test_order_probe_gives_each_named_categorys_first_sighting_rank_at_its_names
 
 def test_number_stage_teaches_the_bridges_number_head_which_a_bridge_without_one_gains_fresh(data, tmp_path):
     from vlm2_ros.model.checkpoint import load_model, save_checkpoint
+    from vlm2_ros.model.language_bridge import AnswerPass
     from vlm2_ros.training.trainer import Trainer
 
     (tmp_path / "data").symlink_to(data)
@@ -1425,8 +1431,10 @@ def test_number_stage_teaches_the_bridges_number_head_which_a_bridge_without_one
     assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.5 and all(0 <= m["number_accuracy"] <= 1 for m in history)
     # only the number questions' answers, read at the answer position of the final layer
     final = torch.zeros(2, 30, bridge.hidden_size)
-    loss, measured = trainer.number_loss(final, ["How many chair(s) are in this room?",
-                                                 "Which is nearer?\nA. sofa\nB. lamp"], ["3", "A"])
+    loss, measured = trainer.number_loss(AnswerPass(torch.zeros(()), torch.zeros(2), None, final=final),
+                                         torch.zeros(2, 8, bridge.config.memory_dim),
+                                         ["How many chair(s) are in this room?",
+                                          "Which is nearer?\nA. sofa\nB. lamp"], ["3", "A"])
     assert measured.shape == (1,) and torch.isfinite(loss)
     # --memory-reliance scores the head's median on the number questions, with each memory
     rows = trainer.memory_reliance(samples=2)
@@ -1434,3 +1442,51 @@ def test_number_stage_teaches_the_bridges_number_head_which_a_bridge_without_one
     assert scored and scored <= {"object_counting", "object_abs_distance", "object_size_estimation",
                                  "room_size_estimation"}
     assert all(0 <= r[k] <= 1 for r in rows.values() for k in ("own_number_score", "other_number_score") if k in r)
+
+
+def test_question_category_is_the_longest_object_class_the_question_names():
+    from vlm2_ros.sim.scene import SEMANTIC_CLASSES
+    from vlm2_ros.training.trainer import question_category
+
+    assert question_category("How many trash can(s) are in this room?", SEMANTIC_CLASSES) == "trash can"
+    assert question_category("Count the chair(s) in this room. How many are there?", SEMANTIC_CLASSES) == "chair"
+    assert question_category("What is the size of this room (in square meters)?", SEMANTIC_CLASSES) is None
+
+
+def test_pointer_stage_trains_the_number_head_alone_and_its_pointers_find_the_named_objects(data, tmp_path):
+    from vlm2_ros.model.checkpoint import load_model, save_checkpoint
+    from vlm2_ros.training.trainer import Trainer
+
+    (tmp_path / "data").symlink_to(data)
+    number_types = ["object_counting", "object_abs_distance", "object_size_estimation", "room_size_estimation"]
+    stage = {"name": "pointers", "steps": 1, "train": ["number_head"], "depth_loss_weight": 0.0,
+             "memory": "oracle", "scenes": "generated", "episodes_per_step": 4, "questions_per_episode": 4,
+             "balance_tasks": True, "question_types": number_types, "number_loss_weight": 1.0,
+             "pointer_loss_weight": 1.0}
+    readout = {"object_readout": {"enabled": True}}
+    with pytest.raises(TrainConfigError, match="number_pointers: true"):
+        Trainer(load_train_config(write_config(tmp_path / "plain.yaml", questions_per_task=2, stages=[stage],
+                                               model={**readout, "bridge": {"number_head": True}})), progress=False)
+    # a bridge whose number head has no pointers gains fresh ones, everything else copied
+    source, _ = load_model("tiny", use_shipped=False, seed=4,
+                           config_changes={**readout, "bridge": {"number_head": True}})
+    save_checkpoint(source, tmp_path / "answering")
+    config = load_train_config(write_config(
+        tmp_path / "train.yaml", questions_per_task=2, stages=[stage],
+        model={**readout, "bridge": {"number_head": True, "number_pointers": True}},
+        init_modules={"bridge": "answering"}))
+    trainer = Trainer(config, progress=False)
+    bridge = trainer.model.bridge
+    assert torch.equal(bridge.number_head.fc1.weight, source.bridge.number_head.fc1.weight)
+    assert bridge.number_head.pointers is not None
+    frozen = {k: v.clone() for k, v in bridge.state_dict().items() if not k.startswith("number_head.")}
+    pointers_before = {k: v.clone() for k, v in bridge.number_head.pointers.state_dict().items()}
+    history = fit_history(trainer, trainer.config.stages[0], steps=60, lr=3e-3)
+    # the pointers learn to find the named objects' words and tokens (and the room's)
+    first, last = history[:10], history[-10:]
+    assert np.mean([m["loss_pointer"] for m in last]) < np.mean([m["loss_pointer"] for m in first]) - 0.5
+    assert all(0 <= m["pointer_accuracy"] <= 1 for m in history)
+    # and nothing but the number head changed: not the language model, not the projector's statistics
+    after = bridge.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in frozen.items())
+    assert not all(torch.equal(v, pointers_before[k]) for k, v in bridge.number_head.pointers.state_dict().items())

@@ -22,6 +22,7 @@ from ..atomic_io import atomic_directory, read_versioned_json, sha256_file
 from .geometry_encoder import GeometryEncoder
 from .hf_backbone import BackboneLoader
 from .language_bridge import LanguageBridge
+from .number_pointers import BoxLayout
 from .object_memory import READOUT_SETTINGS, weighted_readout_fields
 from .presets import PRESETS, preset_config
 from .semantic_encoder import SemanticEncoder
@@ -86,7 +87,12 @@ def build_model(config: VLM2Config, base_dir: Path | None = None) -> VLM2Model:
     geometry = (GeometryEncoder.from_pretrained(config.geometry_checkpoint) if config.geometry_checkpoint
                 else GeometryEncoder(config.geometry))
     semantic = SemanticEncoder(config.semantic, loader=loader)
-    bridge = LanguageBridge(config.bridge, loader=loader)
+    layout = None
+    if config.bridge.number_pointers:
+        if not config.object_readout.enabled:
+            raise ValueError("bridge.number_pointers reads boxes: enable object_readout")
+        layout = BoxLayout(len(config.object_readout.classes), config.fusion.position_scale_m)
+    bridge = LanguageBridge(config.bridge, loader=loader, box_layout=layout)
     return VLM2Model(config, geometry, semantic, bridge)
 
 

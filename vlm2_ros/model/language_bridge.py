@@ -60,6 +60,7 @@ from torch import nn
 
 from ..engine.answer import question_option_texts
 from .hf_backbone import DTYPES, BackboneLoader, LanguageParts, language_parts_from_model, load_backbone
+from .number_pointers import MEASURES, BoxLayout, MemoryPointers, PointerInputs, PointerReading
 from .tiny_language_model import MEMORY, build_tiny_language_model
 
 KINDS = ("causal_lm", "qwen2_5_vl")
@@ -95,6 +96,9 @@ class LanguageBridgeConfig:
     # wrote numbers digit by digit at 1.1-1.2 nats a token after 700 steps, its answers piling on
     # a few values; one scalar on a log scale has no digits to get wrong.
     number_head: bool = False
+    # With number_head: the head also measures the boxes it points at in an object memory
+    # (model.number_pointers; the model must read its memory as objects: object_readout).
+    number_pointers: bool = False
 
     def __post_init__(self) -> None:
         self.memory_entry_grid = tuple(int(g) for g in self.memory_entry_grid)
@@ -114,6 +118,8 @@ class LanguageBridgeConfig:
             raise ValueError("system_prompt is empty")
         if self.choice_answer not in CHOICE_ANSWERS:
             raise ValueError(f"choice_answer must be one of {CHOICE_ANSWERS}, got {self.choice_answer!r}")
+        if self.number_pointers and not self.number_head:
+            raise ValueError("number_pointers extends the number head: set number_head too")
         if self.checkpoint_dir is not None and self.tiny_lm:
             raise ValueError("tiny_lm settings apply only without checkpoint_dir")
 
@@ -173,6 +179,7 @@ class AnswerPass:
     attention: torch.Tensor | None = None
     row_start: int = 0
     final: torch.Tensor | None = None  # [Q,L,d] the final layer's (post norm) hidden states over each row
+    memory_final: torch.Tensor | None = None  # [Q,M,d] the same at the memory tokens each row read
 
 
 LOG_STD_RANGE = (-5.0, 3.0)       # NumberHead's log standard deviation, clamped: no zero-width certainty
@@ -180,16 +187,34 @@ LOG_STD_RANGE = (-5.0, 3.0)       # NumberHead's log standard deviation, clamped
 
 class NumberHead(nn.Module):
     """A Gaussian over a number answer's natural log from the final hidden state at the answer's
-    first position: [...,d] -> mean [...], standard deviation [...]."""
+    first position: [...,d] -> mean [...], standard deviation [...], and with `pointers`
+    (model.number_pointers) what they read. With pointers the mean adds a combination of the
+    measures of the boxes they point at, weighted from the same state (zero-initialised: a head
+    given pointers starts as the plain head it was)."""
 
-    def __init__(self, hidden_size: int):
+    def __init__(self, hidden_size: int, pointers: MemoryPointers | None = None):
         super().__init__()
         self.fc1 = nn.Linear(hidden_size, hidden_size)
         self.fc2 = nn.Linear(hidden_size, 2)
+        self.pointers = pointers
+        self.measure_weights = nn.Linear(hidden_size, len(MEASURES)) if pointers is not None else None
+        if self.measure_weights is not None:
+            nn.init.zeros_(self.measure_weights.weight)
+            nn.init.zeros_(self.measure_weights.bias)
 
-    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, log_std = self.fc2(F.gelu(self.fc1(hidden.float()))).unbind(-1)          # [...], [...]
-        return mean, log_std.clamp(*LOG_STD_RANGE).exp()
+    def forward(self, hidden: torch.Tensor, inputs: PointerInputs | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, PointerReading | None]:
+        # hidden [...,d]; with pointers [N,d] and their inputs
+        features = F.gelu(self.fc1(hidden.float()))
+        mean, log_std = self.fc2(features).unbind(-1)                                  # [N], [N]
+        reading = None
+        if self.pointers is not None:
+            if inputs is None:
+                raise ValueError("a number head with memory pointers reads the question and the memory: "
+                                 "pass PointerInputs")
+            reading = self.pointers(hidden, inputs)
+            mean = mean + (self.measure_weights(features) * reading.measures).sum(-1)
+        return mean, log_std.clamp(*LOG_STD_RANGE).exp(), reading
 
     @staticmethod
     def nll(mean: torch.Tensor, std: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -231,7 +256,7 @@ def _load_language(config: LanguageBridgeConfig, loader: BackboneLoader | None) 
 
 class LanguageBridge(nn.Module):
     def __init__(self, config: LanguageBridgeConfig, loader: BackboneLoader | None = None,
-                 language: LanguageParts | None = None):
+                 language: LanguageParts | None = None, box_layout: BoxLayout | None = None):
         super().__init__()
         self.config = config
         language = language if language is not None else _load_language(config, loader)
@@ -245,7 +270,10 @@ class LanguageBridge(nn.Module):
         self.hidden_size = language.hidden_size
         self.projector = MemoryProjector(config.memory_dim, config.projector_hidden_dim or self.hidden_size,
                                          self.hidden_size, standardize=config.standardize_memory)
-        self.number_head = NumberHead(self.hidden_size) if config.number_head else None
+        if config.number_pointers and box_layout is None:
+            raise ValueError("number_pointers needs the memory's box layout (an object readout's memory tokens)")
+        pointers = MemoryPointers(self.hidden_size, config.memory_dim, box_layout) if config.number_pointers else None
+        self.number_head = NumberHead(self.hidden_size, pointers) if config.number_head else None
         if config.freeze_language_model:
             self.decoder.requires_grad_(False)
             self.lm_head.requires_grad_(False)
@@ -431,12 +459,13 @@ class LanguageBridge(nn.Module):
             return AnswerPass(*self._answer_losses(out.last_hidden_state, batch.labels),
                               out.hidden_states[hidden_layer][:, start:] if states else None,
                               out.attentions[attention_layer][:, :, start:] if attentions else None, start,
-                              out.last_hidden_state[:, start:])
-        out, labels, _ = self._prefixed_pass(memory_tokens, repeat, flat_questions, flat_answers, states, attentions)
+                              out.last_hidden_state[:, start:], out.last_hidden_state[:, batch.memory_start:start])
+        out, labels, memory_hidden = self._prefixed_pass(memory_tokens, repeat, flat_questions, flat_answers,
+                                                         states, attentions)
         return AnswerPass(*self._answer_losses(out.last_hidden_state, labels),
                           out.hidden_states[hidden_layer] if states else None,
                           out.attentions[attention_layer] if attentions else None,
-                          len(self._prefix) + memory_tokens.shape[1], out.last_hidden_state)
+                          len(self._prefix) + memory_tokens.shape[1], out.last_hidden_state, memory_hidden[repeat])
 
     def _prefixed_pass(self, memory_tokens: torch.Tensor, repeat: torch.Tensor, questions: list[str],
                        answers: list[str], output_hidden_states: bool = False, output_attentions: bool = False):
@@ -559,6 +588,16 @@ class LanguageBridge(nn.Module):
         letter = list(options)[best]
         return PickedOption(letter, options[letter], float(shares[best]), scored.memory_relevance)
 
+    def pointer_inputs(self, result: AnswerPass, questions: list[str], rows: list[int],
+                       memory_tokens: torch.Tensor) -> PointerInputs:
+        """The number head's PointerInputs for answer_pass rows `rows`, which asked `questions`
+        and read memory_tokens [len(rows),M,C]: each row's question tokens lead it, its answer's
+        follow the last prompt token and are masked off."""
+        device = result.final.device
+        ends = torch.tensor([self.answer_position(q) for q in questions], device=device)
+        mask = torch.arange(result.final.shape[1], device=device)[None] <= ends[:, None]   # [N,L]
+        return PointerInputs(result.final[rows], mask, result.memory_final[rows], memory_tokens)
+
     @torch.no_grad()
     def estimate_number(self, memory_tokens: torch.Tensor, question: str,
                         entry_grid: tuple[int, int] | None = None) -> NumberEstimate:
@@ -571,7 +610,9 @@ class LanguageBridge(nn.Module):
         batch = self.encode_prompts(memory_tokens.shape[1], [question], None, memory_tokens.device)
         hidden = self._hidden(memory_tokens, batch, entry_grid).last_hidden_state[0]           # [L,d]
         s, m = batch.memory_start, batch.num_memory
-        mean, std = self.number_head(hidden[-1])
+        inputs = PointerInputs(hidden[None, s + m:], torch.ones_like(hidden[None, s + m:, 0], dtype=torch.bool),
+                               hidden[None, s:s + m], memory_tokens)
+        mean, std, _ = self.number_head(hidden[-1:], inputs)
         return NumberEstimate(float(mean), float(std), memory_relevance(hidden[s:s + m], hidden[-1]).cpu())
 
     @torch.no_grad()

@@ -12,28 +12,31 @@ from ..sim.questions import MEMORY_TASKS, TASKS
 from .perception_noise import PerceptionNoise
 
 MODULES = ("geometry", "semantic", "depth_refinement", "fusion", "memory", "readout", "object_readout", "bridge")
+# what a stage may train: a module, or the language bridge's number head alone (the language model
+# and projector frozen, so that every answer but the numbers stays as it was)
+TRAINABLE = (*MODULES, "number_head")
 MEMORY_SOURCES = ("clip", "stream", "window", "oracle", "perceived")
 SCENE_SOURCES = ("data", "generated")
 BRIDGE_SOURCES = ("stream", "oracle", "perceived")   # memories built once per stage; only the language bridge learns
 LOSS_WEIGHTS = ("depth_loss_weight", "answer_loss_weight", "category_loss_weight", "position_loss_weight",
                 "point_loss_weight", "objectness_loss_weight", "grounding_loss_weight", "gather_loss_weight",
                 "choice_loss_weight", "direction_loss_weight", "bearing_loss_weight", "order_loss_weight",
-                "copy_loss_weight", "number_loss_weight")
+                "copy_loss_weight", "number_loss_weight", "pointer_loss_weight")
 # The probes that read the language model's hidden states after grounding_layer layers.
 LANGUAGE_PROBE_WEIGHTS = ("grounding_loss_weight", "gather_loss_weight", "choice_loss_weight",
                           "direction_loss_weight", "bearing_loss_weight", "order_loss_weight")
 # The losses on the language model over memories built before the stage (its probes, its attention, its number head).
-BRIDGE_LOSS_WEIGHTS = (*LANGUAGE_PROBE_WEIGHTS, "copy_loss_weight", "number_loss_weight")
+BRIDGE_LOSS_WEIGHTS = (*LANGUAGE_PROBE_WEIGHTS, "copy_loss_weight", "number_loss_weight", "pointer_loss_weight")
 # Memory sources that train some modules on one loss: (the modules train may name, the loss weight
 # that must be > 0, the weights that may be > 0 beside it (every other must be 0), why).
 SINGLE_PURPOSE_SOURCES = {
-    "stream": (["bridge"], "answer_loss_weight", BRIDGE_LOSS_WEIGHTS,
+    "stream": (["bridge", "number_head"], "answer_loss_weight", BRIDGE_LOSS_WEIGHTS,
                "freezes everything before the language model"),
     "window": (["geometry", "depth_refinement"], "depth_loss_weight", (),
                "runs the geometry encoder (and the depth refinement) alone"),
-    "oracle": (["bridge"], "answer_loss_weight", BRIDGE_LOSS_WEIGHTS,
+    "oracle": (["bridge", "number_head"], "answer_loss_weight", BRIDGE_LOSS_WEIGHTS,
                "gives the language model the scene's ground truth, not a perception"),
-    "perceived": (["bridge"], "answer_loss_weight", BRIDGE_LOSS_WEIGHTS,
+    "perceived": (["bridge", "number_head"], "answer_loss_weight", BRIDGE_LOSS_WEIGHTS,
                   "reads the frozen perception's objects out of streamed memories"),
 }
 
@@ -42,10 +45,10 @@ class TrainConfigError(ValueError):
     """The training config is invalid; the message names the key."""
 
 
-def check_modules(names: list[str], where: str) -> None:
-    unknown = [m for m in names if m not in MODULES]
+def check_modules(names: list[str], where: str, known: tuple[str, ...] = MODULES) -> None:
+    unknown = [m for m in names if m not in known]
     if unknown:
-        raise TrainConfigError(f"{where}: unknown modules {unknown}; choose from {MODULES}")
+        raise TrainConfigError(f"{where}: unknown modules {unknown}; choose from {known}")
 
 
 @dataclass
@@ -53,7 +56,7 @@ class StageConfig:
     """One stage: which modules learn, from which losses, for how many steps."""
     name: str
     steps: int
-    train: list[str]                        # modules (MODULES) whose parameters learn
+    train: list[str]                        # modules (TRAINABLE) whose parameters learn
     lr: float = 3e-4
     warmup_steps: int = 20
     depth_loss_weight: float = 1.0          # supervised by the rendered metric depth
@@ -128,6 +131,14 @@ class StageConfig:
     # negative log-likelihood of each number answer's log under the head's Gaussian. Part of the
     # model, not a probe: it answers number questions at inference.
     number_loss_weight: float = 0.0
+    # The number head's memory pointers (model: {bridge: {number_pointers: true}}), supervised at
+    # both hops: cross-entropy of pointer A's word attention on the name of the object a question
+    # names first (of "room" for a room size) and of its memory weights on that object's token (the
+    # room's; the token of its class nearest its true centre), the same for pointer B and the second
+    # name (A and B may take the two either way round); for a counting question, the count gate's
+    # word attention on the class's name and its binary cross-entropy against the class's tokens.
+    # Without it the answer's likelihood trained them too, but the gate fired on other classes.
+    pointer_loss_weight: float = 0.0
     # Where the memory the questions read comes from. "clip": the sample's clip is unrolled with
     # gradients (every module can learn). "stream": built as at inference, from every frame up to
     # the question through the frozen perception and memory, once per stage; only the language
@@ -172,7 +183,7 @@ class StageConfig:
         return any(getattr(self, weight) > 0 for weight in LANGUAGE_PROBE_WEIGHTS)
 
     def __post_init__(self) -> None:
-        check_modules(self.train, f"stage {self.name!r}")
+        check_modules(self.train, f"stage {self.name!r}", TRAINABLE)
         if not isinstance(self.perception_noise, PerceptionNoise):
             try:                            # _make names a value that is not a mapping, or an unknown key
                 self.perception_noise = _make(PerceptionNoise, self.perception_noise,

@@ -28,6 +28,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -46,9 +47,10 @@ from ..evaluation.streaming import hash_tensors, memory_digest, stream_episode
 from ..model.checkpoint import MemoryOverrides, load_checkpoint, load_model, save_checkpoint
 from ..model.dual_memory import MemoryState, memory_entries
 from ..model.fusion import pool_to_grid
-from ..model.language_bridge import NumberHead
+from ..model.language_bridge import AnswerPass, NumberHead
 from ..model.memory_readout import mean_pool
-from ..model.object_memory import ObjectBox, token_readings
+from ..model.number_pointers import POINTERS
+from ..model.object_memory import ROOM_CLASS, ObjectBox, token_readings
 from ..model.vlm2 import VLM2Config, VLM2Model, input_pixel_rays, points_on_rays
 from ..sim.episode import EpisodeDir
 from ..sim.questions import COMPASS, DIRECTION_CLASSES, LETTERS, MEMORY_TASKS, relation_angles
@@ -68,7 +70,8 @@ METRICS = ("loss_depth", "loss_category", "loss_position", "loss_point", "loss_o
            "loss_answer", "loss_grounding", "category_accuracy", "position_error_m", "point_error_m",
            "grounding_error_m", "loss_gather", "gather_error_m", "loss_choice", "choice_accuracy",
            "loss_direction", "direction_accuracy", "loss_bearing", "bearing_error_deg", "loss_copy",
-           "copy_attention", "loss_number", "number_accuracy", "loss_order", "order_error")
+           "copy_attention", "loss_number", "number_accuracy", "loss_order", "order_error", "loss_pointer",
+           "pointer_accuracy")
 # training-only heads, each with its stage loss weight; every one after "category" came later, and
 # a run saved before one of them starts it fresh
 PROBES = ("category", "position", "point", "grounding", "gather", "choice", "direction", "bearing", "order")
@@ -189,6 +192,14 @@ def streamed_memory(engine: SpatialMemoryEngine, episode: TrainingEpisode) -> to
         return engine.model.read_memory(engine.stream).tokens.clone()   # a normal (not inference) tensor
 
 
+def question_category(question: str, classes: tuple[str, ...]) -> str | None:
+    """The object class `question` names (the longest one that occurs as whole words; the room
+    shell, classes[0], is not an object class), or None."""
+    text = f" {question.lower()} "
+    named = [c for c in classes[1:] if re.search(rf"\b{re.escape(c)}(\b|\(s\))", text)]
+    return max(named, key=len) if named else None
+
+
 def model_parts(model: VLM2Model) -> dict[str, torch.nn.Module]:
     """The model's modules by the names training configs use (MODULES)."""
     parts = {"geometry": model.geometry, "semantic": model.semantic, "depth_refinement": model.depth_refinement,
@@ -199,7 +210,13 @@ def model_parts(model: VLM2Model) -> dict[str, torch.nn.Module]:
 
 
 def set_trainable(model: VLM2Model, modules: list[str]) -> list[torch.nn.Parameter]:
+    """Only `modules` (config.TRAINABLE) learn; returns their parameters."""
     parts = model_parts(model)
+    if "number_head" in modules:
+        if model.bridge.number_head is None:
+            raise TrainConfigError("train names number_head, and this model writes numbers as text: set "
+                                   "model: {bridge: {number_head: true}}")
+        parts["number_head"] = model.bridge.number_head
     if "depth_refinement" in modules and not model.config.depth_refinement.enabled:
         raise TrainConfigError("train names depth_refinement, but the model's is disabled: set "
                                "model: {depth_refinement: {enabled: true}}")
@@ -220,7 +237,8 @@ def copy_modules(source: VLM2Model, target: VLM2Model, modules: list[str], where
     configs and every tensor's shape must agree (TrainConfigError names what does not). The
     memory's sizes and episodic replacement rule hold no weights, nor does how the object readout
     groups and writes what its head reads (only its classes do): a run may change them. A bridge
-    without a number head may be copied into one with a fresh head (to learn it)."""
+    without a number head may be copied into one with a fresh head, and a number head without
+    memory pointers into one with fresh pointers (to learn them)."""
     def weight_config(config: VLM2Config, name: str):
         # every module but the readout has a config of its name in VLM2Config
         part = getattr(config, name, None)
@@ -228,20 +246,29 @@ def copy_modules(source: VLM2Model, target: VLM2Model, modules: list[str], where
             return dataclasses.replace(part, working=None, episodic=None)
         if name == "object_readout":
             return (part.enabled, part.classes)
-        return dataclasses.replace(part, number_head=False) if name == "bridge" else part
+        return dataclasses.replace(part, number_head=False, number_pointers=False) if name == "bridge" else part
 
     for name in modules:
         theirs, ours = weight_config(source.config, name), weight_config(target.config, name)
         if theirs != ours:
             raise TrainConfigError(f"init_modules: {name!r} of {where} has another config than this "
                                    f"run's model:\n  {theirs}\n  {ours}")
-        adds_head = name == "bridge" and source.bridge.number_head is None and target.bridge.number_head is not None
+        # a bridge may gain a fresh number head, or its number head fresh memory pointers
+        theirs_head, ours_head = source.bridge.number_head, target.bridge.number_head
+        if name != "bridge" or ours_head is None:
+            fresh = ()
+        elif theirs_head is None:
+            fresh = ("number_head.",)
+        elif theirs_head.pointers is None and ours_head.pointers is not None:
+            fresh = ("number_head.pointers.", "number_head.measure_weights.")
+        else:
+            fresh = ()
         try:
             missing, unexpected = model_parts(target)[name].load_state_dict(model_parts(source)[name].state_dict(),
-                                                                            strict=not adds_head)
+                                                                            strict=not fresh)
         except RuntimeError as e:
             raise TrainConfigError(f"init_modules: cannot copy {name!r} from {where} ({e})") from None
-        if unexpected or any(not key.startswith("number_head.") for key in missing):
+        if unexpected or any(not key.startswith(fresh) for key in missing):
             raise TrainConfigError(f"init_modules: cannot copy {name!r} from {where} (missing {missing}, "
                                    f"unexpected {unexpected})")
 
@@ -341,6 +368,10 @@ class Trainer:
         if self.model.bridge.number_head is None and any(s.number_loss_weight > 0 for s in config.stages):
             raise TrainConfigError("number_loss_weight trains the language bridge's number head, and this model "
                                    "writes numbers as text: set model: {bridge: {number_head: true}}")
+        head = self.model.bridge.number_head
+        if (head is None or head.pointers is None) and any(s.pointer_loss_weight > 0 for s in config.stages):
+            raise TrainConfigError("pointer_loss_weight trains the number head's memory pointers, and this model's "
+                                   "has none: set model: {bridge: {number_head: true, number_pointers: true}}")
         if self.model.readout.objectness is None and any(s.objectness_loss_weight > 0 for s in config.stages):
             raise TrainConfigError("objectness_loss_weight trains the readout's objectness score, and this model "
                                    "pools its memory by the mean: set model: {readout_pool: objectness}")
@@ -541,6 +572,12 @@ class Trainer:
                 # all of a sample's questions in one pass per memory (the memory prefix runs once)
                 passes = [bridge.answer_pass(memories[int(m)], [sample.prompts], [sample.answers], probe_layer)
                           for m in (own, other)]
+                number_scores = {}       # row -> the number head's score with each memory
+                if bridge.number_head is not None:
+                    rows, _ = self.number_rows(sample.prompts, sample.answers)
+                    scores = [self.number_loss(p, memories[int(m)].expand(len(sample.prompts), -1, -1),
+                                               sample.prompts, sample.answers)[1] for p, m in zip(passes, (own, other))]
+                    number_scores = {row: (float(scores[0][j]), float(scores[1][j])) for j, row in enumerate(rows)}
                 for i, (prompt, answer, task, named) in enumerate(zip(sample.prompts, sample.answers, sample.tasks,
                                                                       sample.named_objects)):
                     for key in (task, "all"):
@@ -548,10 +585,8 @@ class Trainer:
                     if answer in tuple(LETTERS):
                         hits.setdefault(task, []).append(tuple(chosen_letter(memories[int(m)], prompt) == answer
                                                                for m in (own, other)))
-                    if bridge.number_head is not None:
-                        scores = [self.number_loss(p.final[i:i + 1], [prompt], [answer])[1] for p in passes]
-                        if len(scores[0]):
-                            numbers.setdefault(task, []).append((float(scores[0][0]), float(scores[1][0])))
+                    if i in number_scores:
+                        numbers.setdefault(task, []).append(number_scores[i])
                     if "grounding" in measured and named:
                         errors = [self.grounding_loss(p.hidden[i:i + 1], [prompt], [named])[1] for p in passes]
                         for key in (task, "all"):
@@ -922,6 +957,10 @@ class Trainer:
             tasks += [sample.tasks[i] for i in asked]
             directions += [sample.directions[i] for i in asked]
             ranks += [sample.category_ranks] * len(asked)
+        # a stage that trains the number head alone keeps the frozen bridge's running statistics
+        self.model.bridge.train("bridge" in stage.train)
+        if self.model.bridge.number_head is not None:
+            self.model.bridge.number_head.train()
         result = self.model.bridge.answer_pass(torch.cat(tokens), prompts, answers,
                                                stage.grounding_layer if stage.probes_language_model else None,
                                                stage.copy_layer if stage.copy_loss_weight > 0 else None)
@@ -931,6 +970,7 @@ class Trainer:
         metrics = {**dict.fromkeys(METRICS, 0.0), "loss_answer": float(result.loss.detach())}
         flat_prompts = [p for ps in prompts for p in ps]
         flat_answers = [a for row in answers for a in row]
+        row_memory = torch.cat([m.expand(len(ps), -1, -1) for m, ps in zip(tokens, prompts)])   # [Q,M,C]
         # the language probes and the copy loss: weight, the metric of their per-item measure, and the loss
         language_losses = {
             "grounding": (stage.grounding_loss_weight, "grounding_error_m",
@@ -948,7 +988,9 @@ class Trainer:
             "copy": (stage.copy_loss_weight, "copy_attention",
                      lambda: self.copy_loss(result.attention, result.row_start, flat_prompts, flat_answers)),
             "number": (stage.number_loss_weight, "number_accuracy",
-                       lambda: self.number_loss(result.final, flat_prompts, flat_answers)),
+                       lambda: self.number_loss(result, row_memory, flat_prompts, flat_answers)),
+            "pointer": (stage.pointer_loss_weight, "pointer_accuracy",
+                        lambda: self.pointer_loss(result, row_memory, flat_prompts, flat_answers, tasks, named)),
         }
         for name, (weight, measure, item_loss) in language_losses.items():
             if weight > 0:
@@ -985,25 +1027,97 @@ class Trainer:
         mass = (weights * mask).sum(dim=-1)                                               # [N]
         return -mass.clamp(min=1e-6).log().mean(), mass.detach()
 
-    def number_loss(self, final: torch.Tensor, prompts: list[str],
-                    answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Negative log-likelihood of each positive number answer under the number head's Gaussian
-        at its question's last prompt token (final [Q,L,d], the final layer's states over the
-        rows); and the relative accuracy (MRA) of the Gaussian's median [N] (N = 0 when no
-        question asks a number; the loss is then 0)."""
+    def number_rows(self, prompts: list[str], answers: list[str]) -> tuple[list[int], list[float]]:
+        """The rows that ask a number with a positive answer, and the answers' values."""
         rows, values = [], []
         for row, (prompt, answer) in enumerate(zip(prompts, answers)):
             value = parse_number(answer) if expected_answer_kind(prompt) == "number" else None
             if value is not None and value > 0:
                 rows.append(row)
                 values.append(value)
+        return rows, values
+
+    def number_head_pass(self, result: AnswerPass, memory: torch.Tensor, prompts: list[str], rows: list[int]):
+        """The number head at `rows`' last prompt token (result: their answer_pass; memory [Q,M,C]
+        the memory tokens each row read, for memory pointers): mean [N], std [N], PointerReading or None."""
+        states = self.answer_states(result.final, [prompts[r] for r in rows], rows)
+        if self.model.bridge.number_head.pointers is None:
+            return self.model.bridge.number_head(states)
+        inputs = self.model.bridge.pointer_inputs(result, [prompts[r] for r in rows], rows, memory[rows])
+        return self.model.bridge.number_head(states, inputs)
+
+    def number_loss(self, result: AnswerPass, memory: torch.Tensor, prompts: list[str],
+                    answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Negative log-likelihood of each positive number answer under the number head's Gaussian
+        at its question's last prompt token (result.final, the final layer's states over the
+        rows; memory [Q,M,C] each row's memory tokens); and the relative accuracy (MRA) of the
+        Gaussian's median [N] (N = 0 when no question asks a number; the loss is then 0)."""
+        rows, values = self.number_rows(prompts, answers)
         if not rows:
-            return final.sum() * 0.0, final.new_zeros(0)
-        mean, std = self.model.bridge.number_head(self.answer_states(final, [prompts[r] for r in rows], rows))  # [N]
-        truth = torch.tensor(values, device=final.device)
+            return result.final.sum() * 0.0, result.final.new_zeros(0)
+        mean, std, _ = self.number_head_pass(result, memory, prompts, rows)            # [N]
+        truth = torch.tensor(values, device=result.final.device)
         median = mean.detach().exp().cpu().numpy()
         accuracy = relative_accuracy(median, truth.cpu().numpy()).diagonal()
         return NumberHead.nll(mean, std, truth).mean(), torch.tensor(accuracy)
+
+    def pointer_loss(self, result: AnswerPass, memory: torch.Tensor, prompts: list[str], answers: list[str],
+                     tasks: list[str], named: list[list[tuple[str, tuple[float, float, float]]]]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The memory pointers' supervision (StageConfig.pointer_loss_weight) on the number questions,
+        mean over questions; and for each pointer with a target, whether its largest memory weight is
+        on it [N] (N = 0 when no number question has one; the loss is then 0)."""
+        rows, _ = self.number_rows(prompts, answers)
+        if not rows:
+            return result.final.sum() * 0.0, result.final.new_zeros(0)
+        _, _, reading = self.number_head_pass(result, memory, prompts, rows)
+        bridge = self.model.bridge
+        classes = self.model.config.object_readout.classes
+        scale = self.model.config.fusion.position_scale_m
+
+        def attention_cost(logits: torch.Tensor, targets) -> torch.Tensor:
+            # cross-entropy of a softmax over `logits` [K] on the set `targets`
+            targets = torch.as_tensor(targets, device=logits.device)
+            return torch.logsumexp(logits, 0) - torch.logsumexp(logits[targets], 0)
+
+        terms, hits = [], []
+        for i, row in enumerate(rows):
+            tokens, prompt = memory[row].float(), prompts[row]                         # [M,C]
+            occupied = tokens.abs().sum(-1) > 0
+            token_class = tokens[:, :len(classes)].argmax(-1).masked_fill(~occupied, -1)   # [M]
+            centres = tokens[:, len(classes):len(classes) + 3] * scale                  # [M,3]
+            if tasks[row] == "object_counting":
+                category = question_category(prompt, classes)
+                words = bridge.phrase_positions(prompt, category) if category is not None else []
+                if words:
+                    target = (token_class == classes.index(category)).float()
+                    gate = F.binary_cross_entropy_with_logits(reading.gate_logits[i][occupied], target[occupied])
+                    terms.append(attention_cost(reading.word_logits[i, POINTERS], words) + gate)
+                continue
+            # each name: (its words in the question, its class, its true centre or None for the room)
+            names = [(bridge.phrase_positions(prompt, classes[ROOM_CLASS]), ROOM_CLASS, None)] \
+                if tasks[row] == "room_size_estimation" else \
+                [(bridge.phrase_positions(prompt, category), classes.index(category), centre)
+                 for category, centre in named[row][:POINTERS] if category in classes]
+            targets = []
+            for words, k, centre in names:
+                candidates = (token_class == k).nonzero().flatten()
+                if len(candidates) and centre is not None:   # the one of its class nearest the object's true centre
+                    near = (centres[candidates] - centres.new_tensor(centre)).norm(dim=-1)
+                    candidates = candidates[near.argmin()][None]
+                targets.append((words, candidates))
+            if not targets or any(len(w) == 0 or len(t) == 0 for w, t in targets):
+                continue
+            # a distance is the same either way round: A and B may take the two objects in either order
+            orders = [targets] if len(targets) == 1 else [targets, targets[::-1]]
+            costs = [sum(attention_cost(reading.word_logits[i, p], w) + attention_cost(reading.logits[i, p], t)
+                         for p, (w, t) in enumerate(order)) for order in orders]
+            best = min(range(len(orders)), key=lambda j: float(costs[j]))
+            terms.append(costs[best] / len(targets))
+            hits += [bool(torch.isin(reading.logits[i, p].argmax(), t)) for p, (_, t) in enumerate(orders[best])]
+        if not terms:
+            return result.final.sum() * 0.0, result.final.new_zeros(0)
+        return torch.stack(terms).mean(), torch.tensor(hits, dtype=torch.float32)
 
     def grounding_loss(self, hidden: torch.Tensor, prompts: list[str],
                        named: list[list[tuple[str, tuple[float, float, float]]]]) -> tuple[torch.Tensor, torch.Tensor]:
