@@ -1444,13 +1444,17 @@ def test_number_stage_teaches_the_bridges_number_head_which_a_bridge_without_one
     assert all(0 <= r[k] <= 1 for r in rows.values() for k in ("own_number_score", "other_number_score") if k in r)
 
 
-def test_question_category_is_the_longest_object_class_the_question_names():
+def test_counted_class_is_the_longest_object_class_the_question_names():
+    from vlm2_ros.model.language_bridge import LanguageBridge, LanguageBridgeConfig
     from vlm2_ros.sim.scene import SEMANTIC_CLASSES
-    from vlm2_ros.training.trainer import question_category
+    from vlm2_ros.training.trainer import counted_class
 
-    assert question_category("How many trash can(s) are in this room?", SEMANTIC_CLASSES) == "trash can"
-    assert question_category("Count the chair(s) in this room. How many are there?", SEMANTIC_CLASSES) == "chair"
-    assert question_category("What is the size of this room (in square meters)?", SEMANTIC_CLASSES) is None
+    bridge = LanguageBridge(LanguageBridgeConfig(tiny_lm={"vocabulary_version": 2}))
+    trash = "How many trash can(s) are in this room?"
+    assert counted_class(bridge, trash, SEMANTIC_CLASSES) == ("trash can", bridge.phrase_positions(trash, "trash can"))
+    chair = "Count the chair(s) in this room. How many are there?"
+    assert counted_class(bridge, chair, SEMANTIC_CLASSES) == ("chair", bridge.phrase_positions(chair, "chair"))
+    assert counted_class(bridge, "What is the size of this room (in square meters)?", SEMANTIC_CLASSES) is None
 
 
 def test_pointer_stage_trains_the_number_head_alone_and_its_pointers_find_the_named_objects(data, tmp_path):

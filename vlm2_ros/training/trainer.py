@@ -28,7 +28,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import re
 import subprocess
 import time
 from pathlib import Path
@@ -49,7 +48,7 @@ from ..model.dual_memory import MemoryState, memory_entries
 from ..model.fusion import pool_to_grid
 from ..model.language_bridge import AnswerPass, NumberHead
 from ..model.memory_readout import mean_pool
-from ..model.number_pointers import POINTERS
+from ..model.number_pointers import POINTERS, token_boxes
 from ..model.object_memory import ROOM_CLASS, ObjectBox, token_readings
 from ..model.vlm2 import VLM2Config, VLM2Model, input_pixel_rays, points_on_rays
 from ..sim.episode import EpisodeDir
@@ -192,12 +191,16 @@ def streamed_memory(engine: SpatialMemoryEngine, episode: TrainingEpisode) -> to
         return engine.model.read_memory(engine.stream).tokens.clone()   # a normal (not inference) tensor
 
 
-def question_category(question: str, classes: tuple[str, ...]) -> str | None:
-    """The object class `question` names (the longest one that occurs as whole words; the room
-    shell, classes[0], is not an object class), or None."""
-    text = f" {question.lower()} "
-    named = [c for c in classes[1:] if re.search(rf"\b{re.escape(c)}(\b|\(s\))", text)]
-    return max(named, key=len) if named else None
+def counted_class(bridge, question: str, classes: tuple[str, ...]) -> tuple[str, list[int]] | None:
+    """The object class a counting question names (the longest one it names as whole words, by the
+    bridge's phrase_positions; the room shell, classes[0], is not an object class) and where its
+    names end among the question's tokens; None if it names none."""
+    named = {c: bridge.phrase_positions(question, c) for c in classes[1:] if c in question.lower()}
+    named = {c: words for c, words in named.items() if words}
+    if not named:
+        return None
+    category = max(named, key=len)
+    return category, named[category]
 
 
 def model_parts(model: VLM2Model) -> dict[str, torch.nn.Module]:
@@ -970,7 +973,10 @@ class Trainer:
         metrics = {**dict.fromkeys(METRICS, 0.0), "loss_answer": float(result.loss.detach())}
         flat_prompts = [p for ps in prompts for p in ps]
         flat_answers = [a for row in answers for a in row]
-        row_memory = torch.cat([m.expand(len(ps), -1, -1) for m, ps in zip(tokens, prompts)])   # [Q,M,C]
+        head = self.model.bridge.number_head
+        # each row's memory tokens, for memory pointers only (a copy of every memory per question)
+        row_memory = (torch.cat([m.expand(len(ps), -1, -1) for m, ps in zip(tokens, prompts)])   # [Q,M,C]
+                      if head is not None and head.pointers is not None else None)
         # the language probes and the copy loss: weight, the metric of their per-item measure, and the loss
         language_losses = {
             "grounding": (stage.grounding_loss_weight, "grounding_error_m",
@@ -1039,7 +1045,8 @@ class Trainer:
 
     def number_head_pass(self, result: AnswerPass, memory: torch.Tensor, prompts: list[str], rows: list[int]):
         """The number head at `rows`' last prompt token (result: their answer_pass; memory [Q,M,C]
-        the memory tokens each row read, for memory pointers): mean [N], std [N], PointerReading or None."""
+        the memory tokens each row read, read by memory pointers only: None without them): mean [N],
+        std [N], PointerReading or None."""
         states = self.answer_states(result.final, [prompts[r] for r in rows], rows)
         if self.model.bridge.number_head.pointers is None:
             return self.model.bridge.number_head(states)
@@ -1050,7 +1057,7 @@ class Trainer:
                     answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Negative log-likelihood of each positive number answer under the number head's Gaussian
         at its question's last prompt token (result.final, the final layer's states over the
-        rows; memory [Q,M,C] each row's memory tokens); and the relative accuracy (MRA) of the
+        rows; memory as number_head_pass takes it); and the relative accuracy (MRA) of the
         Gaussian's median [N] (N = 0 when no question asks a number; the loss is then 0)."""
         rows, values = self.number_rows(prompts, answers)
         if not rows:
@@ -1073,7 +1080,6 @@ class Trainer:
         _, _, reading = self.number_head_pass(result, memory, prompts, rows)
         bridge = self.model.bridge
         classes = self.model.config.object_readout.classes
-        scale = self.model.config.fusion.position_scale_m
 
         def attention_cost(logits: torch.Tensor, targets) -> torch.Tensor:
             # cross-entropy of a softmax over `logits` [K] on the set `targets`
@@ -1082,16 +1088,14 @@ class Trainer:
 
         terms, hits = [], []
         for i, row in enumerate(rows):
-            tokens, prompt = memory[row].float(), prompts[row]                         # [M,C]
-            occupied = tokens.abs().sum(-1) > 0
-            token_class = tokens[:, :len(classes)].argmax(-1).masked_fill(~occupied, -1)   # [M]
-            centres = tokens[:, len(classes):len(classes) + 3] * scale                  # [M,3]
+            read, prompt = token_boxes(memory[row], bridge.number_head.pointers.layout), prompts[row]   # [M]
             if tasks[row] == "object_counting":
-                category = question_category(prompt, classes)
-                words = bridge.phrase_positions(prompt, category) if category is not None else []
-                if words:
-                    target = (token_class == classes.index(category)).float()
-                    gate = F.binary_cross_entropy_with_logits(reading.gate_logits[i][occupied], target[occupied])
+                counted = counted_class(bridge, prompt, classes)
+                if counted is not None:
+                    category, words = counted
+                    target = (read.classes == classes.index(category)).float()
+                    gate = F.binary_cross_entropy_with_logits(reading.gate_logits[i][read.occupied],
+                                                              target[read.occupied])
                     terms.append(attention_cost(reading.word_logits[i, POINTERS], words) + gate)
                 continue
             # each name: (its words in the question, its class, its true centre or None for the room)
@@ -1101,9 +1105,9 @@ class Trainer:
                  for category, centre in named[row][:POINTERS] if category in classes]
             targets = []
             for words, k, centre in names:
-                candidates = (token_class == k).nonzero().flatten()
+                candidates = (read.classes == k).nonzero().flatten()
                 if len(candidates) and centre is not None:   # the one of its class nearest the object's true centre
-                    near = (centres[candidates] - centres.new_tensor(centre)).norm(dim=-1)
+                    near = (read.boxes[candidates, :3] - read.boxes.new_tensor(centre)).norm(dim=-1)
                     candidates = candidates[near.argmin()][None]
                 targets.append((words, candidates))
             if not targets or any(len(w) == 0 or len(t) == 0 for w, t in targets):
