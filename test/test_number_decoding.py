@@ -74,6 +74,8 @@ def test_lognormal_quantiles_stand_in_for_samples():
 
 def test_count_questions_are_told_from_questions_in_units():
     assert asks_count("How many chair(s) are in this room?") and asks_count("Count them. How many are there?")
+    assert asks_count("What is the number of chair(s) in the room?")   # one of the synthetic world's templates
+    assert not asks_count("What is the number of meters between the sofa and the bed?")
     assert not asks_count("How many meters apart are the sofa and the bed?")
     assert not asks_count("How many square meters is this room?") and not asks_count("How far is the door?")
 

@@ -54,6 +54,7 @@ def test_question_kinds_and_options():
     assert question_options(mc) == ["A", "B", "C", "D"]
     assert expected_answer_kind(mc) == "choice"
     assert expected_answer_kind("How many chairs are in this room?") == "number"
+    assert expected_answer_kind("What is the number of chair(s) in the room?") == "number"
     assert expected_answer_kind("What is the distance between the bed and the tv (in meters)?") == "number"
     assert expected_answer_kind("Describe the room.") == "text"
     assert question_options("Is it a table? A lamp is nearby.") == []

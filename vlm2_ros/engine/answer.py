@@ -21,13 +21,14 @@ _OPTION = re.compile(r"(?:^|[\s(])([A-H])(?:\.|\))\s+\S", re.MULTILINE)
 _OPTION_LINE = re.compile(r"^[ \t]*\(?([A-H])[.)][ \t]+(.*?\S)[ \t]*$", re.MULTILINE)
 _NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
 _NUMERIC_QUESTION = re.compile(
-    r"\b(how many|how far|how big|how long|how wide|how tall|how high|distance|"
+    r"\b(how many|number of|how far|how big|how long|how wide|how tall|how high|distance|"
     r"size|length|width|height|area|square met(?:er|re)s?|in met(?:er|re)s|centimet(?:er|re)s)\b",
     re.IGNORECASE)
-# "how many" asking for things, not for units of a measure ("how many meters apart ...")
+# "how many" / "the number of" asking for things, not for units of a measure ("how many meters apart ...")
 _COUNT_QUESTION = re.compile(
-    r"\bhow many\b(?!\s+(?:square\s+|cubic\s+)?(?:(?:centi|milli|kilo)?met(?:er|re)s?|feet|foot|inch(?:es)?|"
-    r"degrees?|seconds?|minutes?|hours?)\b)", re.IGNORECASE)
+    r"\b(?:how many|number of)\b(?!\s+(?:square\s+|cubic\s+)?"
+    r"(?:(?:centi|milli|kilo)?met(?:er|re)s?|feet|foot|inch(?:es)?|degrees?|seconds?|minutes?|hours?)\b)",
+    re.IGNORECASE)
 
 
 @dataclass(frozen=True)
