@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from conftest import make_frames
-from vlm2_ros.engine.answer import asks_count
+from vlm2_ros.engine.answer import asks_count, asks_measure
 from vlm2_ros.engine.engine import number_text
+from vlm2_ros.model.language_bridge import GeneratedText
 from vlm2_ros.engine.number_decoding import (NumberDecision, decode_number, decode_values, lognormal_quantiles,
                                              relative_accuracy)
 from vlm2_ros.evaluation.metrics import mean_relative_accuracy
@@ -76,6 +77,9 @@ def test_count_questions_are_told_from_questions_in_units():
     assert asks_count("How many chair(s) are in this room?") and asks_count("Count them. How many are there?")
     assert asks_count("What is the number of chair(s) in the room?")   # one of the synthetic world's templates
     assert not asks_count("What is the number of meters between the sofa and the bed?")
+    # a measure is what a number head answers: a number question that is not a count
+    assert asks_measure("How many meters apart are the sofa and the bed?") and asks_measure("How far is the door?")
+    assert not asks_measure("What is the number of chair(s) in the room?") and not asks_measure("Describe the room.")
     assert not asks_count("How many meters apart are the sofa and the bed?")
     assert not asks_count("How many square meters is this room?") and not asks_count("How far is the door?")
 
@@ -105,13 +109,16 @@ def test_engine_answers_numbers_from_the_number_head(monkeypatch):
     expected = decode_values(lognormal_quantiles(estimate.log_mean, estimate.log_std))
     assert answer.kind == "number" and answer.text == number_text(expected) and answer.value == float(answer.text)
     assert answer.confidence == pytest.approx(expected.expected_accuracy) and answer.evidence
-    # a count is a whole number
-    estimate = bridge.estimate_number(tokens, NUMBER_QUESTION)
-    count = engine.query(NUMBER_QUESTION)
-    expected = decode_values(np.round(lognormal_quantiles(estimate.log_mean, estimate.log_std)))
-    assert count.value == float(count.text) == (expected.value if expected else 0.0) and count.value.is_integer()
-    monkeypatch.setattr(bridge, "estimate_number", lambda *a, **k: dataclasses.replace(estimate, log_mean=-5.0))
-    nothing = engine.query(NUMBER_QUESTION)
+    monkeypatch.setattr(bridge, "estimate_number", lambda *a, **k: dataclasses.replace(estimate, log_mean=-800.0))
+    nothing = engine.query(distance)                    # a log below what a float holds
     assert nothing.value == 0 and nothing.confidence == 1.0
     with pytest.raises(QueryCanceled):
-        engine.query(NUMBER_QUESTION, should_stop=lambda: True)
+        engine.query(distance, should_stop=lambda: True)
+    # a count, in each of the synthetic world's wordings, the language model writes: from its samples
+    monkeypatch.setattr(bridge, "estimate_number", lambda *a, **k: pytest.fail("a count is not the head's"))
+    monkeypatch.setattr(bridge, "generate", lambda *a, **k: GeneratedText(
+        "2", [7], [0.9], torch.full((tokens.shape[1],), 1.0 / tokens.shape[1]), samples=("2", "2", "3")))
+    for question in (NUMBER_QUESTION, "What is the number of chair(s) in the room?",
+                     "Count the chair(s) in this room. How many are there?"):
+        count = engine.query(question)
+        assert count.kind == "number" and count.value == 2 and count.text == "2"

@@ -750,7 +750,8 @@ def test_the_recipe_configs_are_valid():
     pointers = load_train_config(recipe.with_name("train_tiny_pointers.yaml"))
     assert {**pointers.model, "bridge": {**pointers.model["bridge"], "number_pointers": False}} == {
         **config.model, "bridge": {**config.model["bridge"], "number_pointers": False}}
-    assert all(s.train == ["number_head"] and s.pointer_loss_weight > 0 for s in pointers.stages)
+    assert all(s.train == ["number_head"] and s.pointer_loss_weight > 0 and "object_counting" not in s.question_types
+               for s in pointers.stages)
 
 
 def test_named_objects_are_the_questions_objects_alone_in_their_category(data):
@@ -1429,32 +1430,20 @@ def test_number_stage_teaches_the_bridges_number_head_which_a_bridge_without_one
     history = fit_history(trainer, trainer.config.stages[0], steps=40, lr=1e-3)
     losses = [m["loss_number"] for m in history]
     assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.5 and all(0 <= m["number_accuracy"] <= 1 for m in history)
-    # only the number questions' answers, read at the answer position of the final layer
-    final = torch.zeros(2, 30, bridge.hidden_size)
-    loss, measured = trainer.number_loss(AnswerPass(torch.zeros(()), torch.zeros(2), None, final=final),
-                                         torch.zeros(2, 8, bridge.config.memory_dim),
-                                         ["How many chair(s) are in this room?",
-                                          "Which is nearer?\nA. sofa\nB. lamp"], ["3", "A"])
+    # only the measures' answers (a count the language model writes), read at the answer position
+    # of the final layer
+    final = torch.zeros(3, 30, bridge.hidden_size)
+    loss, measured = trainer.number_loss(AnswerPass(torch.zeros(()), torch.zeros(3), None, final=final),
+                                         torch.zeros(3, 8, bridge.config.memory_dim),
+                                         ["What is the distance in meters between the sofa and the bed?",
+                                          "How many chair(s) are in this room?",
+                                          "Which is nearer?\nA. sofa\nB. lamp"], ["1.5", "3", "A"])
     assert measured.shape == (1,) and torch.isfinite(loss)
     # --memory-reliance scores the head's median on the number questions, with each memory
     rows = trainer.memory_reliance(samples=2)
     scored = {t for t, r in rows.items() if "own_number_score" in r}
-    assert scored and scored <= {"object_counting", "object_abs_distance", "object_size_estimation",
-                                 "room_size_estimation"}
+    assert scored and scored <= {"object_abs_distance", "object_size_estimation", "room_size_estimation"}
     assert all(0 <= r[k] <= 1 for r in rows.values() for k in ("own_number_score", "other_number_score") if k in r)
-
-
-def test_counted_class_is_the_longest_object_class_the_question_names():
-    from vlm2_ros.model.language_bridge import LanguageBridge, LanguageBridgeConfig
-    from vlm2_ros.sim.scene import SEMANTIC_CLASSES
-    from vlm2_ros.training.trainer import counted_class
-
-    bridge = LanguageBridge(LanguageBridgeConfig(tiny_lm={"vocabulary_version": 2}))
-    trash = "How many trash can(s) are in this room?"
-    assert counted_class(bridge, trash, SEMANTIC_CLASSES) == ("trash can", bridge.phrase_positions(trash, "trash can"))
-    chair = "Count the chair(s) in this room. How many are there?"
-    assert counted_class(bridge, chair, SEMANTIC_CLASSES) == ("chair", bridge.phrase_positions(chair, "chair"))
-    assert counted_class(bridge, "What is the size of this room (in square meters)?", SEMANTIC_CLASSES) is None
 
 
 def test_pointer_stage_trains_the_number_head_alone_and_its_pointers_find_the_named_objects(data, tmp_path):

@@ -98,6 +98,12 @@ def asks_count(question: str) -> bool:
     return bool(_COUNT_QUESTION.search(question))
 
 
+def asks_measure(question: str) -> bool:
+    """A number question whose answer is a measure (a distance, a size, an area), not a count: what
+    a language bridge's number head answers (a count is a small whole number the model writes)."""
+    return expected_answer_kind(question) == "number" and not asks_count(question)
+
+
 def parse_number(text: str) -> float | None:
     """The first number in `text`; None when there is none or it overflows (e.g. "1e999"), so a
     typed answer is always finite (and its JSON echo valid)."""

@@ -27,7 +27,7 @@ from ..model.memory_readout import SOURCE_NAMES
 from ..model.provenance import Provenance
 from ..model.vlm2 import StreamState, VLM2Model, input_pixel_rays
 from ..model.working_memory import WorkingMemory
-from .answer import Answer, Evidence, asks_count, expected_answer_kind, parse_choice, parse_number, question_options
+from .answer import Answer, Evidence, asks_measure, expected_answer_kind, parse_choice, parse_number, question_options
 from .number_decoding import DEFAULT_NUMBER_SAMPLES, NumberDecision, decode_number, decode_values, lognormal_quantiles
 from .snapshot import SnapshotError, read_snapshot, write_snapshot
 
@@ -283,15 +283,13 @@ class SpatialMemoryEngine:
                     raise QueryCanceled("query canceled before the answer was complete")
                 picked = bridge.pick_option(readout.tokens, question, options)
                 text, confidence, relevance = f"{picked.letter}. {picked.text}", picked.share, picked.memory_relevance
-            elif kind == "number" and bridge.number_head is not None:
+            elif bridge.number_head is not None and asks_measure(question):
                 if should_stop is not None and should_stop():      # one poll: the estimate is one pass
                     raise QueryCanceled("query canceled before the answer was complete")
                 estimate = bridge.estimate_number(readout.tokens, question)
                 values = lognormal_quantiles(estimate.log_mean, estimate.log_std,
                                              self.number_samples or DEFAULT_NUMBER_SAMPLES)
-                # a count is a whole number: its candidates too (what a sampled text answer would write)
-                values = np.round(values) if asks_count(question) else values
-                # every candidate 0 (a count of nothing): 0, as sure as the candidates agree
+                # every candidate 0 (a log below what a float holds): 0, as sure as the candidates agree
                 decision = decode_values(values) or NumberDecision(0.0, 1.0, len(values))
                 text, confidence = number_text(decision), decision.expected_accuracy
                 relevance = estimate.memory_relevance

@@ -44,7 +44,7 @@ attribution.
 `generate` can also draw several answers from the model's own distribution (temperature 1), in
 the same batch as the greedy answer, sharing the prompt's keys/values; the engine decodes number
 answers from them (see engine/number_decoding.py). With number_head, `estimate_number` gives a
-number answer's distribution in one pass instead (NumberHead on the final hidden state that would
+measure's distribution in one pass instead (NumberHead on the final hidden state that would
 predict the first answer token; the trainer reads the same state in answer_pass's `final`).
 """
 from __future__ import annotations
@@ -88,13 +88,15 @@ class LanguageBridgeConfig:
     # A small language model trained from scratch learns to look a named object up in memory and
     # answer with the option's text, but not the further step from that text to its letter.
     choice_answer: str = "letter"
-    # How a number question (engine.answer.expected_answer_kind "number") is answered. False: the
-    # model writes the number as text. True: a head on the final hidden state at the answer's
+    # How a measure (a distance, a size, an area: engine.answer.asks_measure) is answered. False:
+    # the model writes the number as text. True: a head on the final hidden state at the answer's
     # first position (NumberHead) gives a Gaussian over the answer's natural log, trained by its
     # likelihood (the trainer's number_loss_weight), and the engine answers the value it expects
     # to be least wrong in relative terms. A small language model trained from scratch on a CPU
     # wrote numbers digit by digit at 1.1-1.2 nats a token after 700 steps, its answers piling on
-    # a few values; one scalar on a log scale has no digits to get wrong.
+    # a few values; one scalar on a log scale has no digits to get wrong. A count, a small whole
+    # number, the model writes either way: the shipped tiny model's written counts score as its
+    # head's did on them (design note).
     number_head: bool = False
     # With number_head: the head also measures the boxes it points at in an object memory
     # (model.number_pointers; the model must read its memory as objects: object_readout).

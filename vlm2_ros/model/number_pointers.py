@@ -2,20 +2,21 @@
 
 A small language model trained from scratch on a CPU learns to name the object a question asks
 about, but not to compute a closest-point distance or an area from the coordinates in its memory
-(on the true boxes of the 12 held-out scenes the tiny bridge scored 35.9 % on absolute distances
-and 63.8 % on counts). An object memory (model.object_memory) states those coordinates, so the head does the
-arithmetic and the language model does the reading: from the hidden state that predicts the
-answer, two soft pointers (A, B) over the memory tokens and a soft count (a sigmoid gate per token,
-summed), each found by way of the question's words, and from the boxes they select, log-scale measures:
+(on the true boxes of the 12 held-out scenes the tiny bridge scored 35.9 % on absolute distances).
+An object memory (model.object_memory) states those coordinates, so the head does the arithmetic
+and the language model does the reading: from the hidden state that predicts the answer, two soft
+pointers (A, B) over the memory tokens, each found by way of the question's words, and from the
+boxes they select, log-scale measures:
 
     closest-point distance between A and B, distance between their centres (a perceived box's
-    extents are less sure than its centre), longest extent of A, floor area of A, count
+    extents are less sure than its centre), longest extent of A, floor area of A
 
 The number head adds a learnt combination of them (its weights also from the hidden state) to
 its own estimate of the answer's log: `log answer = base + sum_k w_k * measure_k`. A distance
 question can then say "1 x the distance", a room question "1 x the area of the room's box", an
 object size question "1 x the longest extent, + log 100 for centimetres". Everything is learnt:
-which tokens the pointers and the gate select, and how the measures combine.
+which tokens the pointers select, and how the measures combine. (Counts are not the head's: the
+language model writes them, engine.answer.asks_measure.)
 """
 from __future__ import annotations
 
@@ -25,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MEASURES = ("closest_distance_ab", "centre_distance_ab", "longest_extent_a", "floor_area_a", "count")
-# added inside each log so that a zero gap, a flat box or no gated token stays finite (metres,
-# square metres, tokens): below what the synthetic world's objects measure
-MEASURE_FLOORS = (0.05, 0.05, 0.01, 0.01, 0.1)
+MEASURES = ("closest_distance_ab", "centre_distance_ab", "longest_extent_a", "floor_area_a")
+# added inside each log so that a zero gap or a flat box stays finite (metres, square metres):
+# below what the synthetic world's objects measure
+MEASURE_FLOORS = (0.05, 0.05, 0.01, 0.01)
 POINTERS = 2                    # A, B
 EMPTY = -1.0e4                  # a pointer's logit on an empty memory token: finite, so no NaN anywhere
 QUESTION_POSITIONS = 128        # word places told apart (later ones share the last): "the first name", "the second"
@@ -71,17 +72,15 @@ class PointerInputs:
 
 @dataclass(frozen=True)
 class PointerReading:
-    word_logits: torch.Tensor   # [N,3,L] pointer A's, pointer B's and the count gate's over the question's words
+    word_logits: torch.Tensor   # [N,2,L] pointers A and B over the question's words
     logits: torch.Tensor        # [N,2,M] pointers A and B over the memory tokens (EMPTY on empty ones)
-    gate_logits: torch.Tensor   # [N,M] the count gate's logit per memory token (EMPTY on empty ones)
-    count: torch.Tensor         # [N] the gate's sum
     measures: torch.Tensor      # [N,len(MEASURES)] log-scale measures
 
 
 class MemoryPointers(nn.Module):
     """hidden [N,d] (the answer position's state) and PointerInputs -> PointerReading.
 
-    Two hops, both learnt. Each of the three queries (pointer A, pointer B, count gate) first
+    Two hops, both learnt. Each pointer first
     attends over the question's words from the answer position (the final layer's state at a word
     still says which word it is, where the answer position's mixes the whole question), then over
     the memory tokens with what it found. A memory token's key reads both the language model's
@@ -93,49 +92,43 @@ class MemoryPointers(nn.Module):
             raise ValueError(f"box layout {layout} does not fit {memory_dim}-channel memory tokens")
         self.layout = layout
         self.key_dim = key_dim
-        queries = POINTERS + 1                                  # pointer A, pointer B, count gate
-        self.word_query = nn.Linear(hidden_size, queries * key_dim)
+        self.word_query = nn.Linear(hidden_size, POINTERS * key_dim)
         self.word_key = nn.Linear(hidden_size, key_dim)
         # a word's place in the question, which the final layer's states barely keep
         self.word_position = nn.Embedding(QUESTION_POSITIONS, key_dim)
         self.memory_query = nn.Linear(hidden_size, key_dim)     # from the words a query found ...
-        self.memory_query_answer = nn.Linear(hidden_size, queries * key_dim)   # ... and the answer position
+        self.memory_query_answer = nn.Linear(hidden_size, POINTERS * key_dim)   # ... and the answer position
         self.key_hidden = nn.Linear(hidden_size, key_dim)
         self.key_token = nn.Linear(memory_dim, key_dim)
-        self.count_bias = nn.Parameter(torch.zeros(()))
 
     def forward(self, hidden: torch.Tensor, inputs: PointerInputs) -> PointerReading:
-        r, queries = self.key_dim, POINTERS + 1
+        r = self.key_dim
         hidden, words = hidden.float(), inputs.question_hidden.float()
         memory_tokens = inputs.memory_tokens.float()
         read = token_boxes(memory_tokens, self.layout)                                   # [N,M], [N,M,6]
-        # hop 1: each query's words
+        # hop 1: each pointer's words
         places = torch.arange(words.shape[1], device=words.device).clamp(max=QUESTION_POSITIONS - 1)
         word_keys = self.word_key(words) + self.word_position(places)                     # [N,L,r]
-        word_scores = torch.einsum("nkr,nlr->nkl", self.word_query(hidden).unflatten(-1, (queries, r)),
-                                   word_keys) / r ** 0.5                                # [N,3,L]
+        word_scores = torch.einsum("nkr,nlr->nkl", self.word_query(hidden).unflatten(-1, (POINTERS, r)),
+                                   word_keys) / r ** 0.5                                # [N,2,L]
         word_scores = word_scores.masked_fill(~inputs.question_mask[:, None], EMPTY)
-        found = torch.einsum("nkl,nld->nkd", torch.softmax(word_scores, dim=-1), words)   # [N,3,d]
+        found = torch.einsum("nkl,nld->nkd", torch.softmax(word_scores, dim=-1), words)   # [N,2,d]
         # hop 2: the memory tokens
-        query = self.memory_query(found) + self.memory_query_answer(hidden).unflatten(-1, (queries, r))   # [N,3,r]
+        query = self.memory_query(found) + self.memory_query_answer(hidden).unflatten(-1, (POINTERS, r))  # [N,2,r]
         keys = self.key_hidden(inputs.memory_hidden.float()) + self.key_token(memory_tokens)   # [N,M,r]
-        scores = torch.einsum("nkr,nmr->nkm", query, keys) / r ** 0.5                    # [N,3,M]
-        logits = scores[:, :POINTERS].masked_fill(~read.occupied[:, None], EMPTY)        # [N,2,M]
-        weights = torch.softmax(logits, dim=-1)                                          # [N,2,M]
-        gate_logits = (scores[:, POINTERS] + self.count_bias).masked_fill(~read.occupied, EMPTY)   # [N,M]
-        count = torch.sigmoid(gate_logits).sum(-1)                                       # [N]
-        measures = box_measures(weights, read.boxes, count)                              # [N,5]
-        return PointerReading(word_scores, logits, gate_logits, count, measures)
+        scores = torch.einsum("nkr,nmr->nkm", query, keys) / r ** 0.5                    # [N,2,M]
+        logits = scores.masked_fill(~read.occupied[:, None], EMPTY)                      # [N,2,M]
+        measures = box_measures(torch.softmax(logits, dim=-1), read.boxes)               # [N,4]
+        return PointerReading(word_scores, logits, measures)
 
 
-def box_measures(weights: torch.Tensor, boxes: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+def box_measures(weights: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """MEASURES' logs from pointer weights [N,2,M] over boxes [N,M,6] (centre, extents; metres)
-    and a count [N] -> [N,len(MEASURES)]. A pointer spread over several boxes measures their
-    weighted mean box."""
+    -> [N,len(MEASURES)]. A pointer spread over several boxes measures their weighted mean box."""
     picked = torch.einsum("nkm,nmc->nkc", weights, boxes)                                 # [N,2,6]
     centre, extent = picked[..., :3], picked[..., 3:].clamp(min=0.0)                      # [N,2,3]
     gap = F.relu((centre[:, 0] - centre[:, 1]).abs() - (extent[:, 0] + extent[:, 1]) / 2)   # [N,3] per axis
     distance = (gap.square().sum(-1) + 1e-8).sqrt()                                       # [N] closest points
     between = (centre[:, 0] - centre[:, 1]).norm(dim=-1)                                  # [N] centres
-    raw = torch.stack([distance, between, extent[:, 0].amax(-1), extent[:, 0, 0] * extent[:, 0, 1], count], -1)
+    raw = torch.stack([distance, between, extent[:, 0].amax(-1), extent[:, 0, 0] * extent[:, 0, 1]], -1)
     return (raw + raw.new_tensor(MEASURE_FLOORS)).log()

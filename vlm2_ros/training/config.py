@@ -127,17 +127,17 @@ class StageConfig:
     # from step 400), the answer still did not copy the chosen name 1,900 steps later.
     copy_loss_weight: float = 0.0
     copy_layer: int = -1
-    # The number answers through the bridge's number head (model: {bridge: {number_head: true}}):
-    # negative log-likelihood of each number answer's log under the head's Gaussian. Part of the
-    # model, not a probe: it answers number questions at inference.
+    # The measures (distances, sizes, areas) through the bridge's number head (model: {bridge:
+    # {number_head: true}}): negative log-likelihood of each such answer's log under the head's
+    # Gaussian. Part of the model, not a probe: it answers those questions at inference. Counts stay
+    # with the answer tokens: the language model writes them (engine.answer.asks_measure).
     number_loss_weight: float = 0.0
     # The number head's memory pointers (model: {bridge: {number_pointers: true}}), supervised at
     # both hops: cross-entropy of pointer A's word attention on the name of the object a question
     # names first (of "room" for a room size) and of its memory weights on that object's token (the
     # room's; the token of its class nearest its true centre), the same for pointer B and the second
-    # name (A and B may take the two either way round); for a counting question, the count gate's
-    # word attention on the class's name and its binary cross-entropy against the class's tokens.
-    # Without it the answer's likelihood trained them too, but the gate fired on other classes.
+    # name (A and B may take the two either way round). Without it the answer's likelihood alone
+    # trains them, and both objects of a distance were found for half the questions at best.
     pointer_loss_weight: float = 0.0
     # Where the memory the questions read comes from. "clip": the sample's clip is unrolled with
     # gradients (every module can learn). "stream": built as at inference, from every frame up to

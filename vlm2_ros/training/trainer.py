@@ -39,7 +39,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ..atomic_io import atomic_file, write_json_atomic
-from ..engine.answer import expected_answer_kind, parse_number, question_option_texts
+from ..engine.answer import asks_measure, parse_number, question_option_texts
 from ..engine.engine import SpatialMemoryEngine
 from ..engine.number_decoding import relative_accuracy
 from ..evaluation.streaming import hash_tensors, memory_digest, stream_episode
@@ -189,18 +189,6 @@ def streamed_memory(engine: SpatialMemoryEngine, episode: TrainingEpisode) -> to
     stream_episode(engine, EpisodeDir(episode.path), episode.asked_at)
     with torch.no_grad():
         return engine.model.read_memory(engine.stream).tokens.clone()   # a normal (not inference) tensor
-
-
-def counted_class(bridge, question: str, classes: tuple[str, ...]) -> tuple[str, list[int]] | None:
-    """The object class a counting question names (the longest one it names as whole words, by the
-    bridge's phrase_positions; the room shell, classes[0], is not an object class) and where its
-    names end among the question's tokens; None if it names none."""
-    named = {c: bridge.phrase_positions(question, c) for c in classes[1:] if c in question.lower()}
-    named = {c: words for c, words in named.items() if words}
-    if not named:
-        return None
-    category = max(named, key=len)
-    return category, named[category]
 
 
 def model_parts(model: VLM2Model) -> dict[str, torch.nn.Module]:
@@ -1034,10 +1022,11 @@ class Trainer:
         return -mass.clamp(min=1e-6).log().mean(), mass.detach()
 
     def number_rows(self, prompts: list[str], answers: list[str]) -> tuple[list[int], list[float]]:
-        """The rows that ask a number with a positive answer, and the answers' values."""
+        """The rows whose question the number head answers (a measure: asks_measure) with a positive
+        answer, and the answers' values."""
         rows, values = [], []
         for row, (prompt, answer) in enumerate(zip(prompts, answers)):
-            value = parse_number(answer) if expected_answer_kind(prompt) == "number" else None
+            value = parse_number(answer) if asks_measure(prompt) else None
             if value is not None and value > 0:
                 rows.append(row)
                 values.append(value)
@@ -1089,15 +1078,6 @@ class Trainer:
         terms, hits = [], []
         for i, row in enumerate(rows):
             read, prompt = token_boxes(memory[row], bridge.number_head.pointers.layout), prompts[row]   # [M]
-            if tasks[row] == "object_counting":
-                counted = counted_class(bridge, prompt, classes)
-                if counted is not None:
-                    category, words = counted
-                    target = (read.classes == classes.index(category)).float()
-                    gate = F.binary_cross_entropy_with_logits(reading.gate_logits[i][read.occupied],
-                                                              target[read.occupied])
-                    terms.append(attention_cost(reading.word_logits[i, POINTERS], words) + gate)
-                continue
             # each name: (its words in the question, its class, its true centre or None for the room)
             names = [(bridge.phrase_positions(prompt, classes[ROOM_CLASS]), ROOM_CLASS, None)] \
                 if tasks[row] == "room_size_estimation" else \
