@@ -80,11 +80,11 @@ class PointerReading:
 class MemoryPointers(nn.Module):
     """hidden [N,d] (the answer position's state) and PointerInputs -> PointerReading.
 
-    Two hops, both learnt. Each pointer first
-    attends over the question's words from the answer position (the final layer's state at a word
-    still says which word it is, where the answer position's mixes the whole question), then over
-    the memory tokens with what it found. A memory token's key reads both the language model's
-    state there and the token itself, whose class one-hot a word's state can match directly."""
+    Two hops, both learnt. Each pointer first attends over the question's words from the answer
+    position (the final layer's state at a word still says which word it is, where the answer
+    position's mixes the whole question), then over the memory tokens with what it found. A
+    memory token's key reads both the language model's state there and the token itself, whose
+    class one-hot a word's state can match directly."""
 
     def __init__(self, hidden_size: int, memory_dim: int, layout: BoxLayout, key_dim: int = 64):
         super().__init__()
@@ -96,7 +96,7 @@ class MemoryPointers(nn.Module):
         self.word_key = nn.Linear(hidden_size, key_dim)
         # a word's place in the question, which the final layer's states barely keep
         self.word_position = nn.Embedding(QUESTION_POSITIONS, key_dim)
-        self.memory_query = nn.Linear(hidden_size, key_dim)     # from the words a query found ...
+        self.memory_query = nn.Linear(hidden_size, key_dim)     # from the words a pointer found ...
         self.memory_query_answer = nn.Linear(hidden_size, POINTERS * key_dim)   # ... and the answer position
         self.key_hidden = nn.Linear(hidden_size, key_dim)
         self.key_token = nn.Linear(memory_dim, key_dim)
