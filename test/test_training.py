@@ -1451,10 +1451,10 @@ def test_pointer_stage_trains_the_number_head_alone_and_its_pointers_find_the_na
     from vlm2_ros.training.trainer import Trainer
 
     (tmp_path / "data").symlink_to(data)
-    number_types = ["object_counting", "object_abs_distance", "object_size_estimation", "room_size_estimation"]
+    measure_types = ["object_abs_distance", "object_size_estimation", "room_size_estimation"]   # not counts
     stage = {"name": "pointers", "steps": 1, "train": ["number_head"], "depth_loss_weight": 0.0,
              "memory": "oracle", "scenes": "generated", "episodes_per_step": 4, "questions_per_episode": 4,
-             "balance_tasks": True, "question_types": number_types, "number_loss_weight": 1.0,
+             "balance_tasks": True, "question_types": measure_types, "number_loss_weight": 1.0,
              "pointer_loss_weight": 1.0}
     readout = {"object_readout": {"enabled": True}}
     with pytest.raises(TrainConfigError, match="number_pointers: true"):
