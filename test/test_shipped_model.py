@@ -12,7 +12,7 @@ from vlm2_ros.sim.cli import episode_seed
 # Changing the shipped weights is deliberate: retrain (config/train_tiny.yaml), evaluate, then
 # update this digest and the scores in the README.
 SHIPPED_SHA256 = "35bcd0246527fb6aec02ad267947493b0c5da414b5cdb47f6af1c2addfc43aef"
-HELDOUT_SEED, HELDOUT_EPISODES = 2, 6
+HELDOUT_SEED, HELDOUT_EPISODES = 2, 12
 
 
 @pytest.fixture(scope="module")
@@ -46,16 +46,15 @@ def test_heldout_scenes_are_not_training_scenes(trained_with):
 
 
 def test_shipped_model_on_heldout_scenes(tmp_path):
-    """A regression check with the margins the shipped model keeps (README: what it scores): its
-    mean clearly above chance (48.6 against 29.6); the relative directions clearly above chance
-    (43.3 against 30.0 on 30 questions; 62.5 against 31.2 on the 36 held-out scenes): they come
-    from where the memory's objects are, so a break anywhere from the geometry to the object
-    readout takes them to chance or below; and the object sizes (65.0 against 40.8 for the
-    frequency baseline), which come from a box's extents through the number head. The frequency
-    baseline is fitted on these same 100 questions, so on such a small set it nearly memorises the
-    multiple-choice answers (appearance order 100 %, relative directions 43.3, the model's own
-    score here since the memory hands first sightings on; 36.5 on the 36 scenes); the shipped
-    model does not beat its mean (51.2) and this test does not claim it does."""
+    """A regression check with the margins the shipped model keeps on 12 held-out scenes walked for
+    150 frames (185 questions; README: what it scores): its mean clearly above the frequency
+    baseline (54.4 against 38.4) and chance (26.0); the relative directions clearly above chance
+    (55.6 against 31.5): they come from where the memory's objects are, so a break anywhere from
+    the geometry to the object readout takes them to chance or below; and the object sizes (70.0
+    against 43.8 for the frequency baseline), which come from a box's extents through the number
+    head. Twelve scenes, not fewer: the frequency baseline is fitted on the questions it answers,
+    and on six scenes (100 questions) it memorises them (appearance order 100 %, its mean 51.2
+    above the model's 48.6 there)."""
     data, report = tmp_path / "heldout", tmp_path / "scores.json"
     assert main(["sim", "dataset", "--seed", str(HELDOUT_SEED), "--episodes", str(HELDOUT_EPISODES),
                  "--frames", "150", "--per-task", "2", "--out", str(data)]) == 0
@@ -63,6 +62,7 @@ def test_shipped_model_on_heldout_scenes(tmp_path):
                  "--json", str(report)]) == 0
     scores = json.loads(report.read_text())["results"]
     model, frequency, chance = scores["model:tiny"], scores["frequency"], scores["chance"]
-    assert model["mean_score"] >= chance["mean_score"] + 0.10
+    assert model["mean_score"] >= frequency["mean_score"] + 0.10
+    assert model["mean_score"] >= chance["mean_score"] + 0.20
     assert model["score_object_rel_direction"] >= chance["score_object_rel_direction"] + 0.10
     assert model["score_object_size_estimation"] >= frequency["score_object_size_estimation"] + 0.15
