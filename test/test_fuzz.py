@@ -15,7 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vlm2_ros.engine.answer import ANSWER_KINDS, expected_answer_kind, parse_choice, parse_number, question_options
+from vlm2_ros.engine.answer import ANSWER_KINDS, parse_choice, parse_number
+from vlm2_ros.model.prompt import expected_answer_kind, question_options
 from vlm2_ros.engine.engine import QueryError
 from vlm2_ros.reliability.fuzz import atheris_available, decode_message, run_fuzz
 from vlm2_ros.reliability.node_process import ERROR_CODE_NAMES

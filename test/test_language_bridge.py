@@ -87,7 +87,7 @@ def test_build_word_vocabulary_is_general_and_deterministic():
 
 
 def test_vocabulary_version_2_reads_every_word_of_the_question_templates():
-    from vlm2_ros.engine.answer import CHOICE_INSTRUCTION, OPEN_INSTRUCTION
+    from vlm2_ros.model.prompt import CHOICE_INSTRUCTION, OPEN_INSTRUCTION
     from vlm2_ros.sim.questions import TEMPLATES, TURNS
     from vlm2_ros.sim.scene import SEMANTIC_CLASSES
 

@@ -19,7 +19,7 @@ from action_msgs.msg import GoalStatus  # noqa: E402
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 
-from vlm2_ros.engine.answer import build_prompt  # noqa: E402
+from vlm2_ros.model.prompt import build_prompt  # noqa: E402
 from vlm2_ros.model.checkpoint import build_model, save_checkpoint  # noqa: E402
 from vlm2_ros.model.presets import preset_config  # noqa: E402
 from vlm2_ros.ros.image_conversion import ns_to_stamp  # noqa: E402

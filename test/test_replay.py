@@ -105,7 +105,7 @@ def test_replay_errors_are_clear(tmp_path, capsys):
 
 
 def test_every_way_into_the_engine_builds_the_prompt_the_model_learnt():
-    from vlm2_ros.engine.answer import CHOICE_INSTRUCTION, OPEN_INSTRUCTION, build_prompt
+    from vlm2_ros.model.prompt import CHOICE_INSTRUCTION, OPEN_INSTRUCTION, build_prompt
     from vlm2_ros.evaluation.predictors import format_prompt
     from vlm2_ros.ros.queries import prepare_question
 

@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
-from vlm2_ros.engine.answer import (build_prompt, expected_answer_kind, parse_choice, parse_number,
-                                   question_option_texts, question_options)
+from vlm2_ros.engine.answer import parse_choice, parse_number
 from vlm2_ros.engine.snapshot import INDEX_NAME, SnapshotError, read_snapshot, write_snapshot
+from vlm2_ros.model.prompt import build_prompt, expected_answer_kind, question_option_texts, question_options
 
 
 def sample_tensors():

@@ -11,7 +11,7 @@ import yaml
 from safetensors.torch import load_file
 
 from vlm2_ros.cli import main
-from vlm2_ros.engine.answer import question_option_texts
+from vlm2_ros.model.prompt import question_option_texts
 from vlm2_ros.sim.questions import MEMORY_TASKS
 from vlm2_ros.training.config import TrainConfigError, load_train_config
 from vlm2_ros.training.data import clip_indices
@@ -826,7 +826,7 @@ def test_gather_probe_reads_the_answer_position_for_the_objects_in_the_order_nam
 
 
 def test_choice_probe_names_the_answers_slot_among_the_objects_named(data, tmp_path):
-    from vlm2_ros.engine.answer import build_prompt
+    from vlm2_ros.model.prompt import build_prompt
     from vlm2_ros.training.trainer import GATHERED_OBJECTS, Trainer
 
     (tmp_path / "data").symlink_to(data)
@@ -952,7 +952,7 @@ def test_bearing_probe_gives_the_angles_a_direction_or_route_turns_on(data, tmp_
 
 
 def test_copy_loss_trains_the_copy_heads_attention_onto_the_answers_name(data, tmp_path):
-    from vlm2_ros.engine.answer import build_prompt
+    from vlm2_ros.model.prompt import build_prompt
     from vlm2_ros.training.trainer import Trainer
 
     (tmp_path / "data").symlink_to(data)

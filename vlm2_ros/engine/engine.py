@@ -27,7 +27,8 @@ from ..model.memory_readout import SOURCE_NAMES
 from ..model.provenance import Provenance
 from ..model.vlm2 import StreamState, VLM2Model, input_pixel_rays
 from ..model.working_memory import WorkingMemory
-from .answer import Answer, Evidence, asks_measure, expected_answer_kind, parse_choice, parse_number, question_options
+from ..model.prompt import asks_measure, expected_answer_kind, question_options
+from .answer import Answer, Evidence, parse_choice, parse_number
 from .number_decoding import DEFAULT_NUMBER_SAMPLES, NumberDecision, decode_number, decode_values, lognormal_quantiles
 from .snapshot import SnapshotError, read_snapshot, write_snapshot
 

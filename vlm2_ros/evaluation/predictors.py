@@ -12,11 +12,11 @@ from collections import Counter
 
 import numpy as np
 
-from ..engine.answer import build_prompt
+from ..model.prompt import build_prompt
 from ..sim.questions import MC_TASKS
 
 def format_prompt(record: dict) -> str:
-    """The text a model sees for a question record (engine.answer.build_prompt)."""
+    """The text a model sees for a question record (model.prompt.build_prompt)."""
     return build_prompt(str(record["question"]), record.get("options") or ())
 
 

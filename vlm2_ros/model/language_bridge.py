@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..engine.answer import question_option_texts
+from .prompt import question_option_texts
 from .hf_backbone import DTYPES, BackboneLoader, LanguageParts, language_parts_from_model, load_backbone
 from .number_pointers import MEASURES, BoxLayout, MemoryPointers, PointerInputs, PointerReading
 from .tiny_language_model import MEMORY, build_tiny_language_model
@@ -88,7 +88,7 @@ class LanguageBridgeConfig:
     # A small language model trained from scratch learns to look a named object up in memory and
     # answer with the option's text, but not the further step from that text to its letter.
     choice_answer: str = "letter"
-    # How a measure (a distance, a size, an area: engine.answer.asks_measure) is answered. False:
+    # How a measure (a distance, a size, an area: prompt.asks_measure) is answered. False:
     # the model writes the number as text. True: a head on the final hidden state at the answer's
     # first position (NumberHead) gives a Gaussian over the answer's natural log, trained by its
     # likelihood (the trainer's number_loss_weight), and the engine answers the value it expects
@@ -314,7 +314,7 @@ class LanguageBridge(nn.Module):
     def target_ids(self, question: str, answer: str) -> list[int]:
         """The tokens a question's ground-truth `answer` teaches: answer_ids of the answer, or with
         choice_answer "option_text" and a letter that names one of the options the question lists
-        (engine.answer.question_option_texts), of that option's text."""
+        (prompt.question_option_texts), of that option's text."""
         if self.config.choice_answer == "option_text":
             answer = question_option_texts(question).get(answer.strip(), answer)
         return self.answer_ids(answer)

@@ -16,7 +16,7 @@ its own estimate of the answer's log: `log answer = base + sum_k w_k * measure_k
 question can then say "1 x the distance", a room question "1 x the area of the room's box", an
 object size question "1 x the longest extent, + log 100 for centimetres". Everything is learnt:
 which tokens the pointers select, and how the measures combine. (Counts are not the head's: the
-language model writes them, engine.answer.asks_measure.)
+language model writes them, prompt.asks_measure.)
 """
 from __future__ import annotations
 

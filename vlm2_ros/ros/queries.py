@@ -18,8 +18,9 @@ from typing import Any, Callable
 import numpy as np
 
 from vlm2_ros.camera import rotation_to_quaternion
-from vlm2_ros.engine.answer import Answer, build_prompt, parse_choice, parse_number, question_options
+from vlm2_ros.engine.answer import Answer, parse_choice, parse_number
 from vlm2_ros.engine.engine import NotReadyError, QueryCanceled, QueryError, SpatialMemoryEngine
+from vlm2_ros.model.prompt import build_prompt, question_options
 from vlm2_ros.ros.image_conversion import ns_to_stamp
 
 # SpatialQuery answer types (the action's Result has no constants for them: see Ask.action).
@@ -46,7 +47,7 @@ class QueryFailure(Exception):
 
 @dataclass(frozen=True)
 class Question:
-    text: str                   # what the engine is asked (engine.answer.build_prompt)
+    text: str                   # what the engine is asked (model.prompt.build_prompt)
     answer_type: int            # ANSWER_* hint from the request
     option_letters: tuple[str, ...]
     timeout_s: float

@@ -130,7 +130,7 @@ class StageConfig:
     # The measures (distances, sizes, areas) through the bridge's number head (model: {bridge:
     # {number_head: true}}): negative log-likelihood of each such answer's log under the head's
     # Gaussian. Part of the model, not a probe: it answers those questions at inference. Counts stay
-    # with the answer tokens: the language model writes them (engine.answer.asks_measure).
+    # with the answer tokens: the language model writes them (model.prompt.asks_measure).
     number_loss_weight: float = 0.0
     # The number head's memory pointers (model: {bridge: {number_pointers: true}}), supervised at
     # both hops: cross-entropy of pointer A's word attention on the name of the object a question

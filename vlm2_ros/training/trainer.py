@@ -39,7 +39,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ..atomic_io import atomic_file, write_json_atomic
-from ..engine.answer import asks_measure, parse_number, question_option_texts
+from ..engine.answer import parse_number
 from ..engine.engine import SpatialMemoryEngine
 from ..engine.number_decoding import relative_accuracy
 from ..evaluation.streaming import hash_tensors, memory_digest, stream_episode
@@ -50,6 +50,7 @@ from ..model.language_bridge import AnswerPass, NumberHead
 from ..model.memory_readout import mean_pool
 from ..model.number_pointers import POINTERS, token_boxes
 from ..model.object_memory import ROOM_CLASS, ObjectBox, token_readings
+from ..model.prompt import asks_measure, question_option_texts
 from ..model.vlm2 import VLM2Config, VLM2Model, input_pixel_rays, points_on_rays
 from ..sim.episode import EpisodeDir
 from ..sim.questions import COMPASS, DIRECTION_CLASSES, LETTERS, MEMORY_TASKS, relation_angles
