@@ -1433,12 +1433,13 @@ def test_number_stage_teaches_the_bridges_number_head_which_a_bridge_without_one
     # only the measures' answers (a count the language model writes), read at the answer position
     # of the final layer
     final = torch.zeros(3, 30, bridge.hidden_size)
-    loss, measured = trainer.number_loss(AnswerPass(torch.zeros(()), torch.zeros(3), None, final=final),
-                                         torch.zeros(3, 8, bridge.config.memory_dim),
-                                         ["What is the distance in meters between the sofa and the bed?",
-                                          "How many chair(s) are in this room?",
-                                          "Which is nearer?\nA. sofa\nB. lamp"], ["1.5", "3", "A"])
-    assert measured.shape == (1,) and torch.isfinite(loss)
+    result = AnswerPass(torch.zeros(()), torch.zeros(3), None, final=final)
+    number = trainer.number_head_pass(result, torch.zeros(3, 8, bridge.config.memory_dim),
+                                      ["What is the distance in meters between the sofa and the bed?",
+                                       "How many chair(s) are in this room?",
+                                       "Which is nearer?\nA. sofa\nB. lamp"], ["1.5", "3", "A"])
+    loss, measured = trainer.number_loss(result, number)
+    assert number.rows == [0] and measured.shape == (1,) and torch.isfinite(loss)
     # --memory-reliance scores the head's median on the number questions, with each memory
     rows = trainer.memory_reliance(samples=2)
     scored = {t for t, r in rows.items() if "own_number_score" in r}

@@ -25,6 +25,7 @@ train_state.safetensors + train_state.json (optimiser moments, RNG states, stage
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -48,7 +49,7 @@ from ..model.dual_memory import MemoryState, memory_entries
 from ..model.fusion import pool_to_grid
 from ..model.language_bridge import AnswerPass, NumberHead
 from ..model.memory_readout import mean_pool
-from ..model.number_pointers import POINTERS, token_boxes
+from ..model.number_pointers import POINTERS, PointerReading, token_boxes
 from ..model.object_memory import ROOM_CLASS, ObjectBox, token_readings
 from ..model.prompt import asks_measure, question_option_texts
 from ..model.vlm2 import VLM2Config, VLM2Model, input_pixel_rays, points_on_rays
@@ -303,6 +304,16 @@ def code_version() -> str:
                               text=True, cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+@dataclasses.dataclass
+class NumberPass:
+    """The number head over the rows of an answer pass whose question it answers."""
+    rows: list[int]                       # the rows (Trainer.number_rows)
+    values: list[float]                   # their true answers
+    mean: torch.Tensor | None = None      # [N] log-value Gaussian's mean, None when no row
+    std: torch.Tensor | None = None       # [N]
+    reading: PointerReading | None = None  # what the memory pointers read; None without them
 
 
 class Trainer:
@@ -566,10 +577,11 @@ class Trainer:
                           for m in (own, other)]
                 number_scores = {}       # row -> the number head's score with each memory
                 if bridge.number_head is not None:
-                    rows, _ = self.number_rows(sample.prompts, sample.answers)
-                    scores = [self.number_loss(p, memories[int(m)].expand(len(sample.prompts), -1, -1),
-                                               sample.prompts, sample.answers)[1] for p, m in zip(passes, (own, other))]
-                    number_scores = {row: (float(scores[0][j]), float(scores[1][j])) for j, row in enumerate(rows)}
+                    heads = [self.number_head_pass(p, memories[int(m)].expand(len(sample.prompts), -1, -1),
+                                                   sample.prompts, sample.answers) for p, m in zip(passes, (own, other))]
+                    scores = [self.number_loss(p, h)[1] for p, h in zip(passes, heads)]
+                    number_scores = {row: (float(scores[0][j]), float(scores[1][j]))
+                                     for j, row in enumerate(heads[0].rows)}
                 for i, (prompt, answer, task, named) in enumerate(zip(sample.prompts, sample.answers, sample.tasks,
                                                                       sample.named_objects)):
                     for key in (task, "all"):
@@ -966,6 +978,7 @@ class Trainer:
         # each row's memory tokens, for memory pointers only (a copy of every memory per question)
         row_memory = (torch.cat([m.expand(len(ps), -1, -1) for m, ps in zip(tokens, prompts)])   # [Q,M,C]
                       if head is not None and head.pointers is not None else None)
+        number_pass = functools.cache(lambda: self.number_head_pass(result, row_memory, flat_prompts, flat_answers))
         # the language probes and the copy loss: weight, the metric of their per-item measure, and the loss
         language_losses = {
             "grounding": (stage.grounding_loss_weight, "grounding_error_m",
@@ -983,9 +996,9 @@ class Trainer:
             "copy": (stage.copy_loss_weight, "copy_attention",
                      lambda: self.copy_loss(result.attention, result.row_start, flat_prompts, flat_answers)),
             "number": (stage.number_loss_weight, "number_accuracy",
-                       lambda: self.number_loss(result, row_memory, flat_prompts, flat_answers)),
+                       lambda: self.number_loss(result, number_pass())),
             "pointer": (stage.pointer_loss_weight, "pointer_accuracy",
-                        lambda: self.pointer_loss(result, row_memory, flat_prompts, flat_answers, tasks, named)),
+                        lambda: self.pointer_loss(result, number_pass(), row_memory, flat_prompts, tasks, named)),
         }
         for name, (weight, measure, item_loss) in language_losses.items():
             if weight > 0:
@@ -1033,41 +1046,42 @@ class Trainer:
                 values.append(value)
         return rows, values
 
-    def number_head_pass(self, result: AnswerPass, memory: torch.Tensor, prompts: list[str], rows: list[int]):
-        """The number head at `rows`' last prompt token (result: their answer_pass; memory [Q,M,C]
-        the memory tokens each row read, read by memory pointers only: None without them): mean [N],
-        std [N], PointerReading or None."""
-        states = self.answer_states(result.final, [prompts[r] for r in rows], rows)
-        if self.model.bridge.number_head.pointers is None:
-            return self.model.bridge.number_head(states)
-        inputs = self.model.bridge.pointer_inputs(result, [prompts[r] for r in rows], rows, memory[rows])
-        return self.model.bridge.number_head(states, inputs)
-
-    def number_loss(self, result: AnswerPass, memory: torch.Tensor, prompts: list[str],
-                    answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Negative log-likelihood of each positive number answer under the number head's Gaussian
-        at its question's last prompt token (result.final, the final layer's states over the
-        rows; memory as number_head_pass takes it); and the relative accuracy (MRA) of the
-        Gaussian's median [N] (N = 0 when no question asks a number; the loss is then 0)."""
+    def number_head_pass(self, result: AnswerPass, memory: torch.Tensor, prompts: list[str],
+                         answers: list[str]) -> NumberPass:
+        """The number head at the last prompt token of the rows it answers (number_rows; result:
+        their answer_pass; memory [Q,M,C] the memory tokens each row read, read by memory pointers
+        only: None without them). One pass serves the number and the pointer losses."""
         rows, values = self.number_rows(prompts, answers)
         if not rows:
-            return result.final.sum() * 0.0, result.final.new_zeros(0)
-        mean, std, _ = self.number_head_pass(result, memory, prompts, rows)            # [N]
-        truth = torch.tensor(values, device=result.final.device)
-        median = mean.detach().exp().cpu().numpy()
-        accuracy = relative_accuracy(median, truth.cpu().numpy()).diagonal()
-        return NumberHead.nll(mean, std, truth).mean(), torch.tensor(accuracy)
+            return NumberPass(rows, values)
+        states = self.answer_states(result.final, [prompts[r] for r in rows], rows)
+        if self.model.bridge.number_head.pointers is None:
+            return NumberPass(rows, values, *self.model.bridge.number_head(states))
+        inputs = self.model.bridge.pointer_inputs(result, [prompts[r] for r in rows], rows, memory[rows])
+        return NumberPass(rows, values, *self.model.bridge.number_head(states, inputs))
 
-    def pointer_loss(self, result: AnswerPass, memory: torch.Tensor, prompts: list[str], answers: list[str],
+    @staticmethod
+    def number_loss(result: AnswerPass, number: NumberPass) -> tuple[torch.Tensor, torch.Tensor]:
+        """Negative log-likelihood of each positive number answer under the number head's Gaussian
+        (number: its pass over result's rows); and the relative accuracy (MRA) of the Gaussian's
+        median [N] (N = 0 when no question asks a number; the loss is then 0)."""
+        if not number.rows:
+            return result.final.sum() * 0.0, result.final.new_zeros(0)
+        truth = torch.tensor(number.values, device=result.final.device)
+        median = number.mean.detach().exp().cpu().numpy()
+        accuracy = relative_accuracy(median, truth.cpu().numpy()).diagonal()
+        return NumberHead.nll(number.mean, number.std, truth).mean(), torch.tensor(accuracy)
+
+    def pointer_loss(self, result: AnswerPass, number: NumberPass, memory: torch.Tensor, prompts: list[str],
                      tasks: list[str], named: list[list[tuple[str, tuple[float, float, float]]]]
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The memory pointers' supervision (StageConfig.pointer_loss_weight) on the number questions,
-        mean over questions; and for each pointer with a target, whether its largest memory weight is
-        on it [N] (N = 0 when no number question has one; the loss is then 0)."""
-        rows, _ = self.number_rows(prompts, answers)
-        if not rows:
+        """The memory pointers' supervision (StageConfig.pointer_loss_weight) on the number questions
+        (number: the head's pass over result's rows), mean over questions; and for each pointer with
+        a target, whether its largest memory weight is on it [N] (N = 0 when no number question has
+        one; the loss is then 0)."""
+        if not number.rows:
             return result.final.sum() * 0.0, result.final.new_zeros(0)
-        _, _, reading = self.number_head_pass(result, memory, prompts, rows)
+        rows, reading = number.rows, number.reading
         bridge = self.model.bridge
         classes = self.model.config.object_readout.classes
 
