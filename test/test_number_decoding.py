@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from conftest import make_frames
-from vlm2_ros.model.prompt import asks_count, asks_measure
 from vlm2_ros.engine.engine import number_text
-from vlm2_ros.model.language_bridge import GeneratedText
 from vlm2_ros.engine.number_decoding import (NumberDecision, decode_number, decode_values, lognormal_quantiles,
                                              relative_accuracy)
 from vlm2_ros.evaluation.metrics import mean_relative_accuracy
+from vlm2_ros.model.language_bridge import GeneratedText
+from vlm2_ros.model.prompt import asks_count, asks_measure
 
 NUMBER_QUESTION = "How many chairs are in this room?"
 

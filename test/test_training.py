@@ -1440,7 +1440,7 @@ def test_number_stage_teaches_the_bridges_number_head_which_a_bridge_without_one
                                        "Which is nearer?\nA. sofa\nB. lamp"], ["1.5", "3", "A"])
     loss, measured = trainer.number_loss(result, number)
     assert number.rows == [0] and measured.shape == (1,) and torch.isfinite(loss)
-    # --memory-reliance scores the head's median on the number questions, with each memory
+    # --memory-reliance scores the head's median on the measure questions, with each memory
     rows = trainer.memory_reliance(samples=2)
     scored = {t for t, r in rows.items() if "own_number_score" in r}
     assert scored and scored <= {"object_abs_distance", "object_size_estimation", "room_size_estimation"}

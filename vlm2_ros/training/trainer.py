@@ -1064,7 +1064,7 @@ class Trainer:
     def number_loss(result: AnswerPass, number: NumberPass) -> tuple[torch.Tensor, torch.Tensor]:
         """Negative log-likelihood of each positive number answer under the number head's Gaussian
         (number: its pass over result's rows); and the relative accuracy (MRA) of the Gaussian's
-        median [N] (N = 0 when no question asks a number; the loss is then 0)."""
+        median [N] (N = 0 when no question asks a measure; the loss is then 0)."""
         if not number.rows:
             return result.final.sum() * 0.0, result.final.new_zeros(0)
         truth = torch.tensor(number.values, device=result.final.device)
@@ -1075,9 +1075,9 @@ class Trainer:
     def pointer_loss(self, result: AnswerPass, number: NumberPass, memory: torch.Tensor, prompts: list[str],
                      tasks: list[str], named: list[list[tuple[str, tuple[float, float, float]]]]
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The memory pointers' supervision (StageConfig.pointer_loss_weight) on the number questions
+        """The memory pointers' supervision (StageConfig.pointer_loss_weight) on the measure questions
         (number: the head's pass over result's rows), mean over questions; and for each pointer with
-        a target, whether its largest memory weight is on it [N] (N = 0 when no number question has
+        a target, whether its largest memory weight is on it [N] (N = 0 when no measure question has
         one; the loss is then 0)."""
         if not number.rows:
             return result.final.sum() * 0.0, result.final.new_zeros(0)
