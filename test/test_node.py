@@ -125,6 +125,7 @@ def test_streamed_episode_is_ingested_and_counted(harness, episode, stamps):
     assert stamps_of([status.last_frame_stamp]) == [stamps[-1]]
     assert status.last_frame_id == "camera_optical_frame"
     assert status.ingest_rate_hz > 0
+    assert status.queries_in_flight == 0 and status.queries_capacity == 5   # query.max_concurrent + max_waiting
 
 
 def test_query_service_answers_with_evidence_from_the_episode(harness, stamps):

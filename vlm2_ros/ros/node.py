@@ -637,6 +637,8 @@ class Vlm2Node(LifecycleNode):
             msg.mean_ingest_ms = s.mean_ingest_ms
         if queue is not None:
             msg.queue_depth, msg.queue_capacity = len(queue), queue.capacity
+        if self._query_pool is not None:
+            msg.queries_in_flight, msg.queries_capacity = self._query_pool.in_flight, self._query_pool.capacity
         msg.header.frame_id = next((c.pose_frame_id for c in self._cameras.values() if c.pose_frame_id), "")
         with self._lock:
             c = self._counters
@@ -678,7 +680,7 @@ class Vlm2Node(LifecycleNode):
             "frames_received", "frames_ingested", "frames_dropped", "frames_dropped_rate_limit",
             "frames_dropped_queue_full", "frames_dropped_bad_image", "frames_dropped_rejected",
             "queue_depth", "working_memory_size", "episodic_memory_size", "queries_answered",
-            "queries_failed", "model_preset", "device", "backend")}
+            "queries_failed", "queries_in_flight", "model_preset", "device", "backend")}
         fields["ingest_rate_hz"] = f"{status.ingest_rate_hz:.2f}"
         with self._lock:
             c = self._counters

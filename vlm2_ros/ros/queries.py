@@ -127,6 +127,17 @@ class QueryPool:
         self._lock = threading.Lock()
         self._pool = concurrent.futures.ThreadPoolExecutor(max_concurrent, thread_name_prefix="vlm2-query")
 
+    @property
+    def in_flight(self) -> int:
+        """Queries running or waiting now."""
+        with self._lock:
+            return self._in_flight
+
+    @property
+    def capacity(self) -> int:
+        """How many may run or wait at once; one more is answered BUSY."""
+        return self._limit
+
     def submit(self, text: str) -> PendingQuery:
         with self._lock:
             if self._in_flight >= self._limit:
