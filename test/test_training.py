@@ -151,6 +151,14 @@ def test_balanced_picks_take_every_task_in_turn():
                                            "memory": "oracle", "scenes": "generated",
                                            "question_types": ["memory_object_extreme"]}]},
      "memory_questions_per_task"),
+    ({"questions_per_task": 2, "stages": [{"name": "x", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0,
+                                           "memory": "oracle", "generated_share": 0.5}]}, "set memory: perceived"),
+    ({"questions_per_task": 2, "stages": [{"name": "x", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0,
+                                           "memory": "perceived", "generated_share": 1.0}]}, r"in \[0, 1\)"),
+    ({"stages": [{"name": "x", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "memory": "perceived",
+                  "generated_share": 0.5}]}, "set questions_per_task"),
+    ({"stages": [{"name": "x", "steps": 1, "train": ["bridge"], "depth_loss_weight": 0.0, "memory": "perceived",
+                  "perception_noise": {"miss_probability": 0.2}}]}, "generated_share > 0"),
 ])
 def test_bad_configs_name_the_problem(tmp_path, change, message):
     with pytest.raises(TrainConfigError, match=message):
@@ -1331,6 +1339,35 @@ def test_generated_stage_trains_on_new_scenes_each_step(data, tmp_path):
     asked_types = [{t for t in MEMORY_TASKS if any(word[t] in p for ps in prompts for p in ps)} for _, prompts in asked]
     assert [set(row["loss_answer_by_type"]) for row in log] == asked_types
     assert all(v > 0 for row in log for v in row["loss_answer_by_type"].values())
+
+
+def test_generated_share_mixes_new_scenes_into_each_step_of_perceived_memories(data, tmp_path):
+    from vlm2_ros.training.config import load_train_config
+    from vlm2_ros.training.trainer import Trainer
+
+    (tmp_path / "data").symlink_to(data)
+    config = write_config(tmp_path / "train.yaml", questions_per_task=1,
+                          model={"object_readout": {"enabled": True}},
+                          stages=[{"name": "mixed", "steps": 2, "train": ["bridge"], "depth_loss_weight": 0.0,
+                                   "memory": "perceived", "generated_share": 0.5, "episodes_per_step": 2,
+                                   "questions_per_episode": 2, "perception_noise": {"miss_probability": 0.5}}])
+    trainer = Trainer(load_train_config(config), progress=False)
+    # the data set's perceived memories as the stage reads them (their reading is tested above)
+    generator = torch.Generator().manual_seed(0)
+    streamed = trainer._perceived = [torch.randn(1, trainer.model.readout_tokens, trainer.model.config.bridge.memory_dim,
+                                                 generator=generator) for _ in trainer.data]
+    asked = []
+    answer_pass = trainer.model.bridge.answer_pass
+    trainer.model.bridge.answer_pass = lambda memory, prompts, answers, *layers: asked.append(
+        (memory, prompts)) or answer_pass(memory, prompts, answers, *layers)
+    trainer.run()
+    data_prompts = {p for s in trainer.data for p in s.prompts}
+    assert len(asked) == 2
+    for memory, prompts in asked:
+        # one of the data set's streamed memories with its questions, then one generated scene's
+        assert memory.shape[0] == 2 and any(torch.equal(memory[:1], m) for m in streamed)
+        assert set(prompts[0]) <= data_prompts and not set(prompts[1]) & data_prompts
+        assert not any(torch.equal(memory[1:], m) for m in streamed)
 
 
 def test_a_model_with_the_order_channel_gets_it_in_every_oracle_memory(data, tmp_path):

@@ -176,6 +176,11 @@ class StageConfig:
     # PerceptionNoise fields: objects missed, split, placed off, ...; `vlm2 train --perception-noise`
     # measures them for a run's perception). Empty: the oracle's perfect boxes.
     perception_noise: PerceptionNoise | dict = field(default_factory=dict)
+    # A "perceived" stage's share of each step's episodes drawn instead as generated scenes' oracle
+    # memories (with perception_noise; both are boxes in the same token layout): the bridge fits the
+    # few streamed scenes' boxes while it keeps reading the many generated ones. A perceived stage
+    # alone fits its 100 scenes and forgets what the generated stages taught (docs/design.md).
+    generated_share: float = 0.0
 
     @property
     def probes_language_model(self) -> bool:
@@ -192,9 +197,14 @@ class StageConfig:
                 raise
             except ValueError as e:         # a value out of range (PerceptionNoise's own check)
                 raise TrainConfigError(f"stage {self.name!r}: {e}") from None
-        if self.perception_noise.enabled and self.scenes != "generated":
+        if not 0 <= self.generated_share < 1:
+            raise TrainConfigError(f"stage {self.name!r}: generated_share must be in [0, 1), got {self.generated_share}")
+        if self.generated_share > 0 and (self.memory != "perceived" or self.scenes != "data"):
+            raise TrainConfigError(f"stage {self.name!r}: generated_share mixes generated scenes into a stage on the "
+                                   "data set's perceived memories: set memory: perceived")
+        if self.perception_noise.enabled and self.scenes != "generated" and self.generated_share == 0:
             raise TrainConfigError(f"stage {self.name!r}: perception_noise changes generated scenes' oracle boxes: "
-                                   "set scenes: generated")
+                                   "set scenes: generated, or generated_share > 0")
         if self.steps < 1 or self.lr <= 0 or self.warmup_steps < 0:
             raise TrainConfigError(f"stage {self.name!r}: steps must be >= 1, lr > 0, warmup_steps >= 0")
         weights = {name: getattr(self, name) for name in LOSS_WEIGHTS}
@@ -289,10 +299,10 @@ class TrainConfig:
             raise TrainConfigError("memory_questions_per_task needs questions_per_task: memory questions are "
                                    "generated with the others from each episode's scene")
         for stage in self.stages:
-            if stage.scenes != "generated":
+            if stage.scenes != "generated" and stage.generated_share == 0:
                 continue
             if self.questions_per_task is None:
-                raise TrainConfigError(f"stage {stage.name!r}: scenes: generated asks questions_per_task "
+                raise TrainConfigError(f"stage {stage.name!r}: generated scenes ask questions_per_task "
                                        "questions of each task of each new scene; set questions_per_task")
             if self.memory_questions_per_task == 0 and set(stage.question_types) & set(MEMORY_TASKS):
                 raise TrainConfigError(f"stage {stage.name!r}: question_types names memory tasks, which generated "

@@ -828,12 +828,15 @@ class Trainer:
         if stage.scenes == "generated":
             samples = self.generated_samples(stage, count)
             return self.memory_answer_loss(stage, [s.memory.to(c.device) for s in samples], samples, questions)
+        generated = self.generated_samples(stage, round(count * stage.generated_share))
         eligible = self.stage_samples(stage)
-        picks = eligible[self.rng.choice(len(eligible), size=min(count, len(eligible)), replace=False)]
+        picks = eligible[self.rng.choice(len(eligible), size=min(count - len(generated), len(eligible)),
+                                         replace=False)]
         if stage.memory in BRIDGE_SOURCES:
             memories = self.memories(stage.memory)
-            return self.memory_answer_loss(stage, [memories[int(i)] for i in picks],
-                                           [self.data[int(i)] for i in picks], questions)
+            return self.memory_answer_loss(stage,
+                                           [memories[int(i)] for i in picks] + [s.memory.to(c.device) for s in generated],
+                                           [self.data[int(i)] for i in picks] + generated, questions)
         if stage.memory == "window":
             return self.window_depth_loss(stage, picks)
         total, sums, counts = 0.0, dict.fromkeys(METRICS, 0.0), dict.fromkeys(METRICS, 0)
