@@ -81,6 +81,10 @@ def test_eval_compares_memory_modes_and_baselines_in_one_report(tmp_path):
         main(["eval", "--data", str(data), "--predictor", "chance", "--memory", "dual"])
     with pytest.raises(SystemExit, match="--stream-cache applies"):
         main(["eval", "--data", str(data), "--predictor", "frequency", "--stream-cache", str(tmp_path / "cache")])
+    with pytest.raises(SystemExit, match="--readout applies"):
+        main(["eval", "--data", str(data), "--predictor", "chance", "--readout", "truth"])
+    with pytest.raises(SystemExit, match="reads no memory"):
+        main(["eval", "--data", str(data), "--predictor", "model", "--readout", "truth", "--memory", "dual"])
     with pytest.raises(SystemExit, match="--threads must be >= 1"):
         main(["eval", "--data", str(data), "--predictor", "chance", "--threads", "0"])
     threads = torch.get_num_threads()
@@ -135,5 +139,5 @@ def test_eval_number_samples_reach_the_model():
 
     for samples in (0, DEFAULT_NUMBER_SAMPLES):                                # 0: greedy numbers
         args = argparse.Namespace(predictor=["model"], preset="tiny", memory=None, device="cpu", checkpoint_dir=None,
-                                  seed=0, number_samples=samples, stream_cache=None)
+                                  seed=0, number_samples=samples, stream_cache=None, readout="memory")
         assert [p.engine.number_samples for p in make_predictors(args)] == [samples]

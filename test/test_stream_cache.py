@@ -1,5 +1,6 @@
 """StreamCache (`vlm2 eval --stream-cache`): a memory streamed once answers the same as streamed again,
-for any model with the same memory writers, and never for a model whose memory differs."""
+for any model with the same memory writers, and never for a model whose memory differs. And the
+other way round, `--readout truth`: the model's answers from the true boxes, nothing streamed."""
 import pytest
 import torch
 
@@ -10,10 +11,11 @@ from vlm2_ros.evaluation.evaluate import evaluate
 from vlm2_ros.evaluation import model_predictor
 from vlm2_ros.evaluation.model_predictor import ModelPredictor
 from vlm2_ros.evaluation.streaming import StreamCache
-from vlm2_ros.model.checkpoint import build_model
+from vlm2_ros.model.checkpoint import build_model, save_checkpoint
 from vlm2_ros.model.presets import preset_config
 from vlm2_ros.sim.episode import Episode, EpisodeDir, write_episode
 from vlm2_ros.sim.questions import generate_questions
+from vlm2_ros.training.data import model_oracle_memory
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +102,26 @@ def test_only_models_with_the_same_memory_writers_share_a_cache(tmp_path):
     working = build_model(config.with_changes({"memory": {"mode": "working"}}))
     working.load_state_dict(model.state_dict())
     assert cache_of(working).directory not in (base, cache_of(model).directory)   # the ablation is config
+
+
+def test_truth_readout_answers_from_the_true_boxes_and_streams_nothing(data, tmp_path, monkeypatch):
+    records = load_questions(data)
+    monkeypatch.setattr(model_predictor, "stream_episode", lambda *a: pytest.fail("streamed"))
+    predictor = ModelPredictor("tiny", readout="truth")             # the shipped weights read objects
+    read = []
+    answer = predictor.engine.answer_from_tokens
+    monkeypatch.setattr(predictor.engine, "answer_from_tokens",
+                        lambda tokens, question: read.append(tokens) or answer(tokens, question))
+    predictions = evaluate(records, predictor, data_root=data)["predictions"]
+    assert predictor.name == "model:tiny:truth" and len(predictions) == len(records) == len(read)
+    episode = EpisodeDir(next(data.iterdir()))
+    truth = {frame: model_oracle_memory(predictor.engine.model, episode.scene, episode.visibility(), frame)
+             for frame in (11, 23)}
+    assert all(any(torch.equal(tokens, t) for t in truth.values()) for tokens in read)
+    assert all(any(torch.equal(tokens, t) for tokens in read) for t in truth.values())
+    assert not torch.equal(truth[11], truth[23])          # the later frame has seen more of the room
+    assert all(p["prediction"] for p in predictions)
+    # a model that reads its memory otherwise has no layout to hand the truth in
+    save_checkpoint(build_model(preset_config("tiny")), tmp_path / "plain")
+    with pytest.raises(ValueError, match="object_readout disabled"):
+        ModelPredictor("tiny", checkpoint_dir=str(tmp_path / "plain"), readout="truth")

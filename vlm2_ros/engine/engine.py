@@ -272,22 +272,38 @@ class SpatialMemoryEngine:
             raise NotReadyError("no frame has been ingested yet: memory is empty")
         on_stage = on_stage or (lambda stage: None)
         kind = expected_answer_kind(question)
-        max_new_tokens = max_new_tokens or self.max_new_tokens
-        bridge = self.model.bridge
-        options = bridge.listed_options(question)
         with torch.inference_mode():
             on_stage("reading_memory")
             readout = self.model.read_memory(stream)
             on_stage("generating")
+            text, confidence, relevance = self.answer_from_tokens(readout.tokens, question, max_new_tokens, should_stop)
+        return Answer(
+            question=question, text=text, kind=kind,
+            value=parse_number(text) if kind == "number" else None,
+            choice=parse_choice(text, question_options(question)) if kind == "choice" else None,
+            confidence=confidence,
+            evidence=self._evidence(stream, readout, relevance),
+            latency_s=time.perf_counter() - started)
+
+    def answer_from_tokens(self, tokens: torch.Tensor, question: str, max_new_tokens: int | None = None,
+                           should_stop: Callable[[], bool] | None = None) -> tuple[str, float, torch.Tensor]:
+        """The language bridge's answer to `question` (already checked) from memory tokens [1,M,C]
+        as the model's readout gives them: (text, confidence, each token's relevance [M]). `query`
+        reads them from the memory; an evaluation may hand it others (the true boxes)."""
+        kind = expected_answer_kind(question)
+        max_new_tokens = max_new_tokens or self.max_new_tokens
+        bridge = self.model.bridge
+        options = bridge.listed_options(question)
+        with torch.inference_mode():
             if options:
                 if should_stop is not None and should_stop():      # one poll: scoring is one pass
                     raise QueryCanceled("query canceled before the answer was complete")
-                picked = bridge.pick_option(readout.tokens, question, options)
+                picked = bridge.pick_option(tokens, question, options)
                 text, confidence, relevance = f"{picked.letter}. {picked.text}", picked.share, picked.memory_relevance
             elif bridge.number_head is not None and asks_measure(question):
                 if should_stop is not None and should_stop():      # one poll: the estimate is one pass
                     raise QueryCanceled("query canceled before the answer was complete")
-                estimate = bridge.estimate_number(readout.tokens, question)
+                estimate = bridge.estimate_number(tokens, question)
                 values = lognormal_quantiles(estimate.log_mean, estimate.log_std,
                                              self.number_samples or DEFAULT_NUMBER_SAMPLES)
                 # every candidate 0 (a log below what a float holds): 0, as sure as the candidates agree
@@ -296,18 +312,12 @@ class SpatialMemoryEngine:
                 relevance = estimate.memory_relevance
             else:
                 generated = bridge.generate(
-                    readout.tokens, question, max_new_tokens=max_new_tokens, should_stop=should_stop,
+                    tokens, question, max_new_tokens=max_new_tokens, should_stop=should_stop,
                     num_samples=self.number_samples if kind == "number" else 0)
                 if generated is None:
                     raise QueryCanceled("query canceled before the answer was complete")
                 text, confidence, relevance = self._generated_answer(generated)
-        return Answer(
-            question=question, text=text, kind=kind,
-            value=parse_number(text) if kind == "number" else None,
-            choice=parse_choice(text, question_options(question)) if kind == "choice" else None,
-            confidence=confidence,
-            evidence=self._evidence(stream, readout, relevance),
-            latency_s=time.perf_counter() - started)
+        return text, confidence, relevance
 
     @staticmethod
     def _generated_answer(generated: GeneratedText) -> tuple[str, float, torch.Tensor]:

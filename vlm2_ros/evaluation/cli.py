@@ -8,6 +8,7 @@ from pathlib import Path
 from ..atomic_io import write_json_atomic
 from ..engine.number_decoding import DEFAULT_NUMBER_SAMPLES
 from ..model.dual_memory import MEMORY_MODES
+from .model_predictor import READOUTS
 
 STREAM_CACHE_HELP = ("keep each streamed memory in this directory and read it back for any checkpoint with the "
                      "same memory writers (a new language bridge or object readout is scored in minutes; other "
@@ -26,6 +27,10 @@ def register(subparsers) -> None:
     p.add_argument("--memory", choices=MEMORY_MODES, nargs="+", default=None,
                    help="memory mode(s) for --predictor model (the paper's ablation: none working episodic "
                         "dual, each its own column; default: the checkpoint's)")
+    p.add_argument("--readout", choices=READOUTS, default="memory",
+                   help="--predictor model: what its language bridge reads: its memory (default), or the true "
+                        "boxes of the objects seen by each question's frame, to score the bridge on a perfect "
+                        "memory (models that read their memory as objects)")
     p.add_argument("--checkpoint-dir", default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--number-samples", type=int, default=DEFAULT_NUMBER_SAMPLES,
@@ -68,7 +73,8 @@ def make_predictors(args: argparse.Namespace) -> list:
         else:
             from .model_predictor import ModelPredictor
             predictors += [ModelPredictor(args.preset, memory, args.device, checkpoint_dir=args.checkpoint_dir,
-                                          number_samples=args.number_samples, stream_cache=args.stream_cache)
+                                          number_samples=args.number_samples, stream_cache=args.stream_cache,
+                                          readout=args.readout)
                            for memory in (args.memory or [None])]
     return predictors
 
@@ -99,9 +105,12 @@ def eval_command(args: argparse.Namespace) -> int:
         records = records[: args.limit]
     if not records:
         raise SystemExit(f"no questions found under {args.data}")
-    for flag, value in (("--memory", args.memory), ("--stream-cache", args.stream_cache)):
+    for flag, value in (("--memory", args.memory), ("--stream-cache", args.stream_cache),
+                        ("--readout", args.readout != "memory")):
         if value and "model" not in args.predictor:
             raise SystemExit(f"{flag} applies to --predictor model")
+    if args.readout == "truth" and (args.memory or args.stream_cache):
+        raise SystemExit("--readout truth reads no memory: --memory and --stream-cache do not apply")
     results, predictions = {}, []
     for predictor in make_predictors(args):
         out = evaluate(records, predictor, data_root=args.data if args.data.is_dir() else None, progress=True)

@@ -1,24 +1,38 @@
 """The VLM2 engine as a predictor: ingest the episode's frames (with poses and intrinsics) up to
 the asking frame, then answer each question with the VSI-Bench prompt. A later question of the
-same episode streams on from the memory the earlier one was asked of, as a robot's would."""
+same episode streams on from the memory the earlier one was asked of, as a robot's would.
+
+With readout "truth" the language bridge reads, instead of its memory, the true boxes of the
+objects seen by the asking frame (training.data.oracle_memory, in the object readout's layout):
+what it scores from a perfect memory, apart from the perception's errors."""
 from __future__ import annotations
 
 from ..engine.number_decoding import DEFAULT_NUMBER_SAMPLES
 from .streaming import StreamCache, stream_episode
 
+READOUTS = ("memory", "truth")    # what the language bridge reads: its memory's readout, or the true boxes
+
 
 class ModelPredictor:
     def __init__(self, preset: str = "tiny", memory: str | None = None, device: str = "cpu",
                  checkpoint_dir: str | None = None, dtype: str = "fp32", number_samples: int = DEFAULT_NUMBER_SAMPLES,
-                 stream_cache: str | None = None):
+                 stream_cache: str | None = None, readout: str = "memory"):
         """`stream_cache`: a directory that keeps every streamed memory (StreamCache), so that the
-        next model with the same memory writers answers without streaming the episodes again."""
+        next model with the same memory writers answers without streaming the episodes again.
+        `readout`: READOUTS (the module docstring)."""
         from ..engine.engine import SpatialMemoryEngine
+        if readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
         self.engine = SpatialMemoryEngine.from_preset(preset, checkpoint_dir=checkpoint_dir, memory_mode=memory,
                                                       device=device, dtype=dtype, number_samples=number_samples)
-        self.cache = StreamCache(stream_cache, self.engine) if stream_cache is not None else None
-        self.name = f"model:{preset}" + (f":{memory}" if memory else "")
+        if readout == "truth" and not self.engine.model.config.object_readout.enabled:
+            raise ValueError("readout truth hands the language bridge true boxes in the object readout's layout; "
+                             "this model reads its memory otherwise (object_readout disabled)")
+        self.readout = readout
+        self.cache = StreamCache(stream_cache, self.engine) if stream_cache is not None and readout == "memory" else None
+        self.name = f"model:{preset}" + (f":{memory}" if memory else "") + (":truth" if readout == "truth" else "")
         self._loaded: tuple | None = None
+        self._truth = None          # [1,M,C] the true boxes at the loaded frame (readout "truth")
 
     def fit(self, records) -> None:
         pass
@@ -31,7 +45,11 @@ class ModelPredictor:
         key = (episode.path.resolve(), frame_index)
         if self._loaded == key:
             return
-        if self.cache is None or not self.cache.load(episode, frame_index):
+        if self.readout == "truth":
+            from ..training.data import model_oracle_memory
+            self._truth = model_oracle_memory(self.engine.model, episode.scene, episode.visibility(),
+                                              frame_index).to(self.engine.device)
+        elif self.cache is None or not self.cache.load(episode, frame_index):
             # Questions come in frame order: a later one of the same episode streams on from the last.
             path, loaded = self._loaded or (None, -1)
             first = loaded + 1 if path == key[0] and loaded < frame_index else 0
@@ -41,4 +59,6 @@ class ModelPredictor:
         self._loaded = key
 
     def answer(self, record: dict, prompt: str) -> str:
+        if self.readout == "truth":
+            return self.engine.answer_from_tokens(self._truth, prompt.strip())[0]
         return self.engine.query(prompt).text

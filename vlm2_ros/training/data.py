@@ -95,6 +95,14 @@ def oracle_memory(scene: Scene, visibility: dict[int, tuple[int, int, int]], ask
     return object_tokens(boxes, len(SEMANTIC_CLASSES), tokens, dim, scale_m, order_channel)
 
 
+def model_oracle_memory(model, scene: Scene, visibility: dict[int, tuple[int, int, int]], asked_at: int) -> torch.Tensor:
+    """oracle_memory in `model`'s (a VLM2Model's) readout layout: its token count, memory width,
+    position scale and order channel."""
+    c = model.config
+    return oracle_memory(scene, visibility, asked_at, model.readout_tokens, c.bridge.memory_dim,
+                         c.fusion.position_scale_m, c.object_readout.order_channel)
+
+
 def oracle_boxes(scene: Scene, visibility: dict[int, tuple[int, int, int]], asked_at: int) -> list[ObjectBox]:
     """The truth at frame `asked_at` as object_memory boxes: the room's, then each object seen by
     then (`visibility`: id -> (first seen, ...)) in the order first seen."""

@@ -58,7 +58,7 @@ from ..sim.questions import COMPASS, DIRECTION_CLASSES, LETTERS, MEMORY_TASKS, r
 from ..sim.scene import CATEGORIES, SEMANTIC_CLASSES
 from .config import BRIDGE_SOURCES, MODULES, StageConfig, TrainConfig, TrainConfigError
 from .data import (AskedQuestions, GeneratedSample, TrainingEpisode, generated_oracle_sample, generated_scene_seed,
-                   load_frames, load_training_set, load_world_points, oracle_boxes, oracle_memory)
+                   load_frames, load_training_set, load_world_points, model_oracle_memory, oracle_boxes)
 from .perception_noise import measure_perception_noise
 from .readout_fit import fit_readout
 
@@ -517,13 +517,11 @@ class Trainer:
     def oracle_memories(self) -> list[torch.Tensor]:
         """Every sample's oracle memory (data.oracle_memory)."""
         if self._oracle is None:
-            c, tokens = self.model.config, self.model.readout_tokens
             self._oracle = []
             for sample in self.data:
                 episode = self._episodes.setdefault(sample.path, EpisodeDir(sample.path))
-                self._oracle.append(oracle_memory(episode.scene, episode.visibility(), sample.asked_at, tokens,
-                                                  c.bridge.memory_dim, c.fusion.position_scale_m,
-                                                  c.object_readout.order_channel).to(self.config.device))
+                self._oracle.append(model_oracle_memory(self.model, episode.scene, episode.visibility(),
+                                                        sample.asked_at).to(self.config.device))
         return self._oracle
 
     def memories(self, source: str) -> list[torch.Tensor]:
