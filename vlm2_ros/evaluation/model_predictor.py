@@ -3,7 +3,7 @@ the asking frame, then answer each question with the VSI-Bench prompt. A later q
 same episode streams on from the memory the earlier one was asked of, as a robot's would.
 
 With readout "truth" the language bridge reads, instead of its memory, the true boxes of the
-objects seen by the asking frame (training.data.oracle_memory, in the object readout's layout):
+objects seen by the asking frame (training.data.model_oracle_memory: the object readout's layout):
 what it scores from a perfect memory, apart from the perception's errors."""
 from __future__ import annotations
 
