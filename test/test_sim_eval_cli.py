@@ -83,6 +83,8 @@ def test_eval_compares_memory_modes_and_baselines_in_one_report(tmp_path):
         main(["eval", "--data", str(data), "--predictor", "frequency", "--stream-cache", str(tmp_path / "cache")])
     with pytest.raises(SystemExit, match="--readout applies"):
         main(["eval", "--data", str(data), "--predictor", "chance", "--readout", "truth"])
+    with pytest.raises(SystemExit, match="--reader applies"):
+        main(["eval", "--data", str(data), "--predictor", "frequency", "--reader", "geometry"])
     with pytest.raises(SystemExit, match="reads no memory"):
         main(["eval", "--data", str(data), "--predictor", "model", "--readout", "truth", "--memory", "dual"])
     with pytest.raises(SystemExit, match="--threads must be >= 1"):

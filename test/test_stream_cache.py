@@ -1,17 +1,20 @@
 """StreamCache (`vlm2 eval --stream-cache`): a memory streamed once answers the same as streamed again,
 for any model with the same memory writers, and never for a model whose memory differs. And the
-other way round, `--readout truth`: the model's answers from the true boxes, nothing streamed."""
+other way round, `--readout truth`: the model's answers from the true boxes, nothing streamed. And
+`--reader geometry`: the box solver's answers from the same boxes instead of the bridge's."""
 import pytest
 import torch
 
 from vlm2_ros.engine.engine import SpatialMemoryEngine
 from vlm2_ros.evaluation import streaming
+from vlm2_ros.evaluation.box_solver import BoxSolver
 from vlm2_ros.evaluation.data import load_questions
 from vlm2_ros.evaluation.evaluate import evaluate
 from vlm2_ros.evaluation import model_predictor
 from vlm2_ros.evaluation.model_predictor import ModelPredictor
 from vlm2_ros.evaluation.streaming import StreamCache
 from vlm2_ros.model.checkpoint import build_model, save_checkpoint
+from vlm2_ros.model.object_memory import token_readings
 from vlm2_ros.model.presets import preset_config
 from vlm2_ros.sim.episode import Episode, EpisodeDir, write_episode
 from vlm2_ros.sim.questions import generate_questions
@@ -125,3 +128,21 @@ def test_truth_readout_answers_from_the_true_boxes_and_streams_nothing(data, tmp
     save_checkpoint(build_model(preset_config("tiny")), tmp_path / "plain")
     with pytest.raises(ValueError, match="object_readout disabled"):
         ModelPredictor("tiny", checkpoint_dir=str(tmp_path / "plain"), readout="truth")
+
+
+def test_the_geometry_reader_answers_from_the_boxes_the_readout_would_hand_the_bridge(data, monkeypatch):
+    records = load_questions(data)
+    truth = evaluate(records, ModelPredictor("tiny", readout="truth", reader="geometry"), data_root=data)
+    assert truth["metrics"]["mean_score"] == 1.0          # the true boxes hold every answer
+    predictor = ModelPredictor("tiny", reader="geometry")
+    asked = []
+    solver_answer = BoxSolver.answer
+    monkeypatch.setattr(BoxSolver, "answer", lambda self, r: asked.append(self) or solver_answer(self, r))
+    monkeypatch.setattr(predictor.engine, "query", lambda *a: pytest.fail("the language bridge answered"))
+    predictions = evaluate(records, predictor, data_root=data)["predictions"]
+    assert predictor.name == "model:tiny:geometry" and len(asked) == len(predictions) == len(records)
+    # the solver of the last asking frame reads the boxes the object readout makes of that memory
+    readout = predictor.engine.model.object_readout
+    with torch.no_grad():
+        boxes = readout.boxes(token_readings(readout.category, predictor.engine.stream.memory))
+    assert (asked[-1].room, asked[-1].objects) == (boxes[0], boxes[1:])

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..atomic_io import write_json_atomic
 from ..engine.number_decoding import DEFAULT_NUMBER_SAMPLES
 from ..model.dual_memory import MEMORY_MODES
-from .model_predictor import READOUTS
+from .model_predictor import READERS, READOUTS
 
 STREAM_CACHE_HELP = ("keep each streamed memory in this directory and read it back for any checkpoint with the "
                      "same memory writers (a new language bridge or object readout is scored in minutes; other "
@@ -31,6 +31,10 @@ def register(subparsers) -> None:
                    help="--predictor model: what its language bridge reads: its memory (default), or the true "
                         "boxes of the objects seen by each question's frame, to score the bridge on a perfect "
                         "memory (models that read their memory as objects)")
+    p.add_argument("--reader", choices=READERS, default="bridge",
+                   help="--predictor model: who answers from what --readout gives: the language bridge (the "
+                        "model's answer, default), or a closed-form solver over the same boxes, to measure what "
+                        "the boxes hold apart from how the bridge reads them (a diagnostic)")
     p.add_argument("--checkpoint-dir", default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--number-samples", type=int, default=DEFAULT_NUMBER_SAMPLES,
@@ -74,7 +78,7 @@ def make_predictors(args: argparse.Namespace) -> list:
             from .model_predictor import ModelPredictor
             predictors += [ModelPredictor(args.preset, memory, args.device, checkpoint_dir=args.checkpoint_dir,
                                           number_samples=args.number_samples, stream_cache=args.stream_cache,
-                                          readout=args.readout)
+                                          readout=args.readout, reader=args.reader)
                            for memory in (args.memory or [None])]
     return predictors
 
@@ -106,7 +110,7 @@ def eval_command(args: argparse.Namespace) -> int:
     if not records:
         raise SystemExit(f"no questions found under {args.data}")
     for flag, value in (("--memory", args.memory), ("--stream-cache", args.stream_cache),
-                        ("--readout", args.readout != "memory")):
+                        ("--readout", args.readout != "memory"), ("--reader", args.reader != "bridge")):
         if value and "model" not in args.predictor:
             raise SystemExit(f"{flag} applies to --predictor model")
     if args.readout == "truth" and (args.memory or args.stream_cache):
