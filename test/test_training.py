@@ -743,10 +743,14 @@ def test_the_recipe_configs_are_valid():
     config = load_train_config(recipe)
     assert [s.name for s in config.stages] == ["geometry", "perception", "compare1", "compare2", "directions",
                                                "perceived_directions", "all_types", "perceived_all", "perceived_vsi",
-                                               "compare4", "all_types_order", "route_back", "perceived_order"]
+                                               "compare4", "all_types_order", "route_back", "perceived_order",
+                                               "comparisons", "perceived_comparisons"]
     readout = VLM2Config(**config.model).object_readout          # its model changes make a valid config
     assert readout.enabled and readout.order_channel
     assert config.stages[-1].order_loss_weight > 0 and config.stages[-1].memory == "perceived"
+    # the last two are route_back, longer, and the perceived stage after it again
+    assert config.stages[-2] == dataclasses.replace(config.stages[-4], name="comparisons", steps=800)
+    assert config.stages[-1] == dataclasses.replace(config.stages[-3], name="perceived_comparisons")
     # its oracle stages are the first of the oracle curriculum's
     oracle = load_train_config(recipe.with_name("train_tiny_oracle.yaml"))
     assert config.stages[2:5] == oracle.stages[:3]
