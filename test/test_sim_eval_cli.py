@@ -141,5 +141,6 @@ def test_eval_number_samples_reach_the_model():
 
     for samples in (0, DEFAULT_NUMBER_SAMPLES):                                # 0: greedy numbers
         args = argparse.Namespace(predictor=["model"], preset="tiny", memory=None, device="cpu", checkpoint_dir=None,
-                                  seed=0, number_samples=samples, stream_cache=None, readout="memory")
+                                  seed=0, number_samples=samples, stream_cache=None, readout="memory",
+                                  reader="bridge")
         assert [p.engine.number_samples for p in make_predictors(args)] == [samples]
