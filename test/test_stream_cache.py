@@ -14,7 +14,6 @@ from vlm2_ros.evaluation import model_predictor
 from vlm2_ros.evaluation.model_predictor import ModelPredictor
 from vlm2_ros.evaluation.streaming import StreamCache
 from vlm2_ros.model.checkpoint import build_model, save_checkpoint
-from vlm2_ros.model.object_memory import token_readings
 from vlm2_ros.model.presets import preset_config
 from vlm2_ros.sim.episode import Episode, EpisodeDir, write_episode
 from vlm2_ros.sim.questions import generate_questions
@@ -142,7 +141,6 @@ def test_the_geometry_reader_answers_from_the_boxes_the_readout_would_hand_the_b
     predictions = evaluate(records, predictor, data_root=data)["predictions"]
     assert predictor.name == "model:tiny:geometry" and len(asked) == len(predictions) == len(records)
     # the solver of the last asking frame reads the boxes the object readout makes of that memory
-    readout = predictor.engine.model.object_readout
     with torch.no_grad():
-        boxes = readout.boxes(token_readings(readout.category, predictor.engine.stream.memory))
+        boxes = predictor.engine.model.object_readout.memory_boxes(predictor.engine.stream.memory)
     assert (asked[-1].room, asked[-1].objects) == (boxes[0], boxes[1:])

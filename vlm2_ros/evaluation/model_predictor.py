@@ -14,7 +14,6 @@ from __future__ import annotations
 import torch
 
 from ..engine.number_decoding import DEFAULT_NUMBER_SAMPLES
-from ..model.object_memory import token_readings
 from .box_solver import BoxSolver
 from .streaming import StreamCache, stream_episode
 
@@ -77,9 +76,8 @@ class ModelPredictor:
             if self.cache is not None:
                 self.cache.save(episode, frame_index)
         if self.readout == "memory" and self.reader == "geometry":
-            readout = self.engine.model.object_readout
             with torch.inference_mode():
-                self._solver = BoxSolver(readout.boxes(token_readings(readout.category, self.engine.stream.memory)))
+                self._solver = BoxSolver(self.engine.model.object_readout.memory_boxes(self.engine.stream.memory))
         self._loaded = key
 
     def answer(self, record: dict, prompt: str) -> str:

@@ -287,6 +287,12 @@ class ObjectReadout(nn.Module):
                                 c.per_class("min_share"), c.per_class("merge_radius_m"), self.tokens,
                                 grouping=c.grouping)
 
+    def memory_boxes(self, memory: MemoryState) -> list[ObjectBox]:
+        """The room and the objects this readout sees in a one-stream memory."""
+        if self.category is None:
+            raise RuntimeError("the object readout is disabled (model config object_readout.enabled)")
+        return self.boxes(token_readings(self.category, memory))
+
     def memory_tokens(self, boxes: list[ObjectBox]) -> torch.Tensor:
         """boxes as the language model reads them: [1,tokens,bridge_dim] (object_tokens), on the head's device."""
         tokens = object_tokens(boxes, len(self.config.classes), self.tokens, self.bridge_dim, self.scale_m,
@@ -294,9 +300,7 @@ class ObjectReadout(nn.Module):
         return tokens if self.category is None else tokens.to(self.category.weight.device)
 
     def forward(self, memory: MemoryState) -> ReadoutTokens:
-        if self.category is None:
-            raise RuntimeError("the object readout is disabled (model config object_readout.enabled)")
-        boxes = self.boxes(token_readings(self.category, memory))
+        boxes = self.memory_boxes(memory)
         tokens = self.memory_tokens(boxes)                                                   # [1,M,bridge_dim]
         # entries in token_readings' order; each box (the room's too) points at the entry of its
         # most certain token
