@@ -21,7 +21,7 @@ import numpy as np
 
 from ..model.object_memory import ROOM_CLASS, ObjectBox
 from ..sim.questions import TASKS, TEMPLATES, TURNS, relation_angles
-from ..sim.scene import SEMANTIC_CLASSES
+from ..sim.scene import SEMANTIC_CLASSES, bounds_gap
 from .predictors import option_texts
 
 # Without the generator's ambiguity margins every angle needs a class: the boundaries sit midway
@@ -61,10 +61,10 @@ def question_slots(record: dict) -> dict[str, str]:
 
 
 def box_gap_m(a: ObjectBox, b: ObjectBox) -> float:
-    """Distance between the closest points of two axis-aligned boxes (metres)."""
-    half = (np.asarray(a.size) + np.asarray(b.size)) / 2
-    gap = np.maximum(0.0, np.abs(np.subtract(a.centre, b.centre)) - half)
-    return float(np.sqrt((gap ** 2).sum()))
+    """Distance between the closest points of two boxes (metres), as the world measures its objects'."""
+    corners = [(np.subtract(box.centre, np.divide(box.size, 2)), np.add(box.centre, np.divide(box.size, 2)))
+               for box in (a, b)]
+    return bounds_gap(*corners[0], *corners[1])
 
 
 class BoxSolver:

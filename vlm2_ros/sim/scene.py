@@ -365,5 +365,10 @@ def semantic_classes(scene: Scene, mask: np.ndarray) -> np.ndarray:
 
 def aabb_distance(a: SceneObject, b: SceneObject) -> float:
     """Distance between the closest points of two objects' 3D bounding boxes (m)."""
-    gap = np.maximum(0.0, np.maximum(a.lo - b.hi, b.lo - a.hi))
+    return bounds_gap(a.lo, a.hi, b.lo, b.hi)
+
+
+def bounds_gap(lo_a, hi_a, lo_b, hi_b) -> float:
+    """Distance between the closest points of two axis-aligned boxes given by their corners."""
+    gap = np.maximum(0.0, np.maximum(np.subtract(lo_a, hi_b), np.subtract(lo_b, hi_a)))
     return float(np.sqrt((gap ** 2).sum()))
