@@ -99,27 +99,6 @@ def test_the_order_channel_holds_each_objects_rank_by_first_sighting():
         object_tokens(boxes, CLASSES, tokens=6, dim=CLASSES + 6, scale_m=2.0, order_channel=True)
 
 
-def test_the_confidence_channel_tells_a_well_supported_box_from_a_stray_label():
-    # one chair seen by four tokens, a stray chair label on one token
-    chair = tokens_showing(1, 0.9, [[1.0, 1.0, 0.5], [1.1, 1.0, 0.5], [1.0, 1.1, 0.5], [1.1, 1.1, 0.5]], frame=3)
-    stray = tokens_showing(1, 0.4, [[5.0, 3.0, 0.5]], frame=8)
-    room, *objects = perceive(chair, stray, min_share=0.3, merge_radius_m=1.0)
-    assert room.confidence == 1.0
-    assert [o.support for o in objects] == pytest.approx([3.6, 0.4])
-    assert [o.confidence for o in objects] == pytest.approx([3.6 / 4.6, 0.4 / 1.4])
-    boxes = [room, *objects]
-    plain = object_tokens(boxes, CLASSES, tokens=4, dim=16, scale_m=2.0, order_channel=True)
-    sure = object_tokens(boxes, CLASSES, tokens=4, dim=16, scale_m=2.0, order_channel=True, confidence_channel=True)
-    after = CLASSES + 7                                 # after the box and the order channel
-    assert sure[0, :, after].tolist() == pytest.approx([1.0, 3.6 / 4.6, 0.4 / 1.4, 0.0])
-    assert torch.equal(sure[..., :after], plain[..., :after]) and not plain[..., after:].any()
-    assert object_tokens(boxes, CLASSES, tokens=4, dim=16, scale_m=2.0,
-                         confidence_channel=True)[0, :, CLASSES + 6].tolist() == sure[0, :, after].tolist()
-    with pytest.raises(ValueError, match=f"needs {CLASSES + 8} channels"):
-        object_tokens(boxes, CLASSES, tokens=4, dim=CLASSES + 7, scale_m=2.0, order_channel=True,
-                      confidence_channel=True)
-
-
 def test_per_class_settings_find_a_small_object_and_keep_a_large_one_whole():
     """A lamp never fills half a patch; a bed's tokens spread over 2.4 m. One threshold and radius
     miss the lamp or split the bed; a value per class (room, chair, lamp, bed) does neither."""

@@ -1089,10 +1089,6 @@ def test_oracle_memory_is_the_room_then_each_object_seen_by_the_question_in_orde
     assert ordered[0, 1:1 + len(seen), classes + 6].tolist() == pytest.approx(
         [times.index(t) / max(1, len(times) - 1) for t, _ in seen])
     assert torch.equal(ordered[..., :classes + 6], memory[..., :classes + 6])
-    sure = oracle_memory(scene, visibility, asked_at, tokens=12, dim=32, scale_m=4.0, order_channel=True,
-                         confidence_channel=True)       # the truth: every box, the room's too, fully confident
-    assert sure[0, :1 + len(seen), classes + 7].tolist() == [1.0] * (1 + len(seen))
-    assert torch.equal(sure[..., :classes + 7], ordered[..., :classes + 7]) and not sure[0, 1 + len(seen):].any()
     with pytest.raises(ValueError, match="channels"):
         oracle_memory(scene, visibility, asked_at, tokens=12, dim=classes + 5, scale_m=4.0)
     with pytest.raises(ValueError, match="more than"):

@@ -1,7 +1,6 @@
 """A memory as a list of boxes: the room, then one box per object in the order first seen, each
 written into one token a language bridge reads (its semantic class one-hot, then the box's centre
-and extents, with `order_channel` its place in the order first seen, and with `confidence_channel`
-how sure the perception is that the box is an object).
+and extents, and with `order_channel` its place in the order first seen).
 
 Two producers share the layout. The synthetic world's ground truth (training.data.oracle_memory)
 gives the language model a perfect memory, the diagnostic its "oracle" training stages read.
@@ -31,11 +30,6 @@ from .memory_readout import EPISODIC, WORKING, ReadoutTokens
 ROOM_CLASS = 0                  # semantic class 0 is the room shell (walls, floor, ceiling)
 BOX_CHANNELS = 6                # centre (x, y, z) and extents (x, y, z) after the class one-hot
 ORDER_CHANNELS = 1              # with order_channel: the object's rank by first sighting, after the box
-CONFIDENCE_CHANNELS = 1         # with confidence_channel: ObjectBox.confidence, last
-# A perceived box's confidence is support / (support + SUPPORT_HALF_CONFIDENCE): on the 100 training
-# scenes a logistic fit of "a true object of the class lies within 1.5 m" on log support crosses 0.5
-# at a summed share of 0.98, about one patch's worth of the class (docs/design.md).
-SUPPORT_HALF_CONFIDENCE = 1.0
 MIN_EXTENT_M = 0.1              # a box perceived from one token has no spread to measure
 GROUPINGS = ("greedy", "peaks")
 PEAK_SIGMA_M = 0.3              # "peaks": the density's Gaussian kernel on the floor plane
@@ -61,26 +55,15 @@ class ObjectBox:
     first_seen: int = 0                     # frame index; boxes are laid out in this order
     support: float = 0.0                    # perceived: the summed class share of its tokens
     token: int = -1                         # perceived: its most certain token (index into the readings); -1: none
-    confidence: float = 1.0                 # how sure that it is an object, (0, 1]: the truth's boxes 1, perceived
-                                            # ones from their support (support_confidence)
-
-
-def support_confidence(support: float) -> float:
-    """A perceived box's confidence from its tokens' summed class share (SUPPORT_HALF_CONFIDENCE)."""
-    return support / (support + SUPPORT_HALF_CONFIDENCE)
 
 
 def object_tokens(boxes: list[ObjectBox], num_classes: int, tokens: int, dim: int, scale_m: float,
-                  order_channel: bool = False, confidence_channel: bool = False) -> torch.Tensor:
+                  order_channel: bool = False) -> torch.Tensor:
     """[1,tokens,dim]: boxes[i] in token i (class one-hot, then centre and extents in units of
     scale_m); every other channel and token is 0. With `order_channel`, the channel after the
     extents holds each object's rank by first sighting (appearance_ranks), so an order is a value
-    the language model compares like a distance rather than a token position it must count. With
-    `confidence_channel`, the next holds each box's confidence, so that of two boxes of a named
-    class the language model can tell the object from a stray label."""
-    order_at = num_classes + BOX_CHANNELS
-    confidence_at = order_at + (ORDER_CHANNELS if order_channel else 0)
-    needed = confidence_at + (CONFIDENCE_CHANNELS if confidence_channel else 0)
+    the language model compares like a distance rather than a token position it must count."""
+    needed = num_classes + BOX_CHANNELS + (ORDER_CHANNELS if order_channel else 0)
     if dim < needed:
         raise ValueError(f"an object token needs {needed} channels, the language bridge reads {dim}")
     if len(boxes) > tokens:
@@ -90,9 +73,7 @@ def object_tokens(boxes: list[ObjectBox], num_classes: int, tokens: int, dim: in
         memory[0, slot, box.semantic_class] = 1.0
         memory[0, slot, num_classes:num_classes + BOX_CHANNELS] = torch.tensor([*box.centre, *box.size]) / scale_m
     if order_channel:
-        memory[0, :len(boxes), order_at] = torch.tensor(appearance_ranks(boxes))
-    if confidence_channel:
-        memory[0, :len(boxes), confidence_at] = torch.tensor([b.confidence for b in boxes])
+        memory[0, :len(boxes), num_classes + BOX_CHANNELS] = torch.tensor(appearance_ranks(boxes))
     return memory
 
 
@@ -131,8 +112,7 @@ def perceive_objects(shares: torch.Tensor, points: torch.Tensor, frame_index: to
       other views of its place do not share makes none.
     An object's centre is its tokens' share-weighted mean point, its extents twice their weighted
     standard deviation per axis (at least MIN_EXTENT_M), its first sighting the earliest frame of
-    its tokens, its `token` the one of them with the largest share, its confidence its support's
-    (support_confidence). The room's box spans the room
+    its tokens, its `token` the one of them with the largest share. The room's box spans the room
     tokens' points between the `room_quantile` and
     1 - `room_quantile` quantiles per axis (a few far-off points do not stretch it); its `token` is
     the one most certainly the room. With
@@ -186,7 +166,7 @@ def class_objects(k: int, share: np.ndarray, points: np.ndarray, frames: np.ndar
         objects.append(ObjectBox(k, tuple(float(v) for v in centre),
                                  tuple(float(v) for v in np.maximum(2 * spread, MIN_EXTENT_M)),
                                  first_seen=int(frames[group].min()), support=float(weight.sum()),
-                                 token=int(group[np.argmax(weight)]), confidence=support_confidence(weight.sum())))
+                                 token=int(group[np.argmax(weight)])))
     return objects
 
 
@@ -251,7 +231,6 @@ class ObjectReadoutConfig:
     class_merge_radius_m: dict[str, float] = field(default_factory=dict)
     grouping: str = "greedy"            # ... GROUPINGS
     order_channel: bool = False         # each object token also holds its rank by first sighting (object_tokens)
-    confidence_channel: bool = False    # ... and its box's confidence (object_tokens)
 
     def __post_init__(self) -> None:
         self.classes = tuple(self.classes)
@@ -317,7 +296,7 @@ class ObjectReadout(nn.Module):
     def memory_tokens(self, boxes: list[ObjectBox]) -> torch.Tensor:
         """boxes as the language model reads them: [1,tokens,bridge_dim] (object_tokens), on the head's device."""
         tokens = object_tokens(boxes, len(self.config.classes), self.tokens, self.bridge_dim, self.scale_m,
-                               self.config.order_channel, self.config.confidence_channel)
+                               self.config.order_channel)
         return tokens if self.category is None else tokens.to(self.category.weight.device)
 
     def forward(self, memory: MemoryState) -> ReadoutTokens:

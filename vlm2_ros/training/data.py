@@ -83,25 +83,24 @@ def named_objects(scene: Scene, question: dict) -> list[tuple[str, tuple[float, 
 
 
 def oracle_memory(scene: Scene, visibility: dict[int, tuple[int, int, int]], asked_at: int, tokens: int,
-                  dim: int, scale_m: float, order_channel: bool = False,
-                  confidence_channel: bool = False) -> torch.Tensor:
+                  dim: int, scale_m: float, order_channel: bool = False) -> torch.Tensor:
     """What a perfect memory would hand the language model at frame `asked_at` ("oracle" stages):
     [1,tokens,dim] in model.object_memory's layout, the room's box first, then each object seen up
     to that frame (`visibility`: id -> (first seen, ...)), in the order first seen (and with
-    `order_channel` each one's rank in it, with `confidence_channel` full confidence: object_tokens)."""
+    `order_channel` each one's rank in it: object_tokens)."""
     boxes = oracle_boxes(scene, visibility, asked_at)
     if len(boxes) > tokens:
         raise ValueError(f"scene {scene.name}: {len(boxes) - 1} objects seen by frame {asked_at}, more than the "
                          f"{tokens - 1} tokens an oracle memory has for them")
-    return object_tokens(boxes, len(SEMANTIC_CLASSES), tokens, dim, scale_m, order_channel, confidence_channel)
+    return object_tokens(boxes, len(SEMANTIC_CLASSES), tokens, dim, scale_m, order_channel)
 
 
 def model_oracle_memory(model, scene: Scene, visibility: dict[int, tuple[int, int, int]], asked_at: int) -> torch.Tensor:
     """oracle_memory in `model`'s (a VLM2Model's) readout layout: its token count, memory width,
-    position scale, order and confidence channels."""
+    position scale and order channel."""
     c = model.config
     return oracle_memory(scene, visibility, asked_at, model.readout_tokens, c.bridge.memory_dim,
-                         c.fusion.position_scale_m, c.object_readout.order_channel, c.object_readout.confidence_channel)
+                         c.fusion.position_scale_m, c.object_readout.order_channel)
 
 
 def oracle_boxes(scene: Scene, visibility: dict[int, tuple[int, int, int]], asked_at: int) -> list[ObjectBox]:
@@ -171,14 +170,12 @@ def generated_scene_seed(run_seed: int, step: int, index: int) -> int:
 
 def generated_oracle_sample(scene_seed: int, questions_per_task: int, memory_questions_per_task: int,
                             question_types: list[str], tokens: int, dim: int, scale_m: float,
-                            order_channel: bool = False, noise: PerceptionNoise | None = None,
-                            confidence_channel: bool = False) -> GeneratedSample:
+                            order_channel: bool = False, noise: PerceptionNoise | None = None) -> GeneratedSample:
     """A new scene from `scene_seed` with its oracle memory and questions (only `question_types`
     if given). No camera walks it: every object counts as seen, one a frame in a random order, and
     the questions are asked after the last (the data sets' episodes see 89-97 % of their objects by
     the question), so the memory holds every object and appearance order is the order of its tokens;
-    with `noise`, its boxes are made as wrong as a perception's (PerceptionNoise; every box, a box
-    of nothing too, keeps full confidence)."""
+    with `noise`, its boxes are made as wrong as a perception's (PerceptionNoise)."""
     scene = generate_scene(scene_seed)
     order = np.random.default_rng([scene_seed, 0x0DE]).permutation([o.id for o in scene.objects])
     visibility = {int(object_id): (frame, frame, 1) for frame, object_id in enumerate(order)}
@@ -190,7 +187,7 @@ def generated_oracle_sample(scene_seed: int, questions_per_task: int, memory_que
     if noise is not None and noise.enabled:
         # the questions and the probes' targets stay the truth: only what the memory says is perceived
         boxes = noise.apply(boxes, len(order), np.random.default_rng([scene_seed, 0x9015E]))[:tokens]
-    memory = object_tokens(boxes, len(SEMANTIC_CLASSES), tokens, dim, scale_m, order_channel, confidence_channel)
+    memory = object_tokens(boxes, len(SEMANTIC_CLASSES), tokens, dim, scale_m, order_channel)
     return GeneratedSample(scene_seed, memory, *question_fields(scene, questions),
                            first_sighting_ranks(scene, visibility, len(order)))
 

@@ -941,8 +941,7 @@ class Trainer:
             sample = generated_oracle_sample(
                 generated_scene_seed(c.seed, self.global_step, index), c.questions_per_task,
                 c.memory_questions_per_task, stage.question_types, self.model.readout_tokens, model.bridge.memory_dim,
-                model.fusion.position_scale_m, model.object_readout.order_channel, stage.perception_noise,
-                model.object_readout.confidence_channel)
+                model.fusion.position_scale_m, model.object_readout.order_channel, stage.perception_noise)
             index += 1
             if sample.prompts:
                 samples.append(sample)
