@@ -825,7 +825,7 @@ class Trainer:
         questions = stage.questions_per_episode or c.questions_per_episode
         if stage.scenes == "generated":
             samples = self.generated_samples(stage, count)
-            return self.memory_answer_loss(stage, [s.memory.to(c.device) for s in samples], samples, questions)
+            return self.memory_answer_loss(stage, [s.memory for s in samples], samples, questions)
         generated = self.generated_samples(stage, round(count * stage.generated_share))
         eligible = self.stage_samples(stage)
         picks = eligible[self.rng.choice(len(eligible), size=min(count - len(generated), len(eligible)),
@@ -833,7 +833,7 @@ class Trainer:
         if stage.memory in BRIDGE_SOURCES:
             memories = self.memories(stage.memory)
             return self.memory_answer_loss(stage,
-                                           [memories[int(i)] for i in picks] + [s.memory.to(c.device) for s in generated],
+                                           [memories[int(i)] for i in picks] + [s.memory for s in generated],
                                            [self.data[int(i)] for i in picks] + generated, questions)
         if stage.memory == "window":
             return self.window_depth_loss(stage, picks)
@@ -950,12 +950,13 @@ class Trainer:
     def memory_answer_loss(self, stage: StageConfig, memories: list[torch.Tensor], samples: list[AskedQuestions],
                            questions: int) -> tuple[torch.Tensor, dict[str, float]]:
         """The samples' questions (TrainingEpisode or GeneratedSample) in one teacher-forced batch
-        over their memories [1,M,C] each (streamed or oracle, the stage's memory), plus the loss of
-        each language probe (grounding, gather, choice, direction, bearing, order) the stage gives a weight."""
+        over their memories [1,M,C] each (streamed or oracle, the stage's memory; moved to the run's
+        device here), plus the loss of each language probe (grounding, gather, choice, direction,
+        bearing, order) the stage gives a weight."""
         tokens, prompts, answers, named, tasks, directions, ranks = [], [], [], [], [], [], []
         for memory, sample in zip(memories, samples):
             asked = pick_questions(sample.tasks, questions, self.rng, stage.balance_tasks, stage.question_types)
-            tokens.append(memory)
+            tokens.append(memory.to(self.config.device))
             prompts.append([sample.prompts[i] for i in asked])
             answers.append([sample.answers[i] for i in asked])
             named += [sample.named_objects[i] for i in asked]
