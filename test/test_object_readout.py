@@ -11,10 +11,12 @@ import torch
 
 from vlm2_ros.engine.engine import SpatialMemoryEngine
 from vlm2_ros.model.checkpoint import build_model, load_checkpoint, save_checkpoint
-from vlm2_ros.model.object_memory import (ROOM_CLASS, ObjectReadoutConfig, object_tokens, perceive_objects,
-                                          token_readings)
+from vlm2_ros.model.object_memory import (ROOM_CLASS, ObjectBox, ObjectReadoutConfig, best_box_per_class,
+                                          named_classes, object_tokens, perceive_objects, token_readings)
+from vlm2_ros.model.prompt import asks_about_categories, build_prompt
 from vlm2_ros.model.presets import preset_config
 from vlm2_ros.model.vlm2 import VLM2Config
+from vlm2_ros.sim.questions import TEMPLATES
 from vlm2_ros.sim.scene import SEMANTIC_CLASSES
 from vlm2_ros.evaluation.streaming import memory_digest
 
@@ -156,3 +158,64 @@ def test_a_checkpoint_runs_with_other_readout_settings_but_not_other_weights(tmp
     assert model.config.object_readout.min_share == READOUT["min_share"]
     with pytest.raises(CheckpointError, match="not run-time choices"):
         load_checkpoint(tmp_path / "ckpt", MemoryOverrides(readout={"enabled": False}))
+
+
+def test_a_question_names_classes_by_whole_words_in_any_number():
+    k = SEMANTIC_CLASSES.index
+    question = build_prompt("How far apart are the Trash Can and the boxes (closest points, in meters)?")
+    assert named_classes(question, SEMANTIC_CLASSES) == {k("trash can"), k("box")}
+    assert named_classes("Is the bedside lamp on? A. tvstand B. sofas", SEMANTIC_CLASSES) == {k("lamp"), k("sofa")}
+    assert named_classes("What is the size of this room?", SEMANTIC_CLASSES) == set()     # the room is no object
+
+
+@pytest.mark.parametrize("task", sorted(TEMPLATES))
+def test_only_counting_and_appearance_order_ask_about_whole_categories(task):
+    whole = task in ("object_counting", "obj_appearance_order")
+    slots = dict(cat="chair", a="chair", b="sofa", c="lamp", d="bed", opts="sofa, lamp, bed, tv",
+                 cats="chair, sofa, lamp, bed")
+    for template in TEMPLATES[task]:
+        assert asks_about_categories(template.format(**slots)) == whole, template
+
+
+def box(name: str, support: float, first_seen: int) -> ObjectBox:
+    return ObjectBox(SEMANTIC_CLASSES.index(name), (float(first_seen), 0.0, 0.5), (0.5, 0.5, 1.0), first_seen,
+                     support)
+
+
+def test_each_named_class_keeps_its_best_supported_box_and_the_rest_stay_in_order():
+    room = ObjectBox(ROOM_CLASS, (0.0, 0.0, 1.5), (6.0, 5.0, 3.0), support=100.0)
+    weak_chair, sofa, strong_chair, lamp, tied_lamp = (box("chair", 1.0, 2), box("sofa", 0.5, 3),
+                                                       box("chair", 4.0, 5), box("lamp", 2.0, 6), box("lamp", 2.0, 8))
+    boxes = [room, weak_chair, sofa, strong_chair, lamp, tied_lamp]
+    k = SEMANTIC_CLASSES.index
+    assert best_box_per_class(boxes, {k("chair"), k("lamp")}) == [room, sofa, strong_chair, lamp]
+    assert best_box_per_class(boxes, {k("bed")}) == boxes                  # a class with no box: nothing to pick
+    assert best_box_per_class(boxes, set()) == boxes
+
+
+def test_a_question_about_one_object_reads_only_its_class_best_box(monkeypatch):
+    model = object_model()
+    engine = streamed(model, frames=3)
+    room = ObjectBox(ROOM_CLASS, (0.0, 0.0, 1.5), (6.0, 5.0, 3.0), support=100.0, token=0)
+    boxes = [room, box("chair", 1.0, 2), box("sofa", 0.5, 3), box("chair", 4.0, 5)]
+    monkeypatch.setattr(model.object_readout, "memory_boxes", lambda memory: boxes)
+    readout = model.object_readout
+
+    def read(question=None):
+        return model.read_memory(engine.stream, question).tokens
+
+    one_object = build_prompt("If I am standing by the sofa and facing the chair, is the lamp to my left or right?",
+                              ["left", "right"])
+    assert torch.equal(read(one_object), readout.memory_tokens([room, boxes[2], boxes[3]]))
+    for question in (None, "How many chair(s) are in this room?",
+                     build_prompt("What will be the first-time appearance order of the following categories in the "
+                                  "video: chair, sofa, lamp, bed?", ["chair, sofa, lamp, bed", "sofa, chair, lamp, bed"])):
+        assert torch.equal(read(question), readout.memory_tokens(boxes)), question
+    readout.config = dataclasses.replace(readout.config, best_box_per_named_class=False)
+    assert torch.equal(read(one_object), readout.memory_tokens(boxes))
+    # the engine hands the readout the question it answers
+    asked = []
+    monkeypatch.setattr(model, "read_memory", lambda stream, question=None: asked.append(question) or
+                        type(model).read_memory(model, stream, question))
+    engine.query(one_object)
+    assert asked == [one_object]

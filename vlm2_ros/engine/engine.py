@@ -274,7 +274,7 @@ class SpatialMemoryEngine:
         kind = expected_answer_kind(question)
         with torch.inference_mode():
             on_stage("reading_memory")
-            readout = self.model.read_memory(stream)
+            readout = self.model.read_memory(stream, question)
             on_stage("generating")
             text, confidence, relevance = self.answer_from_tokens(readout.tokens, question, max_new_tokens, should_stop)
         return Answer(

@@ -16,6 +16,7 @@ patch tokens. Its cost is fixed by the memory's capacity, like the pooled readou
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -26,6 +27,7 @@ from torch import nn
 from ..sim.scene import SEMANTIC_CLASSES
 from .dual_memory import MemoryState, memory_entries
 from .memory_readout import EPISODIC, WORKING, ReadoutTokens
+from .prompt import asks_about_categories
 
 ROOM_CLASS = 0                  # semantic class 0 is the room shell (walls, floor, ceiling)
 BOX_CHANNELS = 6                # centre (x, y, z) and extents (x, y, z) after the class one-hot
@@ -36,7 +38,8 @@ PEAK_SIGMA_M = 0.3              # "peaks": the density's Gaussian kernel on the 
 PEAK_MIN_RATIO = 0.1            # ... a peak's class density over every token's density there, at least
 PEAK_MIN_SUPPORT = 1.0          # ... and its class density (kernel-weighted shares), at least
 # ObjectReadoutConfig fields that no weight depends on: a checkpoint runs with others (MemoryOverrides)
-READOUT_SETTINGS = ("min_share", "merge_radius_m", "class_min_share", "class_merge_radius_m", "grouping")
+READOUT_SETTINGS = ("min_share", "merge_radius_m", "class_min_share", "class_merge_radius_m", "grouping",
+                    "best_box_per_named_class")
 
 
 def weighted_readout_fields(readout: object) -> list[str]:
@@ -139,6 +142,25 @@ def perceive_objects(shares: torch.Tensor, points: torch.Tensor, frame_index: to
     return [room, *sorted(objects, key=lambda o: (o.first_seen, o.semantic_class))]
 
 
+def named_classes(question: str, classes: Sequence[str]) -> set[int]:
+    """The indices of the object classes (not the room) that `question` names: whole words, any
+    case, a plural ending allowed ("box", "boxes")."""
+    return {k for k, name in enumerate(classes)
+            if k != ROOM_CLASS and re.search(rf"\b{re.escape(name)}(?:e?s)?\b", question, re.IGNORECASE)}
+
+
+def best_box_per_class(boxes: list[ObjectBox], classes: set[int]) -> list[ObjectBox]:
+    """[room, objects...] with each class in `classes` down to its best-supported box (the first
+    seen of equals); the others' boxes and the order kept."""
+    best: dict[int, int] = {}
+    for i, box in enumerate(boxes[1:], start=1):
+        k = box.semantic_class
+        if k in classes and (k not in best or box.support > boxes[best[k]].support):
+            best[k] = i
+    return [boxes[0], *(box for i, box in enumerate(boxes[1:], start=1)
+                        if box.semantic_class not in classes or best[box.semantic_class] == i)]
+
+
 def per_class(value: float | Sequence[float], num_classes: int) -> np.ndarray:
     """One setting per class [K] from one value or one per class."""
     values = np.asarray(value, dtype=np.float64)
@@ -231,6 +253,10 @@ class ObjectReadoutConfig:
     class_merge_radius_m: dict[str, float] = field(default_factory=dict)
     grouping: str = "greedy"            # ... GROUPINGS
     order_channel: bool = False         # each object token also holds its rank by first sighting (object_tokens)
+    # A question about one object of a class ("the chair": all but counting and appearance order)
+    # reads only that class's best-supported box (best_box_per_class): a split object's pieces and
+    # stray labels of the class, which a long run gathers, would otherwise stand beside it.
+    best_box_per_named_class: bool = True
 
     def __post_init__(self) -> None:
         self.classes = tuple(self.classes)
@@ -299,8 +325,17 @@ class ObjectReadout(nn.Module):
                                self.config.order_channel)
         return tokens if self.category is None else tokens.to(self.category.weight.device)
 
-    def forward(self, memory: MemoryState) -> ReadoutTokens:
+    def question_boxes(self, boxes: list[ObjectBox], question: str) -> list[ObjectBox]:
+        """The boxes the language model reads for `question` (best_box_per_named_class)."""
+        if not self.config.best_box_per_named_class or asks_about_categories(question):
+            return boxes
+        return best_box_per_class(boxes, named_classes(question, self.config.classes))
+
+    def forward(self, memory: MemoryState, question: str | None = None) -> ReadoutTokens:
+        """The memory as the language model reads it; for `question`, if given (question_boxes)."""
         boxes = self.memory_boxes(memory)
+        if question is not None:
+            boxes = self.question_boxes(boxes, question)
         tokens = self.memory_tokens(boxes)                                                   # [1,M,bridge_dim]
         # entries in token_readings' order; each box (the room's too) points at the entry of its
         # most certain token

@@ -24,6 +24,8 @@ _COUNT_QUESTION = re.compile(
     r"\b(?:how many|number of)\b(?!\s+(?:square\s+|cubic\s+)?"
     r"(?:(?:centi|milli|kilo)?met(?:er|re)s?|feet|foot|inch(?:es)?|degrees?|seconds?|minutes?|hours?)\b)",
     re.IGNORECASE)
+# "in which order do they first appear", "the appearance order", "by when they are first seen"
+_APPEARANCE_QUESTION = re.compile(r"\b(?:appear(?:s|ed|ing|ance)?|first seen|seen first)\b", re.IGNORECASE)
 
 
 def build_prompt(question: str, options: Sequence[str] = ()) -> str:
@@ -64,6 +66,12 @@ def expected_answer_kind(question: str) -> str:
 def asks_count(question: str) -> bool:
     """A number question whose answer counts things: a whole number."""
     return bool(_COUNT_QUESTION.search(question))
+
+
+def asks_about_categories(question: str) -> bool:
+    """A question about every object of the categories it names (how many there are, when each
+    category first appeared), not about one object of each ("the chair")."""
+    return asks_count(question) or bool(_APPEARANCE_QUESTION.search(question))
 
 
 def asks_measure(question: str) -> bool:

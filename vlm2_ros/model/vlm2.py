@@ -246,7 +246,8 @@ class VLM2Model(nn.Module):
         frame_tokens, semantic = self.encode_frames(images)
         return self.advance(stream, frame_tokens, semantic, stamp_ns, frame_index, poses, rays)
 
-    def read_memory(self, stream: StreamState) -> ReadoutTokens:
+    def read_memory(self, stream: StreamState, question: str | None = None) -> ReadoutTokens:
+        """The memory tokens the language model reads; the object readout may pick them for `question`."""
         if self.config.object_readout.enabled:
-            return self.object_readout(stream.memory)
+            return self.object_readout(stream.memory, question)
         return self.readout(stream.memory)
