@@ -193,7 +193,7 @@ def test_each_named_class_keeps_its_best_supported_box_and_the_rest_stay_in_orde
     assert best_box_per_class(boxes, set()) == boxes
 
 
-def test_a_question_about_one_object_reads_only_its_class_best_box(monkeypatch):
+def test_a_choice_about_one_object_reads_only_its_class_best_box_and_a_measure_every_box(monkeypatch):
     model = object_model()
     engine = streamed(model, frames=3)
     room = ObjectBox(ROOM_CLASS, (0.0, 0.0, 1.5), (6.0, 5.0, 3.0), support=100.0, token=0)
@@ -208,6 +208,7 @@ def test_a_question_about_one_object_reads_only_its_class_best_box(monkeypatch):
                               ["left", "right"])
     assert torch.equal(read(one_object), readout.memory_tokens([room, boxes[2], boxes[3]]))
     for question in (None, "How many chair(s) are in this room?",
+                     build_prompt("How far apart are the sofa and the chair (closest points, in meters)?"),
                      build_prompt("What will be the first-time appearance order of the following categories in the "
                                   "video: chair, sofa, lamp, bed?", ["chair, sofa, lamp, bed", "sofa, chair, lamp, bed"])):
         assert torch.equal(read(question), readout.memory_tokens(boxes)), question

@@ -27,7 +27,7 @@ from torch import nn
 from ..sim.scene import SEMANTIC_CLASSES
 from .dual_memory import MemoryState, memory_entries
 from .memory_readout import EPISODIC, WORKING, ReadoutTokens
-from .prompt import asks_about_categories
+from .prompt import asks_about_categories, expected_answer_kind
 
 ROOM_CLASS = 0                  # semantic class 0 is the room shell (walls, floor, ceiling)
 BOX_CHANNELS = 6                # centre (x, y, z) and extents (x, y, z) after the class one-hot
@@ -253,9 +253,11 @@ class ObjectReadoutConfig:
     class_merge_radius_m: dict[str, float] = field(default_factory=dict)
     grouping: str = "greedy"            # ... GROUPINGS
     order_channel: bool = False         # each object token also holds its rank by first sighting (object_tokens)
-    # A question about one object of a class ("the chair": all but counting and appearance order)
-    # reads only that class's best-supported box (best_box_per_class): a split object's pieces and
-    # stray labels of the class, which a long run gathers, would otherwise stand beside it.
+    # A multiple-choice question about one object of a class ("the chair": the directions, the
+    # route, the relative distance; not the appearance order of whole categories) reads only that
+    # class's best-supported box (best_box_per_class): a split object's pieces and stray labels of
+    # the class, which a long run gathers, would otherwise stand beside it. The measures keep every
+    # box: from one, the number head measured distances worse (docs/design.md).
     best_box_per_named_class: bool = True
 
     def __post_init__(self) -> None:
@@ -327,7 +329,8 @@ class ObjectReadout(nn.Module):
 
     def question_boxes(self, boxes: list[ObjectBox], question: str) -> list[ObjectBox]:
         """The boxes the language model reads for `question` (best_box_per_named_class)."""
-        if not self.config.best_box_per_named_class or asks_about_categories(question):
+        if (not self.config.best_box_per_named_class or expected_answer_kind(question) != "choice"
+                or asks_about_categories(question)):
             return boxes
         return best_box_per_class(boxes, named_classes(question, self.config.classes))
 
