@@ -207,10 +207,10 @@ def test_a_choice_about_one_object_reads_only_its_class_best_box_and_a_measure_e
     one_object = build_prompt("If I am standing by the sofa and facing the chair, is the lamp to my left or right?",
                               ["left", "right"])
     assert torch.equal(read(one_object), readout.memory_tokens([room, boxes[2], boxes[3]]))
-    for question in (None, "How many chair(s) are in this room?",
-                     build_prompt("How far apart are the sofa and the chair (closest points, in meters)?"),
-                     build_prompt("What will be the first-time appearance order of the following categories in the "
-                                  "video: chair, sofa, lamp, bed?", ["chair, sofa, lamp, bed", "sofa, chair, lamp, bed"])):
+    order = build_prompt("In which order do these categories first appear in the video: chair, sofa, lamp, bed?",
+                         ["chair, sofa, lamp, bed", "sofa, chair, lamp, bed"])
+    for question in (None, "How many chair(s) are in this room?", order,
+                     build_prompt("How far apart are the sofa and the chair (closest points, in meters)?")):
         assert torch.equal(read(question), readout.memory_tokens(boxes)), question
     readout.config = dataclasses.replace(readout.config, best_box_per_named_class=False)
     assert torch.equal(read(one_object), readout.memory_tokens(boxes))
