@@ -187,7 +187,8 @@ def pick_questions(tasks: list[str], count: int, rng: np.random.Generator, balan
 
 def streamed_memory(engine: SpatialMemoryEngine, episode: TrainingEpisode) -> torch.Tensor:
     """The memory tokens [1,M,C] the model reads at the sample's question, built exactly as at
-    inference: every frame up to the question, with its pose and intrinsics, through the engine."""
+    inference: every frame up to the question, with its pose and intrinsics, through the engine
+    (every box: no question picks them, object_readout.best_box_per_named_class)."""
     stream_episode(engine, EpisodeDir(episode.path), episode.asked_at)
     with torch.no_grad():
         return engine.model.read_memory(engine.stream).tokens.clone()   # a normal (not inference) tensor
