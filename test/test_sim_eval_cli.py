@@ -142,5 +142,30 @@ def test_eval_number_samples_reach_the_model():
     for samples in (0, DEFAULT_NUMBER_SAMPLES):                                # 0: greedy numbers
         args = argparse.Namespace(predictor=["model"], preset="tiny", memory=None, device="cpu", checkpoint_dir=None,
                                   seed=0, number_samples=samples, stream_cache=None, readout="memory",
-                                  reader="bridge")
+                                  reader="bridge", readout_settings=None)
         assert [p.engine.number_samples for p in make_predictors(args)] == [samples]
+
+
+def test_eval_readout_settings_reach_the_model_and_weighted_fields_are_refused(tmp_path):
+    from vlm2_ros.cli import build_parser
+    from vlm2_ros.evaluation.cli import make_predictors
+
+    def parsed(*flags):
+        return build_parser().parse_args(["eval", "--data", str(tmp_path), "--predictor", "model", *flags])
+
+    default, = make_predictors(parsed())
+    assert default.engine.model.config.object_readout.best_box_per_named_class is True
+    every_box, = make_predictors(parsed("--readout-settings", '{"best_box_per_named_class": false, "min_share": 0.4}'))
+    readout = every_box.engine.model.config.object_readout
+    assert readout.best_box_per_named_class is False and readout.min_share == 0.4
+    assert readout.class_min_share == default.engine.model.config.object_readout.class_min_share   # the rest kept
+    with pytest.raises(SystemExit, match="not run-time choices"):
+        make_predictors(parsed("--readout-settings", '{"enabled": false}'))
+    for bad in ("{best_box", "[1]", "{}"):
+        with pytest.raises(SystemExit):                     # argparse: usage and exit code 2
+            parsed("--readout-settings", bad)
+    data = tmp_path / "data"
+    main(["sim", "dataset", "--seed", "0", "--episodes", "1", "--frames", "10", "--width", "64",
+          "--height", "48", "--per-task", "1", "--out", str(data)])
+    with pytest.raises(SystemExit, match="--readout-settings applies"):
+        main(["eval", "--data", str(data), "--predictor", "chance", "--readout-settings", '{"grouping": "peaks"}'])

@@ -130,12 +130,14 @@ class SpatialMemoryEngine:
     def from_preset(cls, preset: str = "tiny", *, checkpoint_dir: str | Path | None = None,
                     memory_mode: str | None = None, working_size: int | None = None,
                     episodic_size: int | None = None, geometry_window: int | None = None,
-                    episodic_replacement: str | None = None, **engine_kwargs) -> "SpatialMemoryEngine":
+                    episodic_replacement: str | None = None, readout_settings: dict | None = None,
+                    **engine_kwargs) -> "SpatialMemoryEngine":
         """Load a preset's model (its shipped or given checkpoint) and wrap it in an engine.
-        The memory mode, the sizes L_w, L_e, L_g and the episodic replacement rule (None: the
-        checkpoint's) hold no weights."""
+        The memory mode, the sizes L_w, L_e, L_g, the episodic replacement rule and the object
+        readout's run-time settings (None: the checkpoint's) hold no weights."""
         from ..model.checkpoint import MemoryOverrides, load_model  # local import: keeps engine import light
-        overrides = MemoryOverrides(memory_mode, working_size, episodic_size, geometry_window, episodic_replacement)
+        overrides = MemoryOverrides(memory_mode, working_size, episodic_size, geometry_window, episodic_replacement,
+                                    readout_settings)
         model, weights = load_model(preset, checkpoint_dir=checkpoint_dir, overrides=overrides)
         return cls(model, weights=weights, **engine_kwargs)
 

@@ -35,6 +35,10 @@ def register(subparsers) -> None:
                    help="--predictor model: who answers from what --readout gives: the language bridge (the "
                         "model's answer, default), or a closed-form solver over the same boxes, to measure what "
                         "the boxes hold apart from how the bridge reads them (a diagnostic)")
+    p.add_argument("--readout-settings", type=readout_settings, default=None, metavar="JSON",
+                   help="--predictor model: the object readout's run-time settings over the checkpoint's, a JSON "
+                        "object of model.object_memory.READOUT_SETTINGS fields, e.g. "
+                        "'{\"best_box_per_named_class\": false}' (no weights depend on them)")
     p.add_argument("--checkpoint-dir", default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--number-samples", type=int, default=DEFAULT_NUMBER_SAMPLES,
@@ -66,6 +70,17 @@ def register(subparsers) -> None:
     p.set_defaults(func=eval_length_command)
 
 
+def readout_settings(text: str) -> dict:
+    """--readout-settings: a JSON object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e.msg})") from None
+    if not isinstance(value, dict) or not value:
+        raise argparse.ArgumentTypeError("a non-empty JSON object of object readout settings")
+    return value
+
+
 def make_predictors(args: argparse.Namespace) -> list:
     from .predictors import ChancePredictor, FrequencyPredictor
     predictors = []
@@ -75,11 +90,16 @@ def make_predictors(args: argparse.Namespace) -> list:
         elif name == "frequency":
             predictors.append(FrequencyPredictor())
         else:
+            from ..model.checkpoint import CheckpointError
             from .model_predictor import ModelPredictor
-            predictors += [ModelPredictor(args.preset, memory, args.device, checkpoint_dir=args.checkpoint_dir,
-                                          number_samples=args.number_samples, stream_cache=args.stream_cache,
-                                          readout=args.readout, reader=args.reader)
-                           for memory in (args.memory or [None])]
+            try:
+                predictors += [ModelPredictor(args.preset, memory, args.device, checkpoint_dir=args.checkpoint_dir,
+                                              number_samples=args.number_samples, stream_cache=args.stream_cache,
+                                              readout=args.readout, reader=args.reader,
+                                              readout_settings=args.readout_settings)
+                               for memory in (args.memory or [None])]
+            except CheckpointError as e:      # a missing checkpoint, settings it does not take: no traceback
+                raise SystemExit(f"vlm2 eval: {e}") from None
     return predictors
 
 
@@ -110,6 +130,7 @@ def eval_command(args: argparse.Namespace) -> int:
     if not records:
         raise SystemExit(f"no questions found under {args.data}")
     for flag, value in (("--memory", args.memory), ("--stream-cache", args.stream_cache),
+                        ("--readout-settings", args.readout_settings),
                         ("--readout", args.readout != "memory"), ("--reader", args.reader != "bridge")):
         if value and "model" not in args.predictor:
             raise SystemExit(f"{flag} applies to --predictor model")

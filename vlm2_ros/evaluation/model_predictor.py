@@ -24,17 +24,20 @@ READERS = ("bridge", "geometry")  # who answers from them: the language bridge, 
 class ModelPredictor:
     def __init__(self, preset: str = "tiny", memory: str | None = None, device: str = "cpu",
                  checkpoint_dir: str | None = None, dtype: str = "fp32", number_samples: int = DEFAULT_NUMBER_SAMPLES,
-                 stream_cache: str | None = None, readout: str = "memory", reader: str = "bridge"):
+                 stream_cache: str | None = None, readout: str = "memory", reader: str = "bridge",
+                 readout_settings: dict | None = None):
         """`stream_cache`: a directory that keeps every streamed memory (StreamCache), so that the
         next model with the same memory writers answers without streaming the episodes again.
-        `readout`: READOUTS, `reader`: READERS (the module docstring)."""
+        `readout`: READOUTS, `reader`: READERS (the module docstring). `readout_settings`: the
+        object readout's run-time settings over the checkpoint's (MemoryOverrides.readout)."""
         from ..engine.engine import SpatialMemoryEngine
         if readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
         if reader not in READERS:
             raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
         self.engine = SpatialMemoryEngine.from_preset(preset, checkpoint_dir=checkpoint_dir, memory_mode=memory,
-                                                      device=device, dtype=dtype, number_samples=number_samples)
+                                                      readout_settings=readout_settings, device=device, dtype=dtype,
+                                                      number_samples=number_samples)
         if readout == "truth" and not self.engine.model.config.object_readout.enabled:
             raise ValueError("readout truth hands the language bridge true boxes in the object readout's layout; "
                              "this model reads its memory otherwise (object_readout disabled)")
