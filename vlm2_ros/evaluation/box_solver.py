@@ -19,7 +19,7 @@ from functools import cache
 
 import numpy as np
 
-from ..model.object_memory import ROOM_CLASS, ObjectBox
+from ..model.object_memory import ROOM_CLASS, ObjectBox, best_supported
 from ..sim.questions import TASKS, TEMPLATES, TURNS, relation_angles
 from ..sim.scene import SEMANTIC_CLASSES, bounds_gap
 from .predictors import option_texts
@@ -80,8 +80,7 @@ class BoxSolver:
         return [b for b in self.objects if b.semantic_class == k]
 
     def best(self, category: str) -> ObjectBox | None:
-        found = self.of(category)
-        return max(found, key=lambda b: b.support) if found else None
+        return best_supported(self.of(category))
 
     def answer(self, record: dict) -> str:
         """The answer text the metrics score: an option's letter, or a number ("" when the boxes

@@ -149,16 +149,18 @@ def named_classes(question: str, classes: Sequence[str]) -> set[int]:
             if k != ROOM_CLASS and re.search(rf"\b{re.escape(name)}(?:e?s)?\b", question, re.IGNORECASE)}
 
 
+def best_supported(boxes: Sequence[ObjectBox]) -> ObjectBox | None:
+    """The box whose tokens support it most (the first of equals); None for no box. What a question
+    naming one object of a class reads of the class's boxes, here and in the closed-form solver."""
+    return max(boxes, key=lambda box: box.support, default=None)
+
+
 def best_box_per_class(boxes: list[ObjectBox], classes: set[int]) -> list[ObjectBox]:
-    """[room, objects...] with each class in `classes` down to its best-supported box (the first
-    seen of equals); the others' boxes and the order kept."""
-    best: dict[int, int] = {}
-    for i, box in enumerate(boxes[1:], start=1):
-        k = box.semantic_class
-        if k in classes and (k not in best or box.support > boxes[best[k]].support):
-            best[k] = i
-    return [boxes[0], *(box for i, box in enumerate(boxes[1:], start=1)
-                        if box.semantic_class not in classes or best[box.semantic_class] == i)]
+    """[room, objects...] with each class in `classes` down to its best_supported box; the others'
+    boxes and the order kept."""
+    best = {k: best_supported([box for box in boxes[1:] if box.semantic_class == k]) for k in classes}
+    return [boxes[0], *(box for box in boxes[1:]
+                        if box.semantic_class not in classes or box is best[box.semantic_class])]
 
 
 def per_class(value: float | Sequence[float], num_classes: int) -> np.ndarray:
