@@ -57,7 +57,8 @@ def test_disabled_by_default_holds_no_weights_and_reads_pooled_tokens():
 
 @pytest.mark.parametrize("change, message", [
     ({"min_share": 0.0}, "min_share"), ({"merge_radius_m": 0.0}, "merge_radius_m"),
-    ({"grouping": "nearest"}, "grouping"), ({"classes": ["room"]}, "classes")])
+    ({"grouping": "nearest"}, "grouping"), ({"classes": ["room"]}, "classes"),
+    ({"best_box_per_named_class": "false"}, "best_box_per_named_class")])
 def test_bad_settings_are_refused(change, message):
     with pytest.raises(ValueError, match=message):
         ObjectReadoutConfig(enabled=True, **change)

@@ -278,6 +278,9 @@ class ObjectReadoutConfig:
                 raise ValueError(f"object_readout.merge_radius_m must be > 0, got {radius}")
         if self.grouping not in GROUPINGS:
             raise ValueError(f"object_readout.grouping must be one of {GROUPINGS}, got {self.grouping!r}")
+        if not isinstance(self.best_box_per_named_class, bool):     # "false" from a JSON setting would be true
+            raise ValueError("object_readout.best_box_per_named_class must be true or false, got "
+                             f"{self.best_box_per_named_class!r}")
 
     def per_class(self, name: str) -> tuple[float, ...]:
         """"min_share" or "merge_radius_m" for each of the classes."""
