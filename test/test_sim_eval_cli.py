@@ -100,8 +100,9 @@ def test_eval_compares_memory_modes_and_baselines_in_one_report(tmp_path):
 def test_eval_length_scores_each_length_per_memory_mode_and_reuses_its_data(tmp_path):
     args = ["eval-length", "--lengths", "8", "5", "--memory", "working", "dual", "--episodes", "1",
             "--per-task", "1", "--seed", "7", "--out", str(tmp_path)]
-    assert main(args) == 0
+    assert main(args + ["--readout-settings", '{"best_box_per_named_class": false}']) == 0
     result = json.loads((tmp_path / "length.json").read_text())
+    assert result["readout_settings"] == {"best_box_per_named_class": False}
     assert [r["frames"] for r in result["rows"]] == [5, 8]
     assert all({"working", "dual", "frequency"} <= set(r) for r in result["rows"])
     assert "| frames | questions | working | dual | frequency |" in (tmp_path / "length.md").read_text()
@@ -111,6 +112,15 @@ def test_eval_length_scores_each_length_per_memory_mode_and_reuses_its_data(tmp_
     assert (tmp_path / "frames_5" / "dataset.json").stat().st_mtime_ns == stamp
     with pytest.raises(FileExistsError, match="another data set"):
         main(args[:-4] + ["--seed", "8", "--out", str(tmp_path)])
+
+
+def test_eval_length_ends_on_a_checkpoint_it_cannot_run_with_the_reason(tmp_path):
+    args = ["eval-length", "--lengths", "8", "--episodes", "1", "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match="vlm2 eval-length: .*nowhere"):
+        main(args + ["--checkpoint-dir", str(tmp_path / "nowhere")])
+    with pytest.raises(SystemExit, match="vlm2 eval-length: .*not run-time choices"):
+        main(args + ["--readout-settings", '{"enabled": false}'])
+    assert not (tmp_path / "out").exists()                     # refused before rendering anything
 
 
 def test_eval_on_missing_data_names_the_path(tmp_path):

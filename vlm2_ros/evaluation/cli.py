@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..atomic_io import write_json_atomic
@@ -36,9 +37,7 @@ def register(subparsers) -> None:
                         "model's answer, default), or a closed-form solver over the same boxes, to measure what "
                         "the boxes hold apart from how the bridge reads them (a diagnostic)")
     p.add_argument("--readout-settings", type=readout_settings, default=None, metavar="JSON",
-                   help="--predictor model: the object readout's run-time settings over the checkpoint's, a JSON "
-                        "object of model.object_memory.READOUT_SETTINGS fields, e.g. "
-                        "'{\"best_box_per_named_class\": false}' (no weights depend on them)")
+                   help="--predictor model: " + READOUT_SETTINGS_HELP)
     p.add_argument("--checkpoint-dir", default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--number-samples", type=int, default=DEFAULT_NUMBER_SAMPLES,
@@ -64,10 +63,16 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=5, help="scene seed (pick one unseen in training)")
     p.add_argument("--preset", default="tiny")
     p.add_argument("--checkpoint-dir", default=None)
+    p.add_argument("--readout-settings", type=readout_settings, default=None, metavar="JSON", help=READOUT_SETTINGS_HELP)
     p.add_argument("--out", type=Path, required=True, help="data sets, length.json, length.md, length.png")
     p.add_argument("--stream-cache", type=Path, default=None, help=STREAM_CACHE_HELP)
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.set_defaults(func=eval_length_command)
+
+
+READOUT_SETTINGS_HELP = ("the object readout's run-time settings over the checkpoint's, a JSON object of "
+                         "model.object_memory.READOUT_SETTINGS fields, e.g. '{\"best_box_per_named_class\": false}' "
+                         "(no weights depend on them)")
 
 
 def readout_settings(text: str) -> dict:
@@ -90,17 +95,25 @@ def make_predictors(args: argparse.Namespace) -> list:
         elif name == "frequency":
             predictors.append(FrequencyPredictor())
         else:
-            from ..model.checkpoint import CheckpointError
             from .model_predictor import ModelPredictor
-            try:
+            with checkpoint_errors_end("vlm2 eval"):
                 predictors += [ModelPredictor(args.preset, memory, args.device, checkpoint_dir=args.checkpoint_dir,
                                               number_samples=args.number_samples, stream_cache=args.stream_cache,
                                               readout=args.readout, reader=args.reader,
                                               readout_settings=args.readout_settings)
                                for memory in (args.memory or [None])]
-            except CheckpointError as e:      # a missing checkpoint, settings it does not take: no traceback
-                raise SystemExit(f"vlm2 eval: {e}") from None
     return predictors
+
+
+@contextmanager
+def checkpoint_errors_end(command: str):
+    """A missing checkpoint, or readout settings it does not take, ends `command` with the message:
+    the user's input is wrong, a traceback would only hide that."""
+    from ..model.checkpoint import CheckpointError
+    try:
+        yield
+    except CheckpointError as e:
+        raise SystemExit(f"{command}: {e}") from None
 
 
 def markdown_report(results: dict[str, dict], data: str, questions: int) -> str:
@@ -168,8 +181,10 @@ def eval_length_command(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     if min(args.lengths) < 2 or args.episodes < 1 or args.per_task < 1:
         raise SystemExit("--lengths must be >= 2 frames, --episodes and --per-task >= 1")
-    result = run_length_sweep(args.out, sorted(set(args.lengths)), list(dict.fromkeys(args.memory)), args.seed,
-                              args.episodes, args.per_task, args.preset, args.checkpoint_dir, args.stream_cache)
+    with checkpoint_errors_end("vlm2 eval-length"):
+        result = run_length_sweep(args.out, sorted(set(args.lengths)), list(dict.fromkeys(args.memory)), args.seed,
+                                  args.episodes, args.per_task, args.preset, args.checkpoint_dir, args.stream_cache,
+                                  args.readout_settings)
     print((args.out / "length.md").read_text())
     print(f"plot: {args.out / 'length.png'}")
     return 0 if result["rows"] else 1

@@ -72,14 +72,18 @@ def mean_score(records: list[dict], scores: dict[str, float]) -> float:
 
 def run_length_sweep(out: Path, lengths: list[int], memory_modes: list[str], seed: int = 5, episodes: int = 3,
                      per_task: int = 2, preset: str = "tiny", checkpoint_dir: str | None = None,
-                     stream_cache: str | None = None) -> dict:
+                     stream_cache: str | None = None, readout_settings: dict | None = None) -> dict:
+    """Each length's walks scored per memory mode (the module docstring); `readout_settings`: the
+    object readout's run-time settings over the checkpoint's (ModelPredictor). Returns and writes
+    out/length.json."""
     from .data import load_questions
     from .evaluate import evaluate
     from .model_predictor import ModelPredictor
     from .predictors import FrequencyPredictor
 
     rows = []
-    predictors = {mode: ModelPredictor(preset, mode, checkpoint_dir=checkpoint_dir, stream_cache=stream_cache)
+    predictors = {mode: ModelPredictor(preset, mode, checkpoint_dir=checkpoint_dir, stream_cache=stream_cache,
+                                       readout_settings=readout_settings)
                   for mode in memory_modes}
     for frames in lengths:
         data = ensure_dataset(out, frames, seed, episodes, per_task)
@@ -100,7 +104,7 @@ def run_length_sweep(out: Path, lengths: list[int], memory_modes: list[str], see
         rows.append(row)
         print(json.dumps(row), flush=True)
     result = {"seed": seed, "episodes": episodes, "preset": preset, "checkpoint_dir": checkpoint_dir,
-              "memory_modes": memory_modes, "rows": rows}
+              "readout_settings": readout_settings, "memory_modes": memory_modes, "rows": rows}
     write_json_atomic(out / "length.json", result)
     with atomic_file(out / "length.md") as tmp:
         tmp.write_text(markdown_table(rows, memory_modes))
