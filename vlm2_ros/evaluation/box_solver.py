@@ -20,14 +20,15 @@ from functools import cache
 import numpy as np
 
 from ..model.object_memory import ROOM_CLASS, ObjectBox, best_supported
-from ..sim.questions import TASKS, TEMPLATES, TURNS, relation_angles
+from ..sim.questions import (MEDIUM_BACK_MIN_DEG, MEDIUM_SIDE_MAX_DEG, TASKS, TEMPLATES, TURN_BACK_MIN_DEG,
+                             TURN_SIDE_MAX_DEG, TURNS, relation_angles)
 from ..sim.scene import SEMANTIC_CLASSES, bounds_gap
 from .predictors import option_texts
 
 # Without the generator's ambiguity margins every angle needs a class: the boundaries sit midway
 # between the margins' edges (sim.questions.direction_class, turn_class).
-MEDIUM_BACK_FROM_DEG = 132.5        # medium: "back" from here, else left/right (margins 120-145)
-TURN_BACK_FROM_DEG = 140.0          # route: "Turn Back" from here, else left/right (margins 130-150)
+MEDIUM_BACK_FROM_DEG = (MEDIUM_SIDE_MAX_DEG + MEDIUM_BACK_MIN_DEG) / 2     # medium: "back" from here, else a side
+TURN_BACK_FROM_DEG = (TURN_SIDE_MAX_DEG + TURN_BACK_MIN_DEG) / 2           # route: "Turn Back" from here, else a side
 
 
 @cache

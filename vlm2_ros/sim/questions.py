@@ -101,6 +101,10 @@ DIRECTION_CLASSES = {
     "object_rel_direction_hard": ("front-left", "front-right", "back-left", "back-right"),
 }
 TURNS = ("Turn Left", "Turn Right", "Turn Back")
+# Where a medium direction's side ends and "back" begins, and a route's turn: angles between the two
+# are too close to call, so no question turns on them (direction_class, turn_class).
+MEDIUM_SIDE_MAX_DEG, MEDIUM_BACK_MIN_DEG = 120.0, 145.0
+TURN_SIDE_MAX_DEG, TURN_BACK_MIN_DEG = 130.0, 150.0
 
 
 def signed_angle(a_xy, b_xy, c_xy) -> float:
@@ -130,9 +134,9 @@ def direction_class(task: str, angle: float) -> str | None:
     if task == "object_rel_direction_easy":
         return side if 15 <= a <= 165 else None
     if task == "object_rel_direction_medium":
-        if a >= 145:
+        if a >= MEDIUM_BACK_MIN_DEG:
             return "back"
-        return side if 25 <= a <= 120 else None
+        return side if 25 <= a <= MEDIUM_SIDE_MAX_DEG else None
     if min(a, abs(a - 90), 180 - a) < 12:
         return None
     return ("front-" if a < 90 else "back-") + side
@@ -140,9 +144,9 @@ def direction_class(task: str, angle: float) -> str | None:
 
 def turn_class(angle: float) -> str | None:
     a = abs(angle)
-    if a >= 150:
+    if a >= TURN_BACK_MIN_DEG:
         return "Turn Back"
-    if 35 <= a <= 130:
+    if 35 <= a <= TURN_SIDE_MAX_DEG:
         return "Turn Left" if angle > 0 else "Turn Right"
     return None
 
