@@ -194,7 +194,7 @@ def test_each_named_class_keeps_its_best_supported_box_and_the_rest_stay_in_orde
     assert best_box_per_class(boxes, set()) == boxes
 
 
-def test_a_choice_about_one_object_reads_only_its_class_best_box_and_a_measure_every_box(monkeypatch):
+def test_a_choice_about_one_object_reads_only_its_class_best_box_and_a_measure_every_box_unless_pointed(monkeypatch):
     model = object_model()
     engine = streamed(model, frames=3)
     room = ObjectBox(ROOM_CLASS, (0.0, 0.0, 1.5), (6.0, 5.0, 3.0), support=100.0, token=0)
@@ -213,11 +213,28 @@ def test_a_choice_about_one_object_reads_only_its_class_best_box_and_a_measure_e
     for question in (None, "How many chair(s) are in this room?", order,
                      build_prompt("How far apart are the sofa and the chair (closest points, in meters)?")):
         assert torch.equal(read(question), readout.memory_tokens(boxes)), question
+    # a number head that points at the boxes it measures reads one box per named class for a
+    # measure of one object too; a count and a room's size stay as they were
+    distance = build_prompt("How far apart are the sofa and the chair (closest points, in meters)?")
+    readout.pointed_measures = True
+    assert torch.equal(read(distance), readout.memory_tokens([room, boxes[2], boxes[3]]))
+    for question in ("How many chair(s) are in this room?", build_prompt("What is the size of this room (in square "
+                                                                        "meters)?")):
+        assert torch.equal(read(question), readout.memory_tokens(boxes)), question
     readout.config = dataclasses.replace(readout.config, best_box_per_named_class=False)
     assert torch.equal(read(one_object), readout.memory_tokens(boxes))
+    assert torch.equal(read(distance), readout.memory_tokens(boxes))
+    readout.pointed_measures = False
     # the engine hands the readout the question it answers
     asked = []
     monkeypatch.setattr(model, "read_memory", lambda stream, question=None: asked.append(question) or
                         type(model).read_memory(model, stream, question))
     engine.query(one_object)
     assert asked == [one_object]
+
+
+def test_a_number_head_with_pointers_makes_the_readout_measure_one_box_per_named_class():
+    model = build_model(preset_config("tiny").with_changes(
+        {"object_readout": READOUT, "bridge": {"number_head": True, "number_pointers": True}}))
+    assert model.object_readout.pointed_measures
+    assert not object_model().object_readout.pointed_measures

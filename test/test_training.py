@@ -758,8 +758,11 @@ def test_the_recipe_configs_are_valid():
                                                    "names3"]
     assert all(s.scenes == "generated" and s.memory == "oracle" for s in oracle.stages)
     assert oracle.stages[-1].bearing_loss_weight > 0 and oracle.stages[-1].copy_loss_weight > 0
-    # the memory pointers' experiment: the shipped weights' model and the number head alone learning
+    # the shipped weights' last run: the same model with memory pointers, the number head alone learning
+    # on perfect scenes made as wrong as the perception
     pointers = load_train_config(recipe.with_name("train_tiny_pointers.yaml"))
+    assert [(s.scenes, s.memory) for s in pointers.stages] == [("generated", "oracle")]
+    assert pointers.stages[0].perception_noise.miss_probability > 0
     assert {**pointers.model, "bridge": {**pointers.model["bridge"], "number_pointers": False}} == {
         **config.model, "bridge": {**config.model["bridge"], "number_pointers": False}}
     assert all(s.train == ["number_head"] and s.pointer_loss_weight > 0 and "object_counting" not in s.question_types

@@ -27,7 +27,7 @@ from torch import nn
 from ..sim.scene import SEMANTIC_CLASSES
 from .dual_memory import MemoryState, memory_entries
 from .memory_readout import EPISODIC, WORKING, ReadoutTokens
-from .prompt import asks_about_categories, expected_answer_kind
+from .prompt import asks_about_categories, asks_measure, expected_answer_kind
 
 ROOM_CLASS = 0                  # semantic class 0 is the room shell (walls, floor, ceiling)
 BOX_CHANNELS = 6                # centre (x, y, z) and extents (x, y, z) after the class one-hot
@@ -258,8 +258,11 @@ class ObjectReadoutConfig:
     # A multiple-choice question about one object of a class ("the chair": the directions, the
     # route, the relative distance; not the appearance order of whole categories) reads only that
     # class's best-supported box (best_box_per_class): a split object's pieces and stray labels of
-    # the class, which a long run gathers, would otherwise stand beside it. The measures keep every
-    # box: from one, the number head measured distances worse (docs/design.md).
+    # the class, which a long run gathers, would otherwise stand beside it. So does a measure of
+    # one object (a distance, a size) when the number head points at the boxes it measures
+    # (ObjectReadout's pointed_measures): a pointer spread over a split object's boxes measures
+    # their mean box. A head without pointers reads every box for a measure: from one, it
+    # measured distances worse (docs/design.md).
     best_box_per_named_class: bool = True
 
     def __post_init__(self) -> None:
@@ -306,11 +309,15 @@ class ObjectReadout(nn.Module):
     """The dual memory read as objects: the room's box and one token per perceived object
     (object_tokens), `tokens` in all, `bridge_dim` channels (the language bridge's memory_dim),
     positions in units of `scale_m`. The category head reads the memory's `token_dim`-channel
-    tokens. Disabled: no weights."""
+    tokens. `pointed_measures`: the language bridge's number head measures the boxes it points at
+    (bridge.number_pointers), so a measure of one object reads one box per named class too
+    (best_box_per_named_class). Disabled: no weights."""
 
-    def __init__(self, config: ObjectReadoutConfig, token_dim: int, tokens: int, bridge_dim: int, scale_m: float):
+    def __init__(self, config: ObjectReadoutConfig, token_dim: int, tokens: int, bridge_dim: int, scale_m: float,
+                 pointed_measures: bool = False):
         super().__init__()
         self.config, self.tokens, self.bridge_dim, self.scale_m = config, tokens, bridge_dim, scale_m
+        self.pointed_measures = pointed_measures
         self.category = nn.Linear(token_dim, len(config.classes)) if config.enabled else None
 
     def boxes(self, readings: torch.Tensor) -> list[ObjectBox]:
@@ -334,8 +341,9 @@ class ObjectReadout(nn.Module):
 
     def question_boxes(self, boxes: list[ObjectBox], question: str) -> list[ObjectBox]:
         """The boxes the language model reads for `question` (best_box_per_named_class)."""
-        if (not self.config.best_box_per_named_class or expected_answer_kind(question) != "choice"
-                or asks_about_categories(question)):
+        about_one_object = expected_answer_kind(question) == "choice" or (
+            self.pointed_measures and asks_measure(question))
+        if not self.config.best_box_per_named_class or not about_one_object or asks_about_categories(question):
             return boxes
         return best_box_per_class(boxes, named_classes(question, self.config.classes))
 

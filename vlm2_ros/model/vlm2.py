@@ -160,7 +160,8 @@ class VLM2Model(nn.Module):
                                                 config.fusion.geometry_dim, self.geometry_grid)
         self.readout = MemoryReadout(config.fusion.dim, self.entry_grid, config.readout_grid, config.readout_pool)
         self.object_readout = ObjectReadout(config.object_readout, config.fusion.dim, self.readout_tokens,
-                                            bridge.config.memory_dim, config.fusion.position_scale_m)
+                                            bridge.config.memory_dim, config.fusion.position_scale_m,
+                                            pointed_measures=bridge.config.number_pointers)
         self.bridge = bridge
 
     @property
