@@ -734,6 +734,24 @@ def test_an_object_readouts_head_is_taken_whatever_the_run_groups_and_writes_but
         copy_modules(source, model(classes=["room", "chair"]), ["object_readout"], "source")
 
 
+def test_a_semantic_encoder_is_taken_whether_or_not_the_run_trains_its_pretrained_backbone():
+    from vlm2_ros.model.checkpoint import build_model
+    from vlm2_ros.model.presets import preset_config
+    from vlm2_ros.training.trainer import copy_modules
+
+    def model(**semantic):
+        return build_model(preset_config("tiny").with_changes({"semantic": {"kind": "efficientnet_lite0", **semantic}}))
+
+    source = model()
+    target = model(freeze_backbone=False)
+    copy_modules(source, target, ["semantic"], "source")
+    theirs = source.semantic.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in target.semantic.state_dict().items())
+    assert target.semantic.frozen_backbone() is None and source.semantic.frozen_backbone() is not None
+    with pytest.raises(TrainConfigError, match="another config"):
+        copy_modules(source, model(cnn_input_size=[192, 256]), ["semantic"], "source")
+
+
 def test_the_recipe_configs_are_valid():
     from pathlib import Path
 

@@ -230,7 +230,8 @@ def copy_modules(source: VLM2Model, target: VLM2Model, modules: list[str], where
     """Copy the weights of `modules` from source (the checkpoint at `where`) into target; their
     configs and every tensor's shape must agree (TrainConfigError names what does not). The
     memory's sizes and episodic replacement rule hold no weights, nor does how the object readout
-    groups and writes what its head reads (only its classes do): a run may change them. A bridge
+    groups and writes what its head reads (only its classes do), nor whether training leaves the
+    semantic encoder's pretrained backbone alone: a run may change them. A bridge
     without a number head may be copied into one with a fresh head, and a number head without
     memory pointers into one with fresh pointers (to learn them)."""
     def weight_config(config: VLM2Config, name: str):
@@ -240,6 +241,8 @@ def copy_modules(source: VLM2Model, target: VLM2Model, modules: list[str], where
             return dataclasses.replace(part, working=None, episodic=None)
         if name == "object_readout":
             return (part.enabled, part.classes)
+        if name == "semantic":
+            return dataclasses.replace(part, freeze_backbone=True)
         return dataclasses.replace(part, number_head=False, number_pointers=False) if name == "bridge" else part
 
     for name in modules:
