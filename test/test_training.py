@@ -785,6 +785,11 @@ def test_the_recipe_configs_are_valid():
         **config.model, "bridge": {**config.model["bridge"], "number_pointers": False}}
     assert all(s.train == ["number_head"] and s.pointer_loss_weight > 0 and "object_counting" not in s.question_types
                for s in pointers.stages)
+    # the candidate after it: stage 2's losses again on the same model, the pretrained Lite0 learning too
+    perception = load_train_config(recipe.with_name("train_tiny_perception.yaml"))
+    assert perception.model == {**pointers.model, "semantic": {**pointers.model["semantic"], "freeze_backbone": False}}
+    assert [s.train for s in perception.stages] == [["semantic", "fusion", "memory", "readout", "object_readout"]]
+    assert perception.stages[0].category_loss_weight > 0 and perception.stages[0].answer_loss_weight == 0
 
 
 def test_named_objects_are_the_questions_objects_alone_in_their_category(data):
