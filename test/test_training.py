@@ -785,7 +785,7 @@ def test_the_recipe_configs_are_valid():
         **config.model, "bridge": {**config.model["bridge"], "number_pointers": False}}
     assert all(s.train == ["number_head"] and s.pointer_loss_weight > 0 and "object_counting" not in s.question_types
                for s in pointers.stages)
-    # the candidate after it: stage 2's losses again on the same model, the pretrained Lite0 learning too
+    # the shipped weights' last run after it: stage 2's losses again on the same model, Lite0 learning too
     perception = load_train_config(recipe.with_name("train_tiny_perception.yaml"))
     assert perception.model == {**pointers.model, "semantic": {**pointers.model["semantic"], "freeze_backbone": False}}
     assert [s.train for s in perception.stages] == [["semantic", "fusion", "memory", "readout", "object_readout"]]
