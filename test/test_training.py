@@ -776,7 +776,7 @@ def test_the_recipe_configs_are_valid():
                                                    "names3"]
     assert all(s.scenes == "generated" and s.memory == "oracle" for s in oracle.stages)
     assert oracle.stages[-1].bearing_loss_weight > 0 and oracle.stages[-1].copy_loss_weight > 0
-    # the shipped weights' last run: the same model with memory pointers, the number head alone learning
+    # stage 15: the same model with memory pointers, the number head alone learning
     # on perfect scenes made as wrong as the perception
     pointers = load_train_config(recipe.with_name("train_tiny_pointers.yaml"))
     assert [(s.scenes, s.memory) for s in pointers.stages] == [("generated", "oracle")]
@@ -785,11 +785,18 @@ def test_the_recipe_configs_are_valid():
         **config.model, "bridge": {**config.model["bridge"], "number_pointers": False}}
     assert all(s.train == ["number_head"] and s.pointer_loss_weight > 0 and "object_counting" not in s.question_types
                for s in pointers.stages)
-    # the shipped weights' last run after it: stage 2's losses again on the same model, Lite0 learning too
+    # stage 16: stage 2's losses again on the same model, Lite0 learning too
     perception = load_train_config(recipe.with_name("train_tiny_perception.yaml"))
     assert perception.model == {**pointers.model, "semantic": {**pointers.model["semantic"], "freeze_backbone": False}}
     assert [s.train for s in perception.stages] == [["semantic", "fusion", "memory", "readout", "object_readout"]]
     assert perception.stages[0].category_loss_weight > 0 and perception.stages[0].answer_loss_weight == 0
+    # stage 17, the shipped weights' last run: stage 15 again on that model, its perception noise measured
+    # on the new perception
+    numbers = load_train_config(recipe.with_name("train_tiny_numbers.yaml"))
+    assert numbers.model == perception.model       # to the letter: the stream cache's memory digest hashes it
+    [stage] = numbers.stages
+    assert stage == dataclasses.replace(pointers.stages[0], name=stage.name, perception_noise=stage.perception_noise)
+    assert 0 < stage.perception_noise.miss_probability < pointers.stages[0].perception_noise.miss_probability
 
 
 def test_named_objects_are_the_questions_objects_alone_in_their_category(data):
