@@ -57,7 +57,7 @@ def test_shipped_model_on_heldout_scenes(tmp_path):
     (81.5 against 31.5) and the appearance order above the frequency baseline (100.0 against 25.0):
     they come from where the memory's objects are and when each was first seen, so a break anywhere
     from the geometry to the object readout takes them to chance or below; and the object sizes
-    (76.7 against 43.8 for the frequency baseline), which the number head answers from the named
+    (78.8 against 43.8 for the frequency baseline), which the number head answers from the named
     object's box and category. Twelve scenes, not fewer: the frequency baseline is fitted on the
     questions it answers, and on six scenes (100 questions) it memorises them (appearance order
     100 %, its mean 51.2 above the model's 48.6 there, with earlier weights)."""
